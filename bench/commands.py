@@ -1,0 +1,198 @@
+"""The built-in subcommands: list, sample, train, run."""
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bench.errors import UsageError
+from bench.spec import apply_config_overrides, parse_int_list, parse_name_list
+
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------
+# Shared resolution of flags into objects
+# ------------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str | None) -> torch.device:
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"--device {name!r} is not a torch device (try cpu or cuda:0)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    return device
+
+
+def resolve_precision(name: str | None, device: torch.device) -> str:
+    if name is None:
+        return "fp16" if device.type == "cuda" else "fp32"
+    if device.type == "cpu" and name != "fp32":
+        raise UsageError(f"--precision {name} needs a GPU; on the CPU the harness runs fp32")
+    return name
+
+
+def load_method(name: str, overrides: str | None = None):
+    from methods import get_method_class
+
+    try:
+        cls = get_method_class(name)
+    except KeyError as err:
+        raise UsageError(str(err.args[0])) from None
+    return cls(apply_config_overrides(cls.config_class(), overrides))
+
+
+def load_teacher_from_args(args: argparse.Namespace, device: torch.device, precision: str):
+    from bench.sampling import PRECISIONS
+    from bench.teachers import load_teacher
+
+    name = args.teacher if (args.teacher or args.teacher_path) else default_teacher()
+    return load_teacher(name, path=args.teacher_path, device=device, dtype=PRECISIONS[precision])
+
+
+def load_suite_from_args(args: argparse.Namespace):
+    from bench.suites import load_suite
+
+    name = args.suite or (None if args.prompts_file else default_suite())
+    suite = load_suite(name or "prompts-file", data_root=args.data_root, prompts_file=args.prompts_file)
+    if args.num_images is not None:
+        suite = suite.subset(args.num_images)
+    return suite
+
+
+def default_teacher() -> str:
+    from bench.cli import DEFAULT_TEACHER
+
+    return DEFAULT_TEACHER
+
+
+def default_suite() -> str:
+    from bench.cli import DEFAULT_SUITE
+
+    return DEFAULT_SUITE
+
+
+def teacher_label(args: argparse.Namespace, teacher) -> str:
+    return args.teacher or (Path(args.teacher_path).name if args.teacher_path else teacher.name)
+
+
+# ------------------------------------------------------------------------------------------------
+# list
+# ------------------------------------------------------------------------------------------------
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from methods import get_method_class, method_names
+    from bench.suites import describe_suites
+    from bench.teachers import TEACHER_SPECS
+
+    lines = ["methods:"]
+    for name in method_names():
+        cls = get_method_class(name)
+        steps = "any" if cls.supported_steps is None else ",".join(map(str, cls.supported_steps))
+        kind = "trains a student" if cls.trains else "teacher solver"
+        lines.append(f"  {name:<12} {cls.summary} [{kind}; steps: {steps}] ({cls.paper})")
+    lines.append("teachers:")
+    for name, spec in TEACHER_SPECS.items():
+        lines.append(f"  {name:<12} {spec.summary}")
+    lines.append("suites:")
+    for name, summary in describe_suites():
+        lines.append(f"  {name:<12} {summary}")
+    lines.append("metrics:")
+    for name, summary in METRIC_SUMMARIES.items():
+        lines.append(f"  {name:<12} {summary}")
+    print("\n".join(lines))
+    return 0
+
+
+METRIC_SUMMARIES = {
+    "fid": "Frechet Inception distance, clean-fid 'clean' mode, suite protocol crop/resize (lower is better)",
+    "clip": "CLIP score: mean cosine of OpenCLIP ViT-g-14 image/text embeddings (higher is better)",
+    "coverage": "Coverage with precision, recall, density (Naeem et al. 2020, k=5) on the FID features",
+    "latency": "batch-1 end-to-end latency (median, p90 ms), denoiser share, throughput, peak memory",
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# sample / train / run
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SamplingContext:
+    teacher: object
+    teacher_name: str
+    device: torch.device
+    precision: str
+
+
+def _context(args: argparse.Namespace) -> SamplingContext:
+    device = resolve_device(args.device)
+    precision = resolve_precision(args.precision, device)
+    teacher = load_teacher_from_args(args, device, precision)
+    return SamplingContext(teacher, teacher_label(args, teacher), device, precision)
+
+
+def sample_one(ctx: SamplingContext, method, suite, steps: int, guidance: float, seed: int, out_dir: Path,
+               batch_size: int, batching: str, progress: bool):
+    from bench.sampling import SamplingSpec, sample_to_folder
+    from bench.students import load_student
+
+    student = load_student(method, ctx.teacher, steps, batching=batching, progress=progress)
+    spec = SamplingSpec(method=method.name, method_config=method.config_dict(), student=student.fingerprint,
+                        teacher=ctx.teacher.identity, resolution=ctx.teacher.resolution, steps=steps,
+                        guidance_scale=guidance, seed=seed, precision=ctx.precision, batching=batching)
+    extra = {"suite": suite.name, "teacher": ctx.teacher_name, "nfe": method.nfe(steps, guidance)}
+    return sample_to_folder(ctx.teacher, student.denoiser, method, suite.prompts, spec, out_dir,
+                            batch_size=batch_size, suite_fingerprint=suite.fingerprint, progress=progress,
+                            extra_metadata=extra)
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    method = load_method(args.method, args.config)
+    reason = method.unsupported_steps_reason(args.steps)
+    if reason:
+        raise UsageError(reason)
+    suite = load_suite_from_args(args)
+    ctx = _context(args)
+    guidance = ctx.teacher.default_guidance_scale if args.guidance is None else args.guidance
+    summary = sample_one(ctx, method, suite, args.steps, guidance, args.seed, Path(args.out), args.batch_size,
+                         args.batching, progress=not args.quiet)
+    rate = summary.written / summary.seconds if summary.seconds > 0 else float("nan")
+    print(f"{summary.out_dir}: {summary.written} written, {summary.skipped} already done "
+          f"({rate:.2f} img/s), fingerprint {summary.fingerprint}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    method = load_method(args.method, args.config)
+    if not method.trains:
+        print(f"{method.name} is a teacher solver: it has no student to train")
+        return 0
+    from bench.students import load_student
+
+    ctx = _context(args)
+    student = load_student(method, ctx.teacher, steps=1, progress=not args.quiet)
+    print(f"student {method.name}: {student.path} (fingerprint {student.fingerprint})")
+    return 0
+
+
+def samples_dir(out: Path, suite: str, teacher: str, method: str, steps: int, guidance: float, seed: int) -> Path:
+    return Path(out) / "samples" / suite / teacher / method / f"steps{steps}-g{guidance:g}-seed{seed}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bench.run import run_benchmark
+
+    methods = [load_method(name) for name in parse_name_list(args.methods, "--methods")]
+    steps = parse_int_list(args.steps, "--steps")
+    suite = load_suite_from_args(args)
+    ctx = _context(args)
+    return run_benchmark(args, ctx, methods, steps, suite)

@@ -1,0 +1,618 @@
+"""Leaderboards: the result rows of every run, turned into one markdown page and one JSON file per suite.
+
+    python -m bench leaderboard [--results runs/results] [--out leaderboards] [--suite S]
+
+writes ``leaderboards/<suite>.md`` (for people) and ``leaderboards/<suite>.json`` (for ``bench check``).
+
+How a cell is chosen
+    A cell is one (suite, teacher, method, steps, guidance, metric). Rows with different fingerprints
+    never share a cell: the most recent row wins (ordered by row time, then run id) and the other
+    fingerprints measured for the same cell are listed in a note under the table, with their runs.
+    Seeds are not averaged: a different seed is a different fingerprint, so the latest one is shown.
+
+What the page shows, per (suite, teacher)
+    - the protocol line (N, resolution, crop, resize filter, metric model identities: whatever the rows
+      recorded in ``protocol``), the runs the numbers come from and the device latency was measured on;
+    - the main table (FID, CLIP x100, Coverage, latency), then precision/recall/density/coverage, then
+      the remaining speed metrics when any were measured;
+    - rows sorted by step count, then method; bold marks the best displayed value among rows with
+      the same step count (all tied values are bold; nothing is bold when fewer than two rows of that
+      step count have a value);
+    - a skipped measurement (note starting with "skipped") is shown as "—" with its note below.
+
+Below the measured tables, a separate "Reported in the papers" table lists the numbers the seed
+papers printed for the same suite (``bench/data/reported.json``), labelled with paper and table.
+They are never merged with measured rows: each paper used its own evaluation code.
+
+The JSON file is deterministic (sorted keys, no timestamp unless ``generated_at`` is given) so it
+can be committed as a baseline and compared with ``python -m bench check``.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
+
+from bench.atomic import atomic_write_json, atomic_write_text
+from bench.errors import BenchError, UsageError
+from bench.results import (
+    is_skipped_note,
+    load_all,
+    metric_spec,
+    normalize_frame,
+    order_by_recency,
+)
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+MAIN_METRICS = ("fid", "clip", "coverage", "latency_ms")
+PRDC_METRICS = ("precision", "recall", "density", "coverage")
+SPEED_METRICS = ("latency_ms", "latency_p90_ms", "denoiser_ms", "throughput_ips", "peak_mem_mb")
+PROTOCOL_KEY_ORDER = ("N", "resolution", "crop", "filter", "feature_space")
+SKIPPED_MARK = "—"
+
+
+# --------------------------------------------------------------------------------------------
+# Selecting one row per cell
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The winning row of one (configuration, metric)."""
+
+    metric: str
+    value: float | None          # None when skipped or not a number
+    note: str
+    fingerprint: str
+    run_id: str
+    time: str
+    device: str
+    nfe: int | None
+    seed: int | None
+    protocol: str                # JSON text
+    superseded: tuple[tuple[str, str], ...] = ()  # (fingerprint, latest run_id), newest first
+
+    @property
+    def skipped(self) -> bool:
+        return is_skipped_note(self.note)
+
+
+@dataclass
+class Entry:
+    """One leaderboard row: a (teacher, method, steps, guidance) configuration and its cells."""
+
+    suite: str
+    teacher: str
+    method: str
+    steps: int
+    guidance: float
+    cells: dict[str, Cell] = field(default_factory=dict)
+
+    def latest_cell(self) -> Cell | None:
+        return max(self.cells.values(), key=lambda c: (c.time, c.run_id, c.metric), default=None)
+
+    @property
+    def nfe(self) -> int | None:
+        latest = self.latest_cell()
+        return None if latest is None else latest.nfe
+
+    @property
+    def seed(self) -> int | None:
+        latest = self.latest_cell()
+        return None if latest is None else latest.seed
+
+    def value(self, metric: str) -> float | None:
+        """The cell's number, or None when absent or skipped."""
+        cell = self.cells.get(metric)
+        return None if cell is None or cell.skipped else cell.value
+
+    @property
+    def sort_key(self) -> tuple:
+        return (self.steps, self.method, self.guidance)
+
+    def combined_fingerprint(self) -> str:
+        """A short hash of the per-metric fingerprints (changes when any cell's fingerprint changes)."""
+        text = json.dumps({m: c.fingerprint for m, c in self.cells.items()}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def select_cells(results: pd.DataFrame) -> dict[tuple[str, str], list[Entry]]:
+    """Group result rows into leaderboard entries, one winning fingerprint per cell.
+
+    Returns ``{(suite, teacher): [Entry, ...]}`` with entries sorted by steps, method, guidance.
+    """
+    frame = normalize_frame(results)
+    frame = frame[frame["metric"].astype(str) != ""]
+    incomplete = frame["steps"].isna() | frame["guidance"].isna() | (frame["suite"] == "") | (frame["method"] == "")
+    if incomplete.any():
+        log.warning("ignoring %d result row(s) without suite, method, steps or guidance", int(incomplete.sum()))
+        frame = frame[~incomplete]
+    if frame.empty:
+        return {}
+    frame = order_by_recency(frame)
+    entries: dict[tuple, Entry] = {}
+    keys = ["suite", "teacher", "method", "steps", "guidance", "metric"]
+    for key, group in frame.groupby(keys, sort=True, dropna=False):
+        suite, teacher, method, steps, guidance, metric = key
+        winner = group.iloc[-1]
+        older: dict[str, str] = {}
+        for _, row in group.iloc[:-1][::-1].iterrows():  # newest first
+            if row["fingerprint"] != winner["fingerprint"] and row["fingerprint"] not in older:
+                older[row["fingerprint"]] = row["run_id"]
+        value = winner["value"]
+        cell = Cell(
+            metric=str(metric),
+            value=None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value),
+            note=str(winner["note"] or ""),
+            fingerprint=str(winner["fingerprint"]),
+            run_id=str(winner["run_id"]),
+            time=str(winner["time"]),
+            device=str(winner["device"] or ""),
+            nfe=None if pd.isna(winner["nfe"]) else int(winner["nfe"]),
+            seed=None if pd.isna(winner["seed"]) else int(winner["seed"]),
+            protocol=str(winner["protocol"] or "{}"),
+            superseded=tuple(older.items()),
+        )
+        entry_key = (suite, teacher, method, int(steps), float(guidance))
+        entry = entries.get(entry_key)
+        if entry is None:
+            entry = entries[entry_key] = Entry(str(suite), str(teacher), str(method), int(steps), float(guidance))
+        entry.cells[cell.metric] = cell
+    grouped: dict[tuple[str, str], list[Entry]] = {}
+    for entry in entries.values():
+        grouped.setdefault((entry.suite, entry.teacher), []).append(entry)
+    for section in grouped.values():
+        section.sort(key=lambda e: e.sort_key)
+    return dict(sorted(grouped.items()))
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting helpers
+
+
+def format_guidance(guidance: float | None) -> str:
+    if guidance is None or (isinstance(guidance, float) and math.isnan(guidance)):
+        return "?"
+    return f"{guidance:g}"
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, inner in value.items():
+            out.update(_flatten(inner, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def _protocol_text(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value), sort_keys=True)
+    return str(value)
+
+
+def merge_protocols(protocol_texts: Iterable[str]) -> dict[str, Any]:
+    """Union of flattened protocol dicts: ``key -> value`` or a sorted list when rows disagree."""
+    values: dict[str, set[str]] = {}
+    raw: dict[tuple[str, str], Any] = {}
+    for text in protocol_texts:
+        try:
+            protocol = json.loads(text) if text else {}
+        except json.JSONDecodeError:
+            protocol = {"protocol": text}
+        if not isinstance(protocol, Mapping):
+            protocol = {"protocol": protocol}
+        for key, value in _flatten(protocol).items():
+            shown = _protocol_text(value)
+            values.setdefault(key, set()).add(shown)
+            raw[(key, shown)] = value
+    merged: dict[str, Any] = {}
+    for key in sorted(values):
+        shown = sorted(values[key])
+        merged[key] = raw[(key, shown[0])] if len(shown) == 1 else shown
+    return merged
+
+
+def _ordered_keys(keys: Iterable[str]) -> list[str]:
+    keys = list(keys)
+    first = [k for k in PROTOCOL_KEY_ORDER if k in keys]
+    return first + sorted(k for k in keys if k not in PROTOCOL_KEY_ORDER)
+
+
+def protocol_line(merged: Mapping[str, Any]) -> str:
+    if not merged:
+        return "Protocol: not recorded by these runs."
+    parts = []
+    for key in _ordered_keys(merged):
+        value = merged[key]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value) and len(value) > 1:
+            parts.append(f"{key}: {' | '.join(value)} (varies by row)")
+        else:
+            parts.append(f"{key}: {_protocol_text(value)}")
+    return "Protocol: " + " · ".join(parts)
+
+
+class _Notes:
+    """Numbered notes of one section; identical texts share a number."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def mark(self, text: str) -> str:
+        if text not in self.texts:
+            self.texts.append(text)
+        return f"[{self.texts.index(text) + 1}]"
+
+    def render(self) -> list[str]:
+        if not self.texts:
+            return []
+        lines = ["Notes:", ""]
+        lines += [f"{i}. {text}" for i, text in enumerate(self.texts, start=1)]
+        return lines + [""]
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def best_in_groups(entries: Sequence[Entry], metric: str) -> set[int]:
+    """Indices of entries holding the best displayed value of ``metric`` within their step count.
+
+    Values are compared as displayed (rounded), so values that print the same are tied and all bold.
+    A step group needs at least two values for anything to be bold.
+    """
+    spec = metric_spec(metric)
+    groups: dict[int, list[tuple[int, float]]] = {}
+    for index, entry in enumerate(entries):
+        cell = entry.cells.get(metric)
+        if cell is None or cell.value is None or cell.skipped:
+            continue
+        groups.setdefault(entry.steps, []).append((index, float(spec.display(cell.value))))
+    best: set[int] = set()
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        shown = [v for _, v in members]
+        target = max(shown) if spec.higher_is_better else min(shown)
+        best.update(i for i, v in members if v == target)
+    return best
+
+
+def _render_table(entries: Sequence[Entry], metrics: Sequence[str], notes: _Notes) -> list[str]:
+    header = ["Method", "Steps", "NFE", "CFG"] + [f"{metric_spec(m).label} {metric_spec(m).arrow}" for m in metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
+    bold = {m: best_in_groups(entries, m) for m in metrics}
+    for index, entry in enumerate(entries):
+        method = _md_escape(entry.method)
+        superseded = [
+            f"{metric_spec(m).label} `{fp}` (run {run})"
+            for m, cell in sorted(entry.cells.items())
+            for fp, run in cell.superseded
+        ]
+        if superseded:
+            shown = ", ".join(
+                f"{metric_spec(m).label} `{c.fingerprint}`" for m, c in sorted(entry.cells.items()) if c.superseded
+            )
+            method += " " + notes.mark(
+                f"{entry.method}, {entry.steps} step(s), CFG {format_guidance(entry.guidance)}: shown "
+                f"{shown} (most recent run); older fingerprints not shown: {', '.join(superseded)}."
+            )
+        row = [method, str(entry.steps), "" if entry.nfe is None else str(entry.nfe), format_guidance(entry.guidance)]
+        for metric in metrics:
+            cell = entry.cells.get(metric)
+            if cell is None:
+                row.append("")
+                continue
+            if cell.skipped:
+                row.append(f"{SKIPPED_MARK} {notes.mark(cell.note)}")
+                continue
+            if cell.value is None:
+                text = ""
+            else:
+                text = metric_spec(metric).display(cell.value)
+                if index in bold[metric]:
+                    text = f"**{text}**"
+            if cell.note and not _is_common(cell.note, entries):
+                text = f"{text} {notes.mark(cell.note)}".strip()
+            row.append(text)
+        lines.append("| " + " | ".join(row) + " |")
+    return lines + [""]
+
+
+def _section_notes(entries: Sequence[Entry]) -> list[str]:
+    """Notes carried by every measured (not skipped) cell of a section (e.g. the smoke-suite disclaimer)."""
+    cells = [c for e in entries for c in e.cells.values() if not c.skipped]
+    if not cells:
+        return []
+    counts = Counter(c.note for c in cells if c.note)
+    return sorted(note for note, n in counts.items() if n == len(cells))
+
+
+def _is_common(note: str, entries: Sequence[Entry]) -> bool:
+    return note in _section_notes(entries)
+
+
+def _present(entries: Sequence[Entry], metrics: Iterable[str]) -> bool:
+    return any(m in e.cells for e in entries for m in metrics)
+
+
+def render_section_markdown(suite: str, teacher: str, entries: Sequence[Entry], level: int = 2) -> list[str]:
+    """Markdown for one (suite, teacher): protocol line, tables and their notes."""
+    hashes = "#" * level
+    notes = _Notes()
+    cells = [c for e in entries for c in e.cells.values()]
+    lines = [f"{hashes} Teacher: {teacher}", ""]
+    lines += [protocol_line(merge_protocols(c.protocol for c in cells)), ""]
+    runs = sorted({c.run_id for c in cells})
+    lines += [f"Runs: {', '.join(f'`{r}`' for r in runs)}"]
+    devices = sorted({c.device for c in cells if c.metric in SPEED_METRICS and c.device and not c.skipped})
+    if devices:
+        lines += [f"Speed measured on: {', '.join(devices)}"]
+    lines.append("")
+    for note in _section_notes(entries):
+        lines += [f"> {note}", ""]
+    lines += [f"{hashes}# Quality and speed", ""]
+    lines += _render_table(entries, MAIN_METRICS, notes)
+    if _present(entries, ("precision", "recall", "density")):
+        lines += [f"{hashes}# Fidelity and diversity (Naeem et al. 2020)", ""]
+        lines += _render_table(entries, PRDC_METRICS, notes)
+    if _present(entries, SPEED_METRICS[1:]):
+        lines += [f"{hashes}# Speed", ""]
+        lines += _render_table(entries, SPEED_METRICS, notes)
+    known = set(MAIN_METRICS) | set(PRDC_METRICS) | set(SPEED_METRICS)
+    others = sorted({m for e in entries for m in e.cells if m not in known})
+    if others:
+        lines += [f"{hashes}# Other metrics", ""]
+        lines += _render_table(entries, others, notes)
+    return lines + notes.render()
+
+
+# --------------------------------------------------------------------------------------------
+# Reported numbers (bench/data/reported.json)
+
+
+def load_reported(path: str | Path | None = None) -> dict:
+    """The papers' numbers: the packaged ``bench/data/reported.json`` unless a path is given."""
+    if path is None:
+        text = resources.files("bench").joinpath("data/reported.json").read_text(encoding="utf-8")
+        source = "bench/data/reported.json"
+    else:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except FileNotFoundError as exc:
+            raise UsageError(f"reported numbers file not found: {path}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"{source} is not valid JSON: {exc.msg} (line {exc.lineno})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
+        raise UsageError(f"{source}: expected an object with an 'entries' list")
+    return data
+
+
+def _printed(entry: Mapping[str, Any], scale: float = 1.0) -> str:
+    """A paper's number as printed (trailing zeros kept); x100 moves the point (0.310 -> 31.0)."""
+    text = str(entry.get("value_as_printed") or repr(float(entry["value"])))
+    if scale == 1.0:
+        return text
+    decimals = len(text.split(".")[1]) if "." in text else 0
+    shift = round(math.log10(scale))
+    return f"{float(text) * scale:.{max(decimals - shift, 0)}f}"
+
+
+def _source_label(reported: Mapping[str, Any], paper: str, table: str) -> str:
+    short = reported.get("papers", {}).get(paper, {}).get("short") or paper
+    return f"{short} T{table}"
+
+
+def render_reported_markdown(reported: Mapping[str, Any], suite: str, level: int = 2) -> list[str]:
+    """The papers' numbers for ``suite``: one row per (paper, table, method, steps, guidance)."""
+    entries = [e for e in reported.get("entries", []) if e.get("suite") == suite]
+    hashes = "#" * level
+    lines = [f"{hashes} Reported in the papers (not measured here)", ""]
+    if not entries:
+        return lines + ["No numbers from the seed papers for this suite.", ""]
+    lines += [
+        "Numbers as printed in the papers, each under its own evaluation protocol (FID code, reference "
+        "images, resize filter, CLIP model, guidance convention, GPU). They are not comparable cell by cell "
+        "with the measured tables above, nor always with each other. CLIP is shown ×100; latency is seconds "
+        "per image as printed; ? = not stated in the paper.",
+        "",
+    ]
+    rows: dict[tuple, dict[str, Any]] = {}
+    for e in entries:
+        key = (e["paper"], str(e["table"]), e.get("teacher_as_written") or e.get("teacher"), e["method"],
+               e.get("steps"), e.get("guidance"))
+        row = rows.setdefault(key, {"metrics": {}, "latency": "", "notes": []})
+        row["metrics"][e["metric"]] = e
+        if e.get("latency_s") is not None:
+            row["latency"] = str(e.get("latency_as_printed") or e["latency_s"])
+        if e.get("note") and e["note"] not in row["notes"]:
+            row["notes"].append(e["note"])
+    metrics = [m for m in ("fid", "clip", "coverage") if any(m in r["metrics"] for r in rows.values())]
+    header = ["Source", "Teacher", "Method", "Steps", "CFG"]
+    header += [f"{metric_spec(m).label} {metric_spec(m).arrow}" for m in metrics] + ["Latency s", "Notes"]
+    align = [":---"] * 3 + ["---:"] * (len(header) - 4) + [":---"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    notes = _Notes()
+    for (paper, table, teacher, method, steps, guidance), row in rows.items():
+        cells = [_source_label(reported, paper, table), _md_escape(str(teacher)), _md_escape(str(method)),
+                 "?" if steps is None else str(steps), format_guidance(guidance)]
+        for m in metrics:
+            entry = row["metrics"].get(m)
+            cells.append("" if entry is None else _printed(entry, metric_spec(m).scale))
+        cells.append(row["latency"])
+        cells.append(" ".join(notes.mark(n) for n in row["notes"]))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Sources:", ""]
+    tables = {(t["paper"], str(t["table"])): t for t in reported.get("tables", [])}
+    for paper, table in dict.fromkeys((k[0], k[1]) for k in rows):
+        info = tables.get((paper, table), {})
+        title = reported.get("papers", {}).get(paper, {}).get("title", "")
+        text = f"- {_source_label(reported, paper, table)}: arXiv:{paper}"
+        text += f" ({title})" if title else ""
+        text += f", Table {table}"
+        if info.get("caption"):
+            text += f': "{info["caption"]}"'
+        if info.get("latency_gpu"):
+            text += f" Latency GPU: {info['latency_gpu']}."
+        if info.get("note"):
+            text += f" {info['note']}"
+        lines.append(text)
+    lines.append("")
+    return lines + notes.render()
+
+
+# --------------------------------------------------------------------------------------------
+# Whole pages
+
+
+def _legend() -> list[str]:
+    return [
+        "↓ lower is better, ↑ higher is better. **Bold**: best measured value among rows with the same "
+        "step count (ties all bold; needs at least two rows with a value). CLIP×100: mean CLIP cosine "
+        "similarity ×100, as papers print it (0.312 → 31.20). NFE: denoiser evaluations per image. "
+        "CFG: guidance scale recorded by the run. Latency: median ms per image, batch 1, end to end. "
+        f"{SKIPPED_MARK}: skipped (reason in the notes); empty: not measured.",
+        "",
+        "Each cell comes from exactly one fingerprint (teacher, method config, suite protocol, seed, metric "
+        "models, library versions); when a configuration was measured under several fingerprints the most "
+        "recent run is shown and the others are listed in the notes.",
+        "",
+    ]
+
+
+def render_markdown(suite: str, sections: Mapping[str, Sequence[Entry]], reported: Mapping[str, Any] | None,
+                    generated_at: str | None = None) -> str:
+    lines = [f"# Leaderboard: {suite}", ""]
+    if generated_at:
+        lines += [f"Generated at {generated_at}.", ""]
+    lines += _legend()
+    for teacher, entries in sections.items():
+        lines += render_section_markdown(suite, teacher, entries)
+    if reported is not None:
+        lines += render_reported_markdown(reported, suite)
+    while lines and lines[-1] == "":
+        lines.pop()
+    return "\n".join(lines) + "\n"
+
+
+def suite_json(suite: str, sections: Mapping[str, Sequence[Entry]], generated_at: str | None = None) -> dict:
+    """The machine-readable leaderboard of one suite (what ``bench check`` compares)."""
+    rows = []
+    all_cells: list[Cell] = []
+    for teacher, entries in sections.items():
+        for entry in entries:
+            cells = entry.cells
+            all_cells.extend(cells.values())
+            rows.append({
+                "teacher": teacher,
+                "method": entry.method,
+                "steps": entry.steps,
+                "nfe": entry.nfe,
+                "guidance": entry.guidance,
+                "fingerprint": entry.combined_fingerprint(),
+                "fingerprints": {m: c.fingerprint for m, c in cells.items()},
+                "metrics": {m: c.value for m, c in cells.items() if c.value is not None and not c.skipped},
+                "skipped": {m: c.note for m, c in cells.items() if c.skipped},
+                "notes": {m: c.note for m, c in cells.items() if c.note and not c.skipped},
+                "runs": {m: c.run_id for m, c in cells.items()},
+                "superseded": {m: [fp for fp, _ in c.superseded] for m, c in cells.items() if c.superseded},
+                "device": {m: c.device for m, c in cells.items() if m in SPEED_METRICS and c.device},
+            })
+    metrics_present = sorted({c.metric for c in all_cells})
+    document: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "suite": suite,
+        "protocol": merge_protocols(c.protocol for c in all_cells),
+        "metrics": {m: {"label": metric_spec(m).label, "higher_is_better": metric_spec(m).higher_is_better}
+                    for m in metrics_present},
+        "rows": rows,
+    }
+    if generated_at:
+        document["generated_at"] = generated_at
+    return document
+
+
+def build(results: pd.DataFrame, suites: Sequence[str] | None = None) -> dict[str, dict[str, list[Entry]]]:
+    """``{suite: {teacher: [Entry]}}`` for the requested suites (all when None)."""
+    out: dict[str, dict[str, list[Entry]]] = {}
+    for (suite, teacher), entries in select_cells(results).items():
+        if suites and suite not in suites:
+            continue
+        out.setdefault(suite, {})[teacher] = entries
+    return out
+
+
+def write_leaderboards(results: pd.DataFrame, out_dir: str | Path = "leaderboards", *,
+                       suites: Sequence[str] | None = None, generated_at: str | None = None,
+                       reported: Mapping[str, Any] | str | Path | None = None,
+                       include_reported: bool = True) -> list[Path]:
+    """Write ``<out_dir>/<suite>.md`` and ``<out_dir>/<suite>.json`` for each suite; return the paths.
+
+    ``reported`` is the papers' numbers (a loaded dict or a path); by default the packaged
+    ``bench/data/reported.json``. ``generated_at`` (text) is written only when given, so that the
+    outputs are a pure function of the rows.
+    """
+    built = build(results, suites)
+    if not built:
+        wanted = f" for suite(s) {', '.join(suites)}" if suites else ""
+        raise BenchError(f"no result rows{wanted}; run `python -m bench run` first or point --results at a results folder")
+    reported_data: Mapping[str, Any] | None = None
+    if include_reported:
+        reported_data = reported if isinstance(reported, Mapping) else load_reported(reported)
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    for suite, sections in built.items():
+        md_path = out_dir / f"{suite}.md"
+        json_path = out_dir / f"{suite}.json"
+        atomic_write_text(md_path, render_markdown(suite, sections, reported_data, generated_at))
+        atomic_write_json(json_path, suite_json(suite, sections, generated_at))
+        written += [md_path, json_path]
+        log.info("wrote %s and %s", md_path, json_path)
+    return written
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--results", type=Path, default=Path("runs/results"),
+                        help="folder of <run_id>.jsonl result files (default: runs/results)")
+    parser.add_argument("--out", type=Path, default=Path("leaderboards"),
+                        help="output folder for <suite>.md and <suite>.json (default: leaderboards)")
+    parser.add_argument("--suite", action="append", default=None,
+                        help="only this suite (repeatable; default: every suite in the results)")
+    parser.add_argument("--generated-at", default=None,
+                        help="text stamped into the outputs (default: none, so outputs only change with the numbers)")
+    parser.add_argument("--no-reported", action="store_true",
+                        help="leave out the 'Reported in the papers' table")
+
+
+def command(args: argparse.Namespace, out: Any = None) -> int:
+    import sys
+
+    out = sys.stdout if out is None else out
+    results_dir = Path(args.results)
+    if not results_dir.is_dir():
+        raise UsageError(f"results folder not found: {results_dir} (pass --results DIR)")
+    frame = load_all(results_dir)
+    if frame.empty:
+        raise UsageError(f"no result rows in {results_dir}; run `python -m bench run` first")
+    paths = write_leaderboards(frame, args.out, suites=args.suite, generated_at=args.generated_at,
+                               include_reported=not args.no_reported)
+    for path in paths:
+        out.write(f"{path}\n")
+    return 0

@@ -1,0 +1,167 @@
+"""The method contract (DESIGN.md, "The method contract").
+
+A method is a recipe with two halves:
+
+* ``train(teacher, data, trainer) -> Student``: produce a student from the teacher backbone. It
+  may keep extra networks while training (EMA target, fake score, discriminator); only the
+  student is returned. Teacher solvers (DDIM, DPM-Solver++, ER-SDE) have an empty train half.
+* ``sample(denoiser, request) -> latents``: from prompt embeddings, per-image initial noise and
+  per-image random generators, return latents.
+
+The harness (``bench``) owns everything around those halves: files, devices, precision, seeds,
+text encoding, VAE decoding, progress, resume. A method never opens a file, parses a CLI flag or
+picks a device.
+"""
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import torch
+from torch import nn
+
+from methods.diffusion_math import NoiseSchedule, cfg_imagen, model_output_to_x0_eps
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Denoiser:
+    """A diffusers-style conditional U-Net with its noise schedule.
+
+    ``unet(x, t, encoder_hidden_states=..., timestep_cond=...)`` must return an object with
+    ``.sample`` (UNet2DConditionModel does); its output is interpreted with
+    ``schedule.prediction_type``.
+
+    ``images_per_call=1`` (the harness's ``exact`` batching) evaluates the network one image at a
+    time, so an image's result never depends on which other images share its batch (CPU/GPU
+    kernels are not batch-invariant in the last bits); ``None`` evaluates the whole batch."""
+
+    unet: nn.Module
+    schedule: NoiseSchedule
+    images_per_call: int | None = 1
+    scheduler_config: dict | None = None
+
+    def _call(self, x_t: Tensor, t: Tensor, text: Tensor, timestep_cond: Tensor | None) -> Tensor:
+        kwargs = {"encoder_hidden_states": text}
+        if timestep_cond is not None:
+            kwargs["timestep_cond"] = timestep_cond
+        return self.unet(x_t, t, **kwargs).sample
+
+    def raw(self, x_t: Tensor, t: Tensor | int, text: Tensor, timestep_cond: Tensor | None = None,
+            rows_per_image: int = 1) -> Tensor:
+        """Raw network output; ``rows_per_image`` consecutive rows belong to one image."""
+        t = torch.as_tensor(t, device=x_t.device)
+        if t.ndim == 0:
+            t = t.expand(x_t.shape[0])
+        if self.images_per_call is None:
+            return self._call(x_t, t, text, timestep_cond)
+        rows = self.images_per_call * rows_per_image
+        return torch.cat([
+            self._call(x_t[i:i + rows], t[i:i + rows], text[i:i + rows],
+                       None if timestep_cond is None else timestep_cond[i:i + rows])
+            for i in range(0, x_t.shape[0], rows)
+        ])
+
+    def _to_x0_eps(self, out: Tensor, x_t: Tensor, t: Tensor | int) -> tuple[Tensor, Tensor]:
+        alpha, sigma = self.schedule.alpha_sigma(torch.as_tensor(t).cpu())
+        alpha, sigma = alpha.to(x_t.device, x_t.dtype), sigma.to(x_t.device, x_t.dtype)
+        return model_output_to_x0_eps(out, x_t, alpha, sigma, self.schedule.prediction_type)
+
+    def x0_eps(self, x_t: Tensor, t: Tensor | int, text: Tensor,
+               timestep_cond: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(x_0, eps) predicted at (x_t, t) for the given text embeddings."""
+        return self._to_x0_eps(self.raw(x_t, t, text, timestep_cond), x_t, t)
+
+    def guided_output(self, x_t: Tensor, t: Tensor | int, cond: Tensor, uncond: Tensor,
+                      guidance_scale: float) -> Tensor:
+        """Raw output under classifier-free guidance in the diffusers convention (g = 1:
+        conditional only). Uncond and cond rows of an image are evaluated in one call, as
+        diffusers pipelines do, interleaved so that each image keeps its own pair of rows."""
+        if guidance_scale == 1.0:
+            return self.raw(x_t, t, cond)
+        t = torch.as_tensor(t, device=x_t.device)
+        t = t.expand(x_t.shape[0]) if t.ndim == 0 else t
+        pairs = self.raw(x_t.repeat_interleave(2, dim=0), t.repeat_interleave(2, dim=0),
+                         torch.stack([uncond, cond], dim=1).flatten(0, 1), rows_per_image=2)
+        pairs = pairs.unflatten(0, (x_t.shape[0], 2))
+        return cfg_imagen(pairs[:, 0], pairs[:, 1], guidance_scale)
+
+    def guided_x0_eps(self, x_t: Tensor, t: Tensor | int, cond: Tensor, uncond: Tensor,
+                      guidance_scale: float) -> tuple[Tensor, Tensor]:
+        """(x_0, eps) under classifier-free guidance (diffusers convention)."""
+        return self._to_x0_eps(self.guided_output(x_t, t, cond, uncond, guidance_scale), x_t, t)
+
+
+@dataclass
+class SampleRequest:
+    """Everything a sampler needs for one batch; image i of the batch owns row i of every tensor
+    and ``generators[i]``, which must serve every stochastic draw of that image."""
+
+    noise: Tensor                         # (B, C, h, w) initial latents
+    cond: Tensor                          # (B, L, D) prompt embeddings
+    uncond: Tensor                        # (B, L, D) empty-prompt embeddings
+    generators: Sequence[torch.Generator]  # one CPU generator per image
+    steps: int
+    guidance_scale: float                 # diffusers convention: 1.0 = no guidance
+
+
+def per_sample_randn(generators: Sequence[torch.Generator], like: Tensor) -> Tensor:
+    """Fresh standard normal noise shaped like ``like``; row i is drawn from ``generators[i]``
+    (on the CPU, so the numbers do not depend on the device or on the batch composition)."""
+    rows = [torch.randn(like.shape[1:], generator=g, dtype=torch.float32) for g in generators]
+    return torch.stack(rows).to(device=like.device, dtype=like.dtype)
+
+
+@dataclass
+class Student:
+    """What ``train`` returns and the harness saves: a U-Net for sampling (full or with an
+    adapter), plus free-form metadata recorded beside the checkpoint."""
+
+    unet: nn.Module
+    kind: str = "unet"                     # "unet" (diffusers UNet folder) or "lora"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class Method(ABC):
+    """Base class of every registered method. Subclasses set the class attributes and implement
+    ``sample`` (and ``train`` when ``trains`` is True)."""
+
+    name: ClassVar[str]
+    paper: ClassVar[str]                   # citation, e.g. "Song et al. 2021, arXiv:2010.02502"
+    summary: ClassVar[str]                 # one line for `bench list`
+    config_class: ClassVar[type]
+    supported_steps: ClassVar[tuple[int, ...] | None] = None  # None: any step count
+    trains: ClassVar[bool] = True          # False for teacher solvers
+    student_per_step_count: ClassVar[bool] = False  # Multistep CM: one student per S
+
+    def __init__(self, config: Any | None = None):
+        self.config = config if config is not None else self.config_class()
+
+    # -- the two halves -------------------------------------------------------------------------
+    def train(self, teacher: Any, data: Any, trainer: Any, steps: int | None = None) -> Student:
+        raise NotImplementedError(f"{self.name} has no training half")
+
+    @abstractmethod
+    def sample(self, denoiser: Denoiser, request: SampleRequest) -> Tensor:
+        """Return latents of shape ``request.noise.shape``."""
+
+    # -- declared facts -------------------------------------------------------------------------
+    def unsupported_steps_reason(self, steps: int) -> str | None:
+        """None if ``steps`` is supported, else a one-line reason (the harness skips the cell)."""
+        if steps < 1:
+            return f"{self.name}: step count must be >= 1, got {steps}"
+        if self.supported_steps is not None and steps not in self.supported_steps:
+            allowed = ", ".join(map(str, self.supported_steps))
+            return f"{self.name} supports {allowed} step(s) only; {steps} skipped"
+        return None
+
+    def nfe(self, steps: int, guidance_scale: float) -> int:
+        """Network evaluations per image: teacher solvers pay two per step under CFG
+        (cond + uncond); students with distilled guidance override this."""
+        return steps * (1 if guidance_scale == 1.0 else 2)
+
+    def config_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config)

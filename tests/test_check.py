@@ -1,0 +1,190 @@
+"""`bench check`: direction-aware regression check against a leaderboard JSON baseline."""
+from __future__ import annotations
+
+import argparse
+import copy
+import io
+import json
+
+import pytest
+
+from bench.check import Tolerance, add_arguments, check, command, parse_tolerances
+from bench.errors import UsageError
+from bench.leaderboard import write_leaderboards
+from bench.results import ResultsStore, Row, rows_to_frame
+
+
+def board(*rows, suite="smoke") -> dict:
+    """A minimal leaderboard JSON; each row is (method, steps, {metric: value}, [skipped metrics])."""
+    out = []
+    for method, steps, metrics, *rest in rows:
+        skipped = rest[0] if rest else []
+        out.append({"teacher": "toy", "method": method, "steps": steps, "guidance": 3.0, "nfe": steps,
+                    "metrics": dict(metrics), "skipped": {m: "skipped: not supported" for m in skipped},
+                    "fingerprints": {m: f"{method}{steps}{m}" for m in metrics}})
+    return {"suite": suite, "rows": out}
+
+
+BASE = board(("lcm", 2, {"fid": 30.0, "clip": 0.300, "coverage": 0.60, "latency_ms": 5.0}),
+             ("scott", 2, {"fid": 25.0, "clip": 0.310, "coverage": 0.70, "latency_ms": 5.5}))
+
+
+def changed(method: str, metric: str, value: float) -> dict:
+    current = copy.deepcopy(BASE)
+    next(r for r in current["rows"] if r["method"] == method)["metrics"][metric] = value
+    return current
+
+
+def test_equal_is_ok():
+    result = check(BASE, copy.deepcopy(BASE))
+    assert result.exit_code == 0 and result.ok
+    assert len(result.comparisons) == 6  # fid, clip, coverage x 2 rows; latency not checked by default
+    assert {c.status for c in result.comparisons} == {"unchanged"}
+    assert result.unchecked == ["latency_ms"]
+
+
+@pytest.mark.parametrize("metric,value", [("fid", 28.0), ("clip", 0.35), ("coverage", 0.9)])
+def test_improved_is_ok(metric, value):
+    result = check(BASE, changed("lcm", metric, value))
+    assert result.exit_code == 0
+    assert [c.metric for c in result.improvements] == [metric]
+
+
+@pytest.mark.parametrize("metric,value", [
+    ("fid", 30.6),        # lower is better: +0.6 > 0.5
+    ("clip", 0.2975),     # higher is better: -0.0025 < -0.002
+    ("coverage", 0.585),  # -0.015 beyond 0.01
+])
+def test_regressed_beyond_tolerance_fails(metric, value):
+    result = check(BASE, changed("lcm", metric, value))
+    assert result.exit_code == 1
+    [reg] = result.regressions
+    assert (reg.method, reg.metric, reg.baseline, reg.current) == ("lcm", metric, BASE["rows"][0]["metrics"][metric], value)
+    text = result.format()
+    assert "Regressions" in text and "baseline" in text and "delta" in text and "tolerance" in text
+    assert f"{value - reg.baseline:+.6g}" in text and "FAILED" in text
+
+
+@pytest.mark.parametrize("metric,value", [("fid", 30.4), ("fid", 30.5), ("clip", 0.2985), ("coverage", 0.59)])
+def test_regressed_within_tolerance_is_ok(metric, value):
+    result = check(BASE, changed("lcm", metric, value))
+    assert result.exit_code == 0
+    assert [c.status for c in result.comparisons if c.metric == metric and c.method == "lcm"] == ["worse within tolerance"]
+
+
+def test_direction_matters():
+    # A higher FID is worse, a higher CLIP is better: the same +0.6 fails one and passes the other.
+    assert check(BASE, changed("lcm", "fid", 30.6)).exit_code == 1
+    assert check(BASE, changed("lcm", "clip", 0.9)).exit_code == 0
+    assert check(BASE, changed("lcm", "clip", 0.2)).exit_code == 1
+
+
+def test_missing_row_and_missing_metric_fail_new_rows_do_not():
+    current = copy.deepcopy(BASE)
+    current["rows"] = [r for r in current["rows"] if r["method"] != "scott"]
+    result = check(BASE, current)
+    assert result.exit_code == 1
+    assert [(a.method, a.metric) for a in result.missing] == [("scott", "*")]
+    assert "Missing" in result.format() and "row absent from the current run" in result.format()
+
+    skipped = board(("lcm", 2, {"clip": 0.300, "coverage": 0.60}, ["fid"]),
+                    ("scott", 2, {"fid": 25.0, "clip": 0.310, "coverage": 0.70}))
+    result = check(BASE, skipped)
+    assert result.exit_code == 1
+    assert [(a.method, a.metric, a.reason) for a in result.missing] == [("lcm", "fid", "skipped: not supported")]
+
+    extra = copy.deepcopy(BASE)
+    extra["rows"].append(board(("dmd", 1, {"fid": 20.0}))["rows"][0])
+    result = check(BASE, extra)
+    assert result.exit_code == 0
+    assert [(a.method, a.metric) for a in result.new] == [("dmd", "*")]
+    assert "New (not in the baseline; not a failure)" in result.format()
+
+
+def test_latency_only_checked_when_asked():
+    slower = changed("lcm", "latency_ms", 50.0)
+    assert check(BASE, slower).exit_code == 0
+    assert check(BASE, slower, parse_tolerances("latency_ms=10%")).exit_code == 1
+    assert check(BASE, changed("lcm", "latency_ms", 5.4), parse_tolerances("latency_ms=10%")).exit_code == 0
+    assert check(BASE, changed("lcm", "fid", 99.0), parse_tolerances("fid=off")).exit_code == 0
+
+
+def test_parse_tolerances():
+    tols = parse_tolerances("fid=1, clip=0.01,latency_ms=5%")
+    assert tols["fid"] == Tolerance(1.0) and tols["clip"] == Tolerance(0.01)
+    assert tols["latency_ms"] == Tolerance(5.0, relative=True) and tols["coverage"] == Tolerance(0.01)
+    assert parse_tolerances(None) == parse_tolerances([])
+    assert set(parse_tolerances(None)) == {"fid", "clip", "coverage", "precision", "recall", "density"}
+
+
+@pytest.mark.parametrize("text", ["fid", "fid=", "=1", "fid=abc", "foo=1", "fid=-1", "fid=1,,clip=2",
+                                  "fid=1,fid=2", "fid=nan", "latency_ms=x%"])
+def test_bad_tolerance_is_a_usage_error(text):
+    with pytest.raises(UsageError) as info:
+        parse_tolerances(text)
+    assert info.value.exit_code == 2 and "\n" not in str(info.value)
+
+
+def test_suite_mismatch_is_a_usage_error():
+    with pytest.raises(UsageError):
+        check(BASE, board(("lcm", 2, {"fid": 30.0}), suite="coco2017-5k"))
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_command_exit_codes_and_usage_errors(tmp_path):
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps(BASE))
+    current = tmp_path / "current.json"
+    current.write_text(json.dumps(changed("scott", "fid", 26.0)))
+    out = io.StringIO()
+    assert command(_args("--baseline", str(baseline), "--current", str(current)), out) == 1
+    assert "scott" in out.getvalue() and "+1" in out.getvalue()
+    assert command(_args("--baseline", str(baseline), "--current", str(current), "--tolerance", "fid=1"), io.StringIO()) == 0
+
+    for argv, message in [
+        (["--baseline", str(tmp_path / "none.json"), "--current", str(current)], "baseline file not found"),
+        (["--baseline", str(baseline), "--current", str(tmp_path / "none.json")], "current file not found"),
+        (["--baseline", str(baseline), "--current", str(current), "--tolerance", "fid=x"], "not a number"),
+    ]:
+        with pytest.raises(UsageError, match=message):
+            command(_args(*argv), io.StringIO())
+    bad = tmp_path / "bad.json"
+    for text, message in [("{not json", "not valid JSON"), ('{"suite": "smoke"}', "not a leaderboard JSON"),
+                          ('{"rows": [{"method": "a"}]}', "no 'teacher' field"),
+                          ('{"rows": [{"teacher": "t", "method": "a", "steps": 1, "guidance": 3, "metrics": {"fid": "x"}}]}',
+                           "not a number")]:
+        bad.write_text(text)
+        with pytest.raises(UsageError, match=message) as info:
+            command(_args("--baseline", str(bad), "--current", str(current)), io.StringIO())
+        assert info.value.exit_code == 2
+
+
+def test_command_against_a_results_folder(tmp_path):
+    """End to end: results -> leaderboard baseline -> check the same results (0), then a worse run (1)."""
+    def row(value, run_id, time, fingerprint):
+        return Row(suite="smoke", teacher="toy", method="lcm", steps=2, nfe=2, guidance=3.0, seed=0, num_images=8,
+                   metric="fid", value=value, fingerprint=fingerprint, run_id=run_id, time=time, device="cpu",
+                   versions={}, protocol={"N": 8})
+
+    results = tmp_path / "results"
+    ResultsStore(results, "r1").append([row(30.0, "r1", "2025-01-01T00:00:00Z", "a")])
+    write_leaderboards(rows_to_frame([row(30.0, "r1", "2025-01-01T00:00:00Z", "a")]), tmp_path / "lb")
+    baseline = str(tmp_path / "lb" / "smoke.json")
+    assert command(_args("--baseline", baseline, "--results", str(results)), io.StringIO()) == 0
+    ResultsStore(results, "r2").append([row(31.0, "r2", "2025-01-02T00:00:00Z", "b")])
+    out = io.StringIO()
+    assert command(_args("--baseline", baseline, "--results", str(results)), out) == 1
+    assert "different fingerprint" in out.getvalue()
+    with pytest.raises(UsageError, match="results folder not found"):
+        command(_args("--baseline", baseline, "--results", str(tmp_path / "none")), io.StringIO())
+    with pytest.raises(SystemExit):  # argparse: --results and --current are exclusive
+        _args("--baseline", baseline, "--results", "x", "--current", "y")
