@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_teacher_args(p)
     _add_suite_args(p)
     _add_sampling_args(p)
+    from bench.run import add_run_arguments
+
+    add_run_arguments(p)
     _add_common(p)
 
     for name, (module_name, help_text) in _EXTERNAL_COMMANDS.items():

@@ -164,3 +164,25 @@ def test_run_samples_every_method_and_step_count(tmp_path, capsys):
         for steps in (1, 2):
             folder = tmp_path / "samples" / "smoke" / "tiny" / method / f"steps{steps}-g3-seed0"
             assert len(list(folder.glob("*.png"))) == 2, out
+
+
+def test_run_skips_unsupported_step_counts_with_a_note_and_goes_on(tmp_path, capsys, monkeypatch):
+    import methods
+    from methods.ddim import DDIM
+
+    class OneStepDDIM(DDIM):  # stands in for a one-step method such as DMD
+        name = "one-step-ddim"
+        supported_steps = (1,)
+
+    registered = methods.get_method_class
+    monkeypatch.setattr(methods, "get_method_class",
+                        lambda name: OneStepDDIM if name == OneStepDDIM.name else registered(name))
+    code = main(["run", "--methods", "one-step-ddim,ddim", "--steps", "1,2", "--teacher", "tiny", "--suite", "smoke",
+                 "--num-images", "2", "--out", str(tmp_path), "--quiet"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "one-step-ddim supports 1 step(s) only; 2 skipped" in captured.out
+    root = tmp_path / "samples" / "smoke" / "tiny"
+    assert len(list((root / "one-step-ddim" / "steps1-g3-seed0").glob("*.png"))) == 2
+    assert not (root / "one-step-ddim" / "steps2-g3-seed0").exists()
+    assert len(list((root / "ddim" / "steps2-g3-seed0").glob("*.png"))) == 2
