@@ -16,6 +16,7 @@ _EXPORTS = {
     "preprocess": "features",
     "FeatureExtractor": "features",
     "inception_extractor": "features",
+    "resolve_inception_path": "features",
     "list_images": "features",
     "extract_features": "features",
     "INCEPTION_URL": "features",
@@ -37,6 +38,7 @@ _EXPORTS = {
     "reference_images": "reference",
     "reference_features": "reference",
     "files_features": "reference",
+    "folder_features": "reference",
     "samples_features": "reference",
     # owned by the CLIP / latency modules
     "ClipScorer": "clip_score",
