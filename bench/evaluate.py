@@ -66,8 +66,8 @@ class Evaluator:
 
     def score_folder(self, folder: Path, progress: bool = True) -> dict[str, float]:
         """FID / CLIP / PRDC numbers of one samples folder (features cached by fingerprint)."""
-        from bench.metrics import prdc
         from bench.metrics.fid import fid_from_stats
+        from bench.metrics.prdc import prdc
         from bench.metrics.reference import samples_features
 
         values: dict[str, float] = {}

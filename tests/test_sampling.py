@@ -157,7 +157,7 @@ def test_missing_weights_offline_fail_fast_and_write_nothing(tmp_path):
 
 def test_run_samples_every_method_and_step_count(tmp_path, capsys):
     code = main(["run", "--methods", "ddim,dpmpp", "--steps", "1,2", "--teacher", "tiny", "--suite", "smoke",
-                 "--num-images", "2", "--out", str(tmp_path), "--quiet"])
+                 "--num-images", "2", "--out", str(tmp_path), "--quiet", "--metrics", "fid"])
     assert code == 0
     out = capsys.readouterr().out
     for method in ("ddim", "dpmpp"):
@@ -178,7 +178,7 @@ def test_run_skips_unsupported_step_counts_with_a_note_and_goes_on(tmp_path, cap
     monkeypatch.setattr(methods, "get_method_class",
                         lambda name: OneStepDDIM if name == OneStepDDIM.name else registered(name))
     code = main(["run", "--methods", "one-step-ddim,ddim", "--steps", "1,2", "--teacher", "tiny", "--suite", "smoke",
-                 "--num-images", "2", "--out", str(tmp_path), "--quiet"])
+                 "--num-images", "2", "--out", str(tmp_path), "--quiet", "--metrics", "fid"])
     assert code == 0
     captured = capsys.readouterr()
     assert "one-step-ddim supports 1 step(s) only; 2 skipped" in captured.out

@@ -75,3 +75,8 @@ try:
 except ModuleNotFoundError as _exc:  # only a missing clip_score.py itself is tolerated
     if _exc.name != f"{__name__}.clip_score":
         raise
+
+# Two public functions share their module's name. Importing such a submodule sets the package
+# attribute to the module object, which would then shadow the lazy name above; bind them now.
+from bench.metrics.clip_score import clip_score  # noqa: E402
+from bench.metrics.prdc import prdc  # noqa: E402
