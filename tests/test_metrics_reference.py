@@ -82,8 +82,9 @@ def test_mjhq_reference_by_ids_and_by_files(tmp_path):
 
 def test_suites_without_data_root_reference(tmp_path):
     assert ref.check_reference_available("smoke", tmp_path) is None
-    with pytest.raises(UsageError, match="no image protocol for suite 'nope'"):
-        ref.check_reference_available("nope", tmp_path)
+    assert ref.check_reference_available("my-prompts", tmp_path) is None  # a prompts-file suite
+    with pytest.raises(UsageError, match="no image protocol for suite 'my-prompts'"):
+        ref.reference_features("my-prompts", standin_extractor(), data_root=tmp_path)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Metrics: image protocol and features -> FID / PRDC (coverage), CLIP score, latency.
 
-Names are re-exported lazily (module ``__getattr__``): a submodule loads on first use of one of its
-names, and the package imports even while a sibling module does not exist yet.
+Names are re-exported lazily (module ``__getattr__``, except ``prdc`` and ``clip_score``, see below):
+a submodule loads on first use of one of its names; the package imports before clip_score.py exists.
 """
 from __future__ import annotations
 
@@ -67,16 +67,13 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-# ``clip_score`` is both a submodule and a function. Importing a submodule binds it as an attribute
-# of this package, which would shadow the lazy function export above, so bind the function now
-# (guarded: the package must import even before clip_score.py exists).
+# ``clip_score`` and ``prdc`` are both submodules and functions. Importing a submodule binds it as
+# an attribute of this package, which would shadow the lazy function export above, so bind the
+# functions now (clip_score guarded: the package must import even before clip_score.py exists).
+from bench.metrics.prdc import prdc  # noqa: E402
+
 try:
     from bench.metrics.clip_score import ClipScorer, clip_score  # noqa: E402
 except ModuleNotFoundError as _exc:  # only a missing clip_score.py itself is tolerated
     if _exc.name != f"{__name__}.clip_score":
         raise
-
-# Two public functions share their module's name. Importing such a submodule sets the package
-# attribute to the module object, which would then shadow the lazy name above; bind them now.
-from bench.metrics.clip_score import clip_score  # noqa: E402
-from bench.metrics.prdc import prdc  # noqa: E402

@@ -299,7 +299,9 @@ def prdc(real_features, fake_features, nearest_k: int = 5, *, chunk_size: int | 
     if chunk_size is not None and chunk_size < 1:
         raise UsageError(f"chunk_size must be >= 1, got {chunk_size}")
 
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
     # float32 GEMM estimates on CPU only while float32 matmuls are IEEE (no bf16/TF32 modes)
     fast_ok = device.type == "cpu" and torch.get_float32_matmul_precision() == "highest"
     est_dtype = torch.float32 if fast_ok else torch.float64

@@ -180,9 +180,10 @@ def check_reference_available(suite_name: str, data_root: str | os.PathLike | No
                               reference_files: Sequence[str] | None = None) -> ReferenceImages | None:
     """Raise one MissingResourceError, before any image is generated, when the suite's FID
     reference images are not all there (folder, count found vs expected, the flag / env var).
-    Returns the images, or None for suites whose references are not on the data root (smoke)."""
+    Returns the images, or None for suites without data-root references (smoke, prompts files:
+    they have no FID reference to check; :func:`protocol_for_suite` says which suites have FID)."""
     if suite_name not in _LAYOUTS:
-        protocol_for_suite(suite_name)  # unknown suite -> UsageError
+        log.debug("suite %s has no reference images on the data root", suite_name)
         return None
     return reference_images(suite_name, data_root, image_ids, reference_files)
 
