@@ -162,7 +162,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UsageError(reason)
     suite = load_suite_from_args(args)
     ctx = _context(args)
-    guidance = ctx.teacher.default_guidance_scale if args.guidance is None else args.guidance
+    from bench.run import guidance_for
+
+    guidance = guidance_for(args, method, ctx.teacher)
     summary = sample_one(ctx, method, suite, args.steps, guidance, args.seed, Path(args.out), args.batch_size,
                          args.batching, progress=not args.quiet)
     rate = summary.written / summary.seconds if summary.seconds > 0 else float("nan")
@@ -176,11 +178,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not method.trains:
         print(f"{method.name} is a teacher solver: it has no student to train")
         return 0
-    from bench.students import load_student
+    from bench.students import export_student, load_student
 
     ctx = _context(args)
-    student = load_student(method, ctx.teacher, steps=1, progress=not args.quiet)
+    student = load_student(method, ctx.teacher, steps=1, progress=not args.quiet,
+                           max_train_steps=args.max_train_steps)
     print(f"student {method.name}: {student.path} (fingerprint {student.fingerprint})")
+    if args.out:
+        print(f"exported to {export_student(student, Path(args.out))}")
     return 0
 
 

@@ -48,9 +48,9 @@ def run_benchmark(args: argparse.Namespace, ctx, methods: list, steps_list: list
     evaluator = build_evaluator(suite, metrics, args, progress=progress)  # fails fast, before sampling
     out = Path(args.out)
     store = ResultsStore(out / "results")
-    guidance = ctx.teacher.default_guidance_scale if args.guidance is None else args.guidance
     outcomes: list[CellOutcome] = []
     for method in methods:
+        guidance = guidance_for(args, method, ctx.teacher)
         for steps in steps_list:
             cell = {"teacher": ctx.teacher_name, "method": method.name, "steps": steps,
                     "nfe": method.nfe(steps, guidance), "guidance": guidance, "seed": args.seed}
@@ -79,6 +79,15 @@ def run_benchmark(args: argparse.Namespace, ctx, methods: list, steps_list: list
         paths = write_leaderboards(frame, board_dir, suites=[suite.name])
         print("leaderboard: " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def guidance_for(args, method, teacher) -> float:
+    """--guidance if given, else the method's own default, else the teacher's."""
+    if args.guidance is not None:
+        return args.guidance
+    if method.default_guidance_scale is not None:
+        return method.default_guidance_scale
+    return teacher.default_guidance_scale
 
 
 def score_cell(args, ctx, evaluator, store, method, steps: int, guidance: float, cell: dict, out_dir: Path,

@@ -10,8 +10,9 @@ def _method_classes() -> tuple[type[Method], ...]:
     from methods.ddim import DDIM
     from methods.dpmpp import DPMSolverPP
     from methods.er_sde import ERSDE
+    from methods.lcm import LCM, LCMLoRA
 
-    return (DDIM, DPMSolverPP, ERSDE)
+    return (DDIM, DPMSolverPP, ERSDE, LCM, LCMLoRA)
 
 
 def method_names() -> list[str]:

@@ -136,6 +136,9 @@ class Method(ABC):
     supported_steps: ClassVar[tuple[int, ...] | None] = None  # None: any step count
     trains: ClassVar[bool] = True          # False for teacher solvers
     student_per_step_count: ClassVar[bool] = False  # Multistep CM: one student per S
+    # Guidance the method samples with when the user gives none (diffusers convention); None: the
+    # teacher's default. LCM-LoRA distils a fixed guidance and samples without CFG (g = 1).
+    default_guidance_scale: ClassVar[float | None] = None
 
     def __init__(self, config: Any | None = None):
         self.config = config if config is not None else self.config_class()

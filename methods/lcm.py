@@ -1,0 +1,292 @@
+"""LCM and LCM-LoRA: latent consistency distillation of a full U-Net with a guidance embedding
+(Luo et al. 2023, "Latent Consistency Models", arXiv:2310.04378) and of a LoRA adapter with a
+fixed guidance scale (Luo et al. 2023, "LCM-LoRA: A Universal Stable-Diffusion Acceleration
+Module", arXiv:2311.05556). The training step and the sampler are in methods/consistency.py.
+
+Values: the paper's are the defaults (``preset="paper"``); ``preset="official-code"`` switches
+every value that differs to the official code's (diffusers ``examples/consistency_distillation``
+README and scripts, identical in luosiallen/latent-consistency-model); any single field can be set
+with ``--config field=value``. Where they differ (notes/methods.md §1.1, §1.2, §8):
+
+| field             | lcm paper      | lcm code      | lcm-lora report | lcm-lora code |
+|-------------------|----------------|---------------|-----------------|---------------|
+| w_min, w_max      | 2, 14          | 5, 15         | 7.5 fixed       | 5, 15         |
+| loss_type         | l2             | huber (0.001) | l2 (a)          | huber         |
+| ema_decay         | 0.999943       | 0.95          | - (stop-grad)   | -             |
+| learning_rate     | 8e-6           | 1e-6          | 1e-4 (a)        | 1e-4          |
+| train_batch_size  | 72             | 12 per GPU    | 12 (a)          | 12 per GPU    |
+| max_train_steps   | 100_000        | 1000 (b)      | 1000 (a)        | 1000 (b)      |
+
+(a) not stated in the report as far as the notes go: the code's value (loss: LCM's). (b) the README's
+illustrative command. The LCM paper numbers are from a secondary summary of its §4 (notes §1.1,
+[SECONDARY]); check them against the PDF before quoting them.
+
+Full ``lcm`` students are a diffusers ``UNet2DConditionModel`` with ``time_cond_proj_dim=256``
+(the teacher's weights, a new ``time_embedding.cond_proj`` at its default init), saved as a
+``unet/`` folder that ``LatentConsistencyModelPipeline`` loads; sampling embeds w = g - 1 and
+makes one network call per step. ``lcm-lora`` students are the teacher plus a peft LoRA, saved
+as a diffusers LoRA file that ``StableDiffusionPipeline.load_lora_weights`` loads; sampling
+uses ordinary CFG (2 calls per step unless g = 1; the LCM-LoRA model card recommends g in [1, 2]).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from methods.base import Denoiser, Method, SampleRequest, Student
+from methods.consistency import (
+    ConsistencyDistillationConfig,
+    LCDState,
+    SkippingStepDDIM,
+    lcd_training_step,
+    lcm_multistep_sample,
+    lcm_timesteps,
+    make_optimizer,
+)
+from methods.diffusion_math import guidance_scale_embedding, lcm_w_from_guidance_scale
+
+#: LoRA target modules of diffusers train_lcm_distill_lora_sd_wds.py (notes §1.2).
+LCM_LORA_TARGET_MODULES: tuple[str, ...] = (
+    "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+    "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
+)
+
+
+# ------------------------------------------------------------------------------------------------
+# Configs
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LCMConfig(ConsistencyDistillationConfig):
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        # LCM paper §4 (via notes §1.1 [SECONDARY]): w ~ U[2, 14], squared L2, EMA 0.999943,
+        # lr 8e-6, batch 72 at 512 px, 100K iterations.
+        "paper": dict(w_min=2.0, w_max=14.0, loss_type="l2", ema_decay=0.999943, learning_rate=8e-6,
+                      train_batch_size=72, max_train_steps=100_000),
+        # diffusers README / train_lcm_distill_sd_wds.py defaults (notes §1.1): --w_min 5 --w_max 15
+        # --loss_type huber --ema_decay 0.95 --learning_rate 1e-6 --train_batch_size 12
+        # --max_train_steps 1000.
+        "official-code": dict(w_min=5.0, w_max=15.0, loss_type="huber", ema_decay=0.95, learning_rate=1e-6,
+                              train_batch_size=12, max_train_steps=1000),
+    }
+
+    # EMA rate mu of the target network theta- (paper 0.999943; code --ema_decay 0.95).
+    ema_decay: float | None = None
+    # Width of the w embedding added to the time embedding (code --unet_time_cond_proj_dim 256).
+    time_cond_proj_dim: int = 256
+    # Which network becomes the student: the diffusers script saves the online U-Net as unet/
+    # and the EMA target as unet_target/; "online" is what its unet/ folder holds.
+    student_weights: str = "online"
+
+    # Toy schedule: replaces the field without the prefix when the harness trains on a toy-world or
+    # random-weight teacher (bench.training.apply_toy_schedule). Not from the papers: sized for a
+    # CPU; the code's EMA 0.95 because the paper's 0.999943 leaves the target at its initial
+    # value over a run this short (1 - 0.999943^1000 = 5.5%).
+    toy_max_train_steps: int | None = 1000
+    toy_train_batch_size: int | None = 32
+    toy_learning_rate: float | None = 1e-4
+    toy_ema_decay: float | None = 0.95
+    toy_checkpointing_steps: int | None = 250
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.student_weights not in ("online", "target"):
+            raise ValueError(f"student_weights must be 'online' or 'target', got {self.student_weights!r}")
+        if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+
+@dataclass(frozen=True)
+class LCMLoRAConfig(ConsistencyDistillationConfig):
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        # LCM-LoRA report §3.1 / Fig. 2: "fixed classifier-free guidance scale w = 7.5 during the
+        # distillation" (author, luosiallen#40: "we distill a fix cfg scale with 7.5"); loss as LCM.
+        # lr: diffusers README 1e-4 (1e-6 "won't learn anything", diffusers#6288); batch and
+        # length: not stated, the code's.
+        "paper": dict(w_min=7.5, w_max=7.5, loss_type="l2", learning_rate=1e-4, train_batch_size=12,
+                      max_train_steps=1000),
+        # diffusers train_lcm_distill_lora_sd_wds.py + README: w ~ U[5, 15], huber, lr 1e-4.
+        "official-code": dict(w_min=5.0, w_max=15.0, loss_type="huber", learning_rate=1e-4, train_batch_size=12,
+                              max_train_steps=1000),
+    }
+
+    # peft LoraConfig of the reference (--lora_rank 64, --lora_alpha 64, --lora_dropout 0; the
+    # report's 67.5M trainable parameters for SD-1.5 are rank 64 on these modules).
+    lora_rank: int = 64
+    lora_alpha: float = 64.0
+    lora_dropout: float = 0.0
+    lora_target_modules: tuple[str, ...] = LCM_LORA_TARGET_MODULES
+
+    # Toy schedule (see LCMConfig).
+    toy_max_train_steps: int | None = 1000
+    toy_train_batch_size: int | None = 32
+    toy_learning_rate: float | None = 1e-4
+    toy_checkpointing_steps: int | None = 250
+
+
+# ------------------------------------------------------------------------------------------------
+# Students
+# ------------------------------------------------------------------------------------------------
+
+
+def build_w_conditioned_unet(teacher_unet: nn.Module, time_cond_proj_dim: int, seed: int) -> nn.Module:
+    """The LCM student: ``UNet2DConditionModel.from_config(teacher, time_cond_proj_dim=D)`` with
+    the teacher's weights loaded non-strictly; the new ``time_embedding.cond_proj`` keeps its
+    default init (not zero), as in the reference (notes §0.4). fp32 master weights, CPU; the
+    random init is seeded by ``seed``."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel.from_config(teacher_unet.config, time_cond_proj_dim=time_cond_proj_dim)
+    state = {k: v.detach().to("cpu", torch.float32) for k, v in teacher_unet.state_dict().items()}
+    missing, unexpected = unet.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"time_embedding.cond_proj.weight"}:
+        raise ValueError(f"teacher U-Net does not fit the LCM student: missing {missing}, unexpected {unexpected}")
+    return nn.Module.to(unet, dtype=torch.float32)
+
+
+def build_lora_unet(teacher_unet: nn.Module, config: LCMLoRAConfig, seed: int) -> nn.Module:
+    """A fp32 copy of the teacher with a peft LoRA adapter (diffusers ``add_adapter``); only the
+    LoRA parameters train. lora_B starts at zero, so the student starts as the teacher."""
+    from peft import LoraConfig
+
+    unet = nn.Module.to(copy.deepcopy(teacher_unet), device="cpu", dtype=torch.float32)
+    unet.requires_grad_(False)
+    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=list(config.lora_target_modules))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet.add_adapter(lora)
+    return unet
+
+
+# ------------------------------------------------------------------------------------------------
+# Methods
+# ------------------------------------------------------------------------------------------------
+
+
+class _LCDMethod(Method):
+    """What LCM and LCM-LoRA share: config resolution, the training loop plumbing, the sampler's
+    timesteps."""
+
+    trains: ClassVar[bool] = True
+    supported_steps: ClassVar[tuple[int, ...] | None] = None
+
+    def __init__(self, config: Any | None = None):
+        super().__init__(config)
+        self.config = self.config.resolved()
+
+    # -- declared facts -------------------------------------------------------------------------
+    def unsupported_steps_reason(self, steps: int) -> str | None:
+        reason = super().unsupported_steps_reason(steps)
+        if reason is None and steps > self.config.original_inference_steps:
+            reason = (f"{self.name}: at most original_inference_steps={self.config.original_inference_steps} "
+                      f"steps (the distillation grid); {steps} skipped")
+        return reason
+
+    def training_identity(self) -> dict[str, Any]:
+        """What changes the trained student (the student fingerprint): not the sampling fields."""
+        return self.config.training_fields()
+
+    def timesteps(self, denoiser: Denoiser, steps: int) -> list[int]:
+        """The LCM inference timesteps, pinned by ``timestep_spacing`` (notes §0.7)."""
+        return lcm_timesteps(steps, denoiser.schedule.num_train_timesteps, self.config.original_inference_steps,
+                             self.config.timestep_spacing)
+
+    # -- training ------------------------------------------------------------------------------
+    def _state(self, teacher: Any, trainer: Any, student: nn.Module, target: nn.Module | None,
+               w_embedding_dim: int | None, ema_decay: float | None) -> LCDState:
+        cfg = self.config
+        student = student.to(trainer.device).train()
+        params = [p for p in student.parameters() if p.requires_grad]
+        if any(p.dtype != torch.float32 for p in params):   # the reference raises too (notes §1.1)
+            raise ValueError(f"{self.name}: the student's trainable weights must be float32 master weights")
+        optimizer, lr_scheduler = make_optimizer(params, cfg, trainer.schedule.learning_rate,
+                                                 trainer.schedule.max_train_steps, trainer.num_processes)
+        student, optimizer, lr_scheduler = trainer.prepare(student, optimizer, lr_scheduler)
+        return LCDState(student=student, target=target, teacher=teacher.unet, schedule=teacher.schedule,
+                        solver=SkippingStepDDIM(teacher.schedule, cfg.num_ddim_timesteps), optimizer=optimizer,
+                        lr_scheduler=lr_scheduler, params=params, config=cfg, w_embedding_dim=w_embedding_dim,
+                        ema_decay=ema_decay, autocast=trainer.autocast, unwrap=trainer.unwrap)
+
+    def training_step(self, state: LCDState, batch: Any) -> torch.Tensor:
+        return lcd_training_step(state, batch)
+
+    def train(self, teacher: Any, data: Any, trainer: Any, steps: int | None = None) -> Student:
+        state = self.init_training_state(teacher, trainer)
+        trainer.fit(state, self.training_step, data, teacher)
+        return self.student_from_state(state, trainer)
+
+
+class LCM(_LCDMethod):
+    name: ClassVar[str] = "lcm"
+    paper: ClassVar[str] = "Luo et al. 2023, Latent Consistency Models, arXiv:2310.04378"
+    summary: ClassVar[str] = ("latent consistency distillation of the full U-Net with a guidance (w) embedding; "
+                              "LCMScheduler sampler, 1 call per step")
+    config_class: ClassVar[type] = LCMConfig
+
+    def nfe(self, steps: int, guidance_scale: float) -> int:
+        return steps                                   # guidance is distilled into the w embedding
+
+    def init_training_state(self, teacher: Any, trainer: Any) -> LCDState:
+        cfg = self.config
+        student = build_w_conditioned_unet(teacher.unet, cfg.time_cond_proj_dim, trainer.seed)
+        # the target starts as a copy of the online student (reference step 8); no grad; EMA-updated
+        target = copy.deepcopy(student).requires_grad_(False).to(trainer.device).train()
+        return self._state(teacher, trainer, student, target, cfg.time_cond_proj_dim, cfg.ema_decay)
+
+    def student_from_state(self, state: LCDState, trainer: Any) -> Student:
+        unet = trainer.unwrap(state.student) if self.config.student_weights == "online" else state.target
+        unet = unet.eval().requires_grad_(False)
+        return Student(unet=unet, kind="unet", metadata={"weights": self.config.student_weights,
+                                                         "time_cond_proj_dim": self.config.time_cond_proj_dim})
+
+    @torch.no_grad()
+    def sample(self, denoiser: Denoiser, request: SampleRequest) -> torch.Tensor:
+        dim = getattr(denoiser.unet.config, "time_cond_proj_dim", None)
+        if not dim:
+            raise ValueError("lcm samples with its student U-Net (time_cond_proj_dim set); this denoiser's "
+                             "U-Net has no w embedding")
+        w = torch.full((request.noise.shape[0],), lcm_w_from_guidance_scale(request.guidance_scale))
+        w_emb = guidance_scale_embedding(w, dim).to(request.noise.device, request.noise.dtype)  # notes §1.3
+        return lcm_multistep_sample(denoiser, request, self.timesteps(denoiser, request.steps),
+                                    sigma_data=self.config.sigma_data,
+                                    timestep_scaling=self.config.timestep_scaling, timestep_cond=w_emb)
+
+
+class LCMLoRA(_LCDMethod):
+    name: ClassVar[str] = "lcm-lora"
+    paper: ClassVar[str] = ("Luo et al. 2023, LCM-LoRA: A Universal Stable-Diffusion Acceleration Module, "
+                            "arXiv:2311.05556")
+    summary: ClassVar[str] = ("latent consistency distillation into a rank-64 LoRA (no w embedding, stop-grad "
+                              "target); LCMScheduler sampler with ordinary CFG")
+    config_class: ClassVar[type] = LCMLoRAConfig
+    # The guidance is distilled into the adapter (fixed w = 7.5, report §3.1); the model card samples
+    # with guidance_scale 1.0 (no CFG) to 2 (notes §1.3).
+    default_guidance_scale: ClassVar[float | None] = 1.0
+
+    def init_training_state(self, teacher: Any, trainer: Any) -> LCDState:
+        student = build_lora_unet(teacher.unet, self.config, trainer.seed)
+        return self._state(teacher, trainer, student, None, None, None)   # no w embedding, no EMA
+
+    def student_from_state(self, state: LCDState, trainer: Any) -> Student:
+        unet = trainer.unwrap(state.student).eval().requires_grad_(False)
+        lora = {k: v for k, v in dataclasses.asdict(self.config).items() if k.startswith("lora_")}
+        return Student(unet=unet, kind="lora", metadata={"lora": lora})
+
+    @torch.no_grad()
+    def sample(self, denoiser: Denoiser, request: SampleRequest) -> torch.Tensor:
+        return lcm_multistep_sample(denoiser, request, self.timesteps(denoiser, request.steps),
+                                    sigma_data=self.config.sigma_data,
+                                    timestep_scaling=self.config.timestep_scaling)
+
+
+__all__ = ["LCM", "LCMLoRA", "LCMConfig", "LCMLoRAConfig", "LCM_LORA_TARGET_MODULES", "build_w_conditioned_unet",
+           "build_lora_unet"]

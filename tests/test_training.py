@@ -1,0 +1,307 @@
+"""The training harness (bench.training, bench.train_data, bench.students) on the tiny teacher:
+deterministic data, exact resume after an interruption, the NaN guard, and the student cache."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from bench.errors import BenchError, UsageError
+from bench.train_data import ImageCaptionFolder, SyntheticPairs, ToyWorldPairs, batch_seed, training_data_for
+from bench.training import (
+    NonFiniteLossError,
+    Trainer,
+    TrainSchedule,
+    apply_toy_schedule,
+    toy_overrides,
+)
+from methods.lcm import LCM, LCMConfig, LCMLoRA, LCMLoRAConfig
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    from bench.teachers import load_teacher
+
+    return load_teacher("tiny")
+
+
+# ------------------------------------------------------------------------------------------------
+# Schedules and data
+# ------------------------------------------------------------------------------------------------
+
+
+def test_schedule_from_config_and_toy_override():
+    config = LCMConfig().resolved()
+    paper = TrainSchedule.from_config(config)
+    assert (paper.max_train_steps, paper.train_batch_size, paper.learning_rate) == (100_000, 72, 8e-6)
+    toy = apply_toy_schedule(config)
+    assert toy_overrides(config) == {"checkpointing_steps": 250, "ema_decay": 0.95, "learning_rate": 1e-4,
+                                     "max_train_steps": 1000, "train_batch_size": 32}
+    assert (toy.max_train_steps, toy.train_batch_size, toy.learning_rate, toy.ema_decay) == (1000, 32, 1e-4, 0.95)
+    assert toy.w_min == config.w_min and toy.loss_type == "l2"        # only the toy_* fields change
+    assert TrainSchedule.from_config(toy, max_train_steps=7).max_train_steps == 7
+    # a toy_* field set to None means "no override"
+    assert "ema_decay" not in toy_overrides(dataclasses.replace(config, toy_ema_decay=None))
+
+
+def test_synthetic_pairs_are_a_function_of_seed_and_index():
+    data = SyntheticPairs(resolution=16, seed=3)
+    a, ca = data.batch(5, 4)
+    b, cb = SyntheticPairs(resolution=16, seed=3).batch(5, 4)
+    assert torch.equal(a, b) and ca == cb
+    assert a.shape == (4, 3, 16, 16) and a.dtype == torch.float32 and a.min() >= -1 and a.max() <= 1
+    assert not torch.equal(a, data.batch(6, 4)[0])
+    assert not torch.equal(a, SyntheticPairs(resolution=16, seed=4).batch(5, 4)[0])
+    assert batch_seed(0, 1) != batch_seed(1, 0)
+
+
+def test_toy_world_pairs():
+    data = ToyWorldPairs(seed=1)
+    images, captions = data.batch(2, 3)
+    again, _ = ToyWorldPairs(seed=1).batch(2, 3)
+    assert images.shape[0] == 3 and images.shape[1] == 3 and len(captions) == 3
+    assert torch.equal(images, again) and images.min() >= -1 and images.max() <= 1
+    # batch 2 of size 3 is items 6..8 of the world's draw
+    from bench.toy.world import draw_pairs
+
+    ref, ref_captions = draw_pairs(1, 9)
+    assert captions == ref_captions[6:9]
+
+
+def test_image_caption_folder(tmp_path):
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(0)
+    for i in range(5):
+        pixels = (torch.rand(20 + i, 24, 3, generator=rng) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(tmp_path / f"{i:03d}.png")
+        if i != 4:
+            (tmp_path / f"{i:03d}.txt").write_text(f"caption {i}\n")
+    data = ImageCaptionFolder(tmp_path, resolution=16, seed=0)
+    assert len(data) == 4 and data.skipped == 1
+    images, captions = data.batch(0, 4)
+    assert images.shape == (4, 3, 16, 16) and images.min() >= -1 and images.max() <= 1
+    assert sorted(captions) == [f"caption {i}" for i in range(4)]          # one epoch = a permutation
+    images2, captions2 = ImageCaptionFolder(tmp_path, resolution=16, seed=0).batch(0, 4)
+    assert torch.equal(images, images2) and captions == captions2
+    assert ImageCaptionFolder(tmp_path, resolution=16, seed=1).identity != data.identity
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UsageError, match="same-stem"):
+        ImageCaptionFolder(empty, resolution=16)
+
+
+def test_training_data_for_teachers(teacher, monkeypatch, tmp_path):
+    monkeypatch.delenv("BENCH_TRAIN_DATA", raising=False)
+    assert isinstance(training_data_for(teacher), SyntheticPairs)
+    real = dataclasses.replace(teacher, name="sd15", identity={"name": "sd15", "hub_id": "x"})
+    with pytest.raises(BenchError, match="BENCH_TRAIN_DATA"):
+        training_data_for(real)
+    (tmp_path / "a.txt").write_text("a cat")
+    from PIL import Image
+
+    Image.new("RGB", (16, 16)).save(tmp_path / "a.png")
+    monkeypatch.setenv("BENCH_TRAIN_DATA", str(tmp_path))
+    assert isinstance(training_data_for(real), ImageCaptionFolder)
+
+
+# ------------------------------------------------------------------------------------------------
+# Kill and resume
+# ------------------------------------------------------------------------------------------------
+
+
+class Killed(Exception):
+    """Stands in for a kill: raised from inside the loop."""
+
+
+@dataclasses.dataclass(frozen=True)
+class KilledAt:
+    """Training data that dies when asked for micro-batch ``index`` (after the checkpoint)."""
+
+    data: SyntheticPairs
+    index: int
+
+    @property
+    def identity(self):
+        return self.data.identity
+
+    def batch(self, index, batch_size):
+        if index == self.index:
+            raise Killed(f"killed at micro-batch {index}")
+        return self.data.batch(index, batch_size)
+
+
+def _method(name: str):
+    if name == "lcm":
+        return LCM(LCMConfig(ema_decay=0.9, loss_type="huber", lr_scheduler="constant_with_warmup", lr_warmup_steps=3))
+    return LCMLoRA(LCMLoRAConfig(lora_rank=4, lora_alpha=4.0, w_min=5.0, w_max=15.0))
+
+
+def _schedule(**kw) -> TrainSchedule:
+    values = dict(max_train_steps=4, train_batch_size=2, learning_rate=1e-4, gradient_accumulation_steps=2,
+                  checkpointing_steps=2)
+    values.update(kw)
+    return TrainSchedule(**values)
+
+
+@pytest.mark.parametrize("name", ["lcm", "lcm-lora"])
+def test_resume_after_interruption_reproduces_the_uninterrupted_run(teacher, tmp_path, name):
+    """4 optimizer steps x 2 accumulated micro-batches, checkpoint every 2 steps. Run A goes
+    straight through. Run B is killed during step 3 (micro-batch 5), then a new Trainer and a
+    freshly built state resume from the step-2 checkpoint. Same parameters, EMA target and loss
+    history, bit for bit."""
+    data = SyntheticPairs(resolution=teacher.resolution)
+
+    method = _method(name)
+    straight = Trainer(_schedule(), tmp_path / "a", device="cpu", progress=False)
+    state_a = method.init_training_state(teacher, straight)
+    straight.fit(state_a, method.training_step, data, teacher)
+    student_a = method.student_from_state(state_a, straight)
+
+    with pytest.raises(Killed):
+        method.train(teacher, KilledAt(data, 5), Trainer(_schedule(), tmp_path / "b", device="cpu", progress=False))
+    assert [p.name for p in (tmp_path / "b").iterdir()] == ["step-00000002"]
+
+    resumed = Trainer(_schedule(), tmp_path / "b", device="cpu", progress=False)
+    state_b = method.init_training_state(teacher, resumed)
+    report = resumed.fit(state_b, method.training_step, data, teacher)
+    student_b = method.student_from_state(state_b, resumed)
+
+    assert report.resumed_from == 2 and report.steps == 4
+    assert report.losses == straight.report.losses
+    for net_a, net_b in [(student_a.unet, student_b.unet)] + (
+            [(state_a.target, state_b.target)] if name == "lcm" else []):
+        a, b = net_a.state_dict(), net_b.state_dict()
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+    if name == "lcm":   # the EMA target moved (so its checkpointing was exercised)
+        online = student_a.unet.state_dict()
+        assert any(not torch.equal(v, online[k]) for k, v in state_a.target.state_dict().items())
+
+
+def test_checkpoints_are_pruned_and_stale_temp_folders_removed(teacher, tmp_path):
+    method = _method("lcm-lora")
+    stale = tmp_path / ".step-00000003.tmp"
+    stale.mkdir(parents=True)
+    trainer = Trainer(_schedule(max_train_steps=5, gradient_accumulation_steps=1, checkpointing_steps=1,
+                                checkpoints_total_limit=2), tmp_path, device="cpu", progress=False)
+    method.train(teacher, SyntheticPairs(resolution=teacher.resolution), trainer)
+    # steps 1..4 checkpointed (not the last: the student is saved instead), newest two kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000003", "step-00000004"]
+    files = {p.name for p in (tmp_path / "step-00000004").iterdir()}
+    assert {"model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl",
+            "extra_state.safetensors", "trainer_state.json"} <= files
+    assert json.loads((tmp_path / "step-00000004" / "trainer_state.json").read_text())["step"] == 4
+
+
+# ------------------------------------------------------------------------------------------------
+# NaN guard
+# ------------------------------------------------------------------------------------------------
+
+
+def test_non_finite_loss_stops_with_the_step_and_the_last_good_checkpoint(teacher, tmp_path):
+    method = _method("lcm")
+    trainer = Trainer(_schedule(max_train_steps=5, gradient_accumulation_steps=1, checkpointing_steps=2),
+                      tmp_path, device="cpu", progress=False)
+    state = method.init_training_state(teacher, trainer)
+
+    def poisoned(state, batch):
+        loss = method.training_step(state, batch)
+        return loss * float("nan") if batch.step == 2 else loss      # step 3 (1-based)
+
+    with pytest.raises(NonFiniteLossError) as info:
+        trainer.fit(state, poisoned, SyntheticPairs(resolution=teacher.resolution), teacher)
+    message = str(info.value)
+    assert "training step 3 of 5" in message and "nan" in message
+    assert str(tmp_path / "step-00000002") in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000002"]   # kept, nothing newer
+    # and the kept checkpoint resumes
+    again = Trainer(trainer.schedule, tmp_path, device="cpu", progress=False)
+    report = again.fit(method.init_training_state(teacher, again), method.training_step,
+                       SyntheticPairs(resolution=teacher.resolution), teacher)
+    assert report.resumed_from == 2 and report.steps == 5 and all(map(torch.isfinite, torch.tensor(report.losses)))
+
+
+def test_non_finite_gradient_is_caught_before_the_update(teacher, tmp_path):
+    method = _method("lcm-lora")
+    trainer = Trainer(_schedule(max_train_steps=2, gradient_accumulation_steps=1, checkpointing_steps=0),
+                      None, device="cpu", progress=False)
+    state = method.init_training_state(teacher, trainer)
+    before = [p.detach().clone() for p in state.params]
+    state.params[0].register_hook(lambda grad: grad * float("inf"))    # finite loss, infinite gradient
+
+    with pytest.raises(NonFiniteLossError, match="gradient norm is (inf|nan) at training step 1 of 2"):
+        trainer.fit(state, method.training_step, SyntheticPairs(resolution=teacher.resolution), teacher)
+    assert all(torch.equal(a, b) for a, b in zip(before, state.params))
+
+
+# ------------------------------------------------------------------------------------------------
+# The student cache
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["lcm", "lcm-lora"])
+def test_load_student_trains_once_saves_and_exports(teacher, tmp_path, monkeypatch, name):
+    from bench import students
+    from methods.base import SampleRequest
+
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("BENCH_TRAIN_DATA", raising=False)
+    cls, config_cls = (LCM, LCMConfig) if name == "lcm" else (LCMLoRA, LCMLoRAConfig)
+    # toy schedule (tiny is a random-weight teacher), shrunk further for the test
+    method = cls(config_cls(toy_train_batch_size=2, toy_checkpointing_steps=1))
+    first = students.load_student(method, teacher, steps=2, max_train_steps=2, progress=False)
+    info = json.loads((first.path / "student.json").read_text())
+    assert info["fingerprint"] == first.fingerprint and info["trained_steps"] == 2
+    assert info["schedule"]["train_batch_size"] == 2 and info["schedule"]["learning_rate"] == 1e-4
+    assert info["final_loss"] is not None and info["training_seconds"] > 0
+    assert (first.path / ("unet" if name == "lcm" else "pytorch_lora_weights.safetensors")).exists()
+    assert not any(p.name.endswith(".work") for p in first.path.parent.iterdir())   # checkpoints removed
+
+    monkeypatch.setattr(cls, "train", lambda *a, **k: pytest.fail("retrained a cached student"))
+    second = students.load_student(method, teacher, steps=4, max_train_steps=2, progress=False)
+    assert second.fingerprint == first.fingerprint and second.path == first.path
+    gens = lambda: [torch.Generator().manual_seed(i) for i in range(2)]   # noqa: E731
+    request = lambda: SampleRequest(torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(9)),  # noqa: E731
+                                    teacher.encode_prompts(["a", "b"]), teacher.encode_prompts(["", ""]),
+                                    gens(), 2, 1.0)
+    assert torch.equal(method.sample(first.denoiser, request()), method.sample(second.denoiser, request()))
+    # the sampling-only fields do not change the student; the schedule does
+    respaced = cls(config_cls(toy_train_batch_size=2, toy_checkpointing_steps=1, timestep_spacing="original"))
+    assert students.load_student(respaced, teacher, steps=2, max_train_steps=2, progress=False).path == first.path
+    # --config toy_max_train_steps=2 names the same student as --max-train-steps 2
+    same = cls(config_cls(toy_train_batch_size=2, toy_checkpointing_steps=1, toy_max_train_steps=2))
+    assert students.load_student(same, teacher, steps=2, progress=False).path == first.path
+    plan = students.training_plan(method, teacher, max_train_steps=3)[1]
+    data = training_data_for(teacher)
+    assert students.student_fingerprint(method, teacher, plan, data) != first.fingerprint
+
+    out = students.export_student(first, tmp_path / "export")
+    assert json.loads((out / "student.json").read_text())["fingerprint"] == first.fingerprint
+    assert students.export_student(first, out) == out                     # same student: no-op
+    (tmp_path / "other").mkdir()
+    with pytest.raises(UsageError):
+        students.export_student(first, tmp_path / "other")
+
+
+def test_load_student_resumes_a_killed_training(teacher, tmp_path, monkeypatch):
+    from bench import students
+
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    method = LCMLoRA(LCMLoRAConfig(lora_rank=4, lora_alpha=4.0, toy_train_batch_size=2, toy_checkpointing_steps=1))
+    data = SyntheticPairs(resolution=teacher.resolution)
+    with pytest.raises(Killed):
+        students.load_student(method, teacher, steps=1, max_train_steps=3, data=KilledAt(data, 2), progress=False)
+    loaded = students.load_student(method, teacher, steps=1, max_train_steps=3, data=data, progress=False)
+    assert loaded.info["resumed_from_step"] == 2 and loaded.info["trained_steps"] == 3
