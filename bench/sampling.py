@@ -208,7 +208,8 @@ def sample_to_folder(teacher: Any, denoiser: Denoiser, method: Method, prompts: 
             latents = generate_latents(teacher, denoiser, method, batch_prompts, indices, spec.steps,
                                        spec.guidance_scale, spec.seed, uncond, spec.batching)
             for index, prompt, image in zip(indices, batch_prompts, to_pil(_decode(teacher, latents, exact))):
-                with atomic_path(out_dir / image_name(index)) as tmp:
+                # no fsync: a PNG damaged by an OS crash fails the CRC check on resume and is redone
+                with atomic_path(out_dir / image_name(index), durable=False) as tmp:
                     image.save(tmp, format="PNG",
                                pnginfo=_png_info(spec_fp, index, prompt, image_seed(spec.seed, index)))
             bar.update(len(indices))
