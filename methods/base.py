@@ -168,3 +168,17 @@ class Method(ABC):
 
     def config_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
+
+
+class TeacherSolver(Method):
+    """A teacher solver: no training, any step count, timesteps from the config's ``spacing``
+    (and ``steps_offset`` for "leading"), the last step landing on the schedule's final abar."""
+
+    trains: ClassVar[bool] = False
+    supported_steps: ClassVar[tuple[int, ...] | None] = None
+
+    def timesteps(self, denoiser: Denoiser, steps: int) -> list[int]:
+        from methods.timesteps import inference_timesteps
+
+        return inference_timesteps(denoiser.schedule.num_train_timesteps, steps,
+                                   self.config.spacing, self.config.steps_offset)

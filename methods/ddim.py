@@ -17,9 +17,9 @@ from typing import ClassVar
 
 import torch
 
-from methods.base import Denoiser, Method, SampleRequest, per_sample_randn
+from methods.base import Denoiser, SampleRequest, TeacherSolver, per_sample_randn
 from methods.diffusion_math import ddim_step
-from methods.timesteps import SPACINGS, inference_timesteps, step_pairs
+from methods.timesteps import SPACINGS, step_pairs
 
 
 @dataclass(frozen=True)
@@ -39,18 +39,11 @@ class DDIMConfig:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
 
 
-class DDIM(Method):
+class DDIM(TeacherSolver):
     name: ClassVar[str] = "ddim"
     paper: ClassVar[str] = "Song, Meng & Ermon 2021, Denoising Diffusion Implicit Models, arXiv:2010.02502"
     summary: ClassVar[str] = "teacher DDIM solver (eta=0 deterministic; eta>0 stochastic), no training"
     config_class: ClassVar[type] = DDIMConfig
-    supported_steps: ClassVar[tuple[int, ...] | None] = None
-    trains: ClassVar[bool] = False
-
-    def timesteps(self, denoiser: Denoiser, steps: int) -> list[int]:
-        """The timesteps visited at ``steps`` steps (the last step lands on the final abar)."""
-        return inference_timesteps(denoiser.schedule.num_train_timesteps, steps,
-                                   self.config.spacing, self.config.steps_offset)
 
     @torch.no_grad()
     def sample(self, denoiser: Denoiser, request: SampleRequest) -> torch.Tensor:

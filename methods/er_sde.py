@@ -20,9 +20,9 @@ from typing import ClassVar
 
 import torch
 
-from methods.base import Denoiser, Method, SampleRequest, per_sample_randn
+from methods.base import Denoiser, SampleRequest, TeacherSolver, per_sample_randn
 from methods.diffusion_math import ER_SDE_NOISE_SCALES, er_sde_step
-from methods.timesteps import SPACINGS, inference_timesteps, step_pairs
+from methods.timesteps import SPACINGS, step_pairs
 
 
 @dataclass(frozen=True)
@@ -45,19 +45,12 @@ class ERSDEConfig:
             raise ValueError(f"spacing must be one of {SPACINGS}, got {self.spacing!r}")
 
 
-class ERSDE(Method):
+class ERSDE(TeacherSolver):
     name: ClassVar[str] = "er-sde"
     paper: ClassVar[str] = ("Cui et al. 2023, Elucidating the Solution Space of Extended Reverse-Time "
                             "SDEs for Diffusion Models, arXiv:2309.06169")
     summary: ClassVar[str] = "teacher ER-SDE solver (1st-order VP, noise scale ER-SDE 5), no training"
     config_class: ClassVar[type] = ERSDEConfig
-    supported_steps: ClassVar[tuple[int, ...] | None] = None
-    trains: ClassVar[bool] = False
-
-    def timesteps(self, denoiser: Denoiser, steps: int) -> list[int]:
-        """The timesteps visited at ``steps`` steps (the last step lands on the final abar)."""
-        return inference_timesteps(denoiser.schedule.num_train_timesteps, steps,
-                                   self.config.spacing, self.config.steps_offset)
 
     @torch.no_grad()
     def sample(self, denoiser: Denoiser, request: SampleRequest) -> torch.Tensor:

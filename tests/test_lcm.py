@@ -25,19 +25,13 @@ TOL = 1e-5
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared: one intra-op thread is faster here and keeps results bit-stable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
-def teacher():
-    from bench.teachers import load_teacher
-
-    return load_teacher("tiny")
+def teacher(tiny_teacher):
+    return tiny_teacher
 
 
 @pytest.fixture(scope="module")

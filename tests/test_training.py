@@ -21,18 +21,13 @@ from methods.lcm import LCM, LCMConfig, LCMLoRA, LCMLoRAConfig
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
-def teacher():
-    from bench.teachers import load_teacher
-
-    return load_teacher("tiny")
+def teacher(tiny_teacher):
+    return tiny_teacher
 
 
 # ------------------------------------------------------------------------------------------------
