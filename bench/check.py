@@ -26,13 +26,13 @@ machine: add e.g. ``--tolerance latency_ms=10%`` (a trailing ``%`` makes a toler
 the baseline value). ``metric=off`` stops checking a metric. Tolerances given on the command line
 are merged over the defaults.
 
-CI job (GitHub Actions; the smoke suite runs offline on a CPU)::
+CI job (GitHub Actions; the toy world runs offline on a CPU)::
 
     # .github/workflows/regression.yml
     name: regression
     on: [pull_request]
     jobs:
-      smoke-regression:
+      toy-regression:
         runs-on: ubuntu-latest
         steps:
           - uses: actions/checkout@v4
@@ -40,10 +40,10 @@ CI job (GitHub Actions; the smoke suite runs offline on a CPU)::
             with:
               python-version: "3.11"
           - run: pip install -e ".[test]"
-          - name: Run the smoke suite (the default suite: toy world, CPU, no downloads)
-            run: python -m bench run --methods ddim,lcm,scott,dmd --steps 1,2,4 --out runs
+          - name: Run the toy world (the default teacher and suite; CPU, no downloads)
+            run: python -m bench run --methods ddim,dpmpp,er-sde --steps 1,2,4,8,25,50 --metrics fid,clip,coverage --out runs
           - name: Compare with the committed baseline
-            run: python -m bench check --baseline leaderboards/smoke.json --results runs/results
+            run: python -m bench check --baseline leaderboards/toy.json --results runs/results
           - name: Keep the new leaderboard for review
             if: always()
             run: python -m bench leaderboard --results runs/results --out leaderboards-new
@@ -54,7 +54,7 @@ CI job (GitHub Actions; the smoke suite runs offline on a CPU)::
               path: leaderboards-new/
 
 To accept an intended change of the numbers, regenerate the baseline and commit it:
-``python -m bench leaderboard --results runs/results --suite smoke`` (writes ``leaderboards/smoke.json``).
+``python -m bench leaderboard --results runs/results --suite toy`` (writes ``leaderboards/toy.json``).
 """
 from __future__ import annotations
 
@@ -397,7 +397,7 @@ def format_result(result: CheckResult) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--baseline", type=Path, required=True,
-                        help="committed leaderboard JSON, e.g. leaderboards/smoke.json")
+                        help="committed leaderboard JSON, e.g. leaderboards/toy.json")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--results", type=Path, default=None,
                         help="results folder of the new run(s) (default: runs/results)")

@@ -15,8 +15,8 @@ from bench.errors import BenchError, UsageError
 
 log = logging.getLogger("bench")
 
-DEFAULT_TEACHER = "tiny"
-DEFAULT_SUITE = "smoke"
+DEFAULT_TEACHER = "toy"
+DEFAULT_SUITE = "toy"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,10 +58,12 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=None, metavar="G",
                         help="classifier-free guidance scale, diffusers convention (1 = none; default: the teacher's)")
     parser.add_argument("--seed", type=int, default=0, help="run seed; image i uses a seed derived from (seed, i) only")
-    parser.add_argument("--batch-size", type=int, default=8, metavar="B", help="images per batch (default 8)")
-    parser.add_argument("--batching", default="exact", choices=["exact", "fast"],
+    parser.add_argument("--batch-size", type=int, default=None, metavar="B",
+                        help="images per batch (default 8; 250 on the toy suite)")
+    parser.add_argument("--batching", default=None, choices=["exact", "fast"],
                         help="exact: one image per network call, identical PNG bytes whatever --batch-size "
-                             "(default); fast: whole batch per call (faster on GPU; recorded in the fingerprint)")
+                             "(default); fast: whole batch per call, faster, recorded in the fingerprint "
+                             "(default on the toy suite, where per-image calls would cost 4x the time)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a method's student from the teacher; cached by fingerprint.")
     p.add_argument("--method", required=True, help="method name from `bench list`")
     p.add_argument("--max-train-steps", type=int, default=None, metavar="N", help="override the method's schedule")
+    p.add_argument("--steps", type=int, default=1, metavar="S",
+                   help="sampling steps the student is for, where a method trains one student per step count "
+                        "(mcm: S segments); other methods ignore it (default 1)")
     p.add_argument("--out", default=None, metavar="DIR", help="also export the student here")
     p.add_argument("--config", default=None, metavar="K=V,...", help="method config overrides")
     _add_teacher_args(p)
@@ -129,6 +134,7 @@ _EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("bench.report", "write plots, an image grid and an index page for a run"),
     "check": ("bench.check", "compare results with a baseline leaderboard JSON (CI regression check)"),
     "benchmark": ("bench.benchmarks", "measure harness overhead and metric speed (prints the figures)"),
+    "profile": ("bench.profile", "speed and memory of methods vs a stock diffusers pipeline, and of training"),
     "toy": ("bench.toy.cli", "the toy world: train its teacher and metric models from scratch"),
 }
 

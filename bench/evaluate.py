@@ -25,6 +25,7 @@ IMAGE_METRICS = ("fid", "clip", "coverage")
 ALL_METRICS = (*IMAGE_METRICS, "latency")
 DEFAULT_METRICS = ALL_METRICS
 STANDIN_NOTE = "stand-in metric models (random weights): numbers exercise the code path, not image quality"
+TOY_NOTE = "toy-world metric models (bench/data/toy): comparable across methods on the toy world only"
 
 
 @dataclass
@@ -64,24 +65,29 @@ class Evaluator:
                 "metric_models": self.models.identities(), "nearest_k": self.models.nearest_k,
                 **self.extra_protocol}
 
-    def score_folder(self, folder: Path, progress: bool = True) -> dict[str, float]:
-        """FID / CLIP / PRDC numbers of one samples folder (features cached by fingerprint)."""
+    def score_folder(self, folder: Path, progress: bool = True, prompts: tuple[str, ...] | None = None,
+                     metrics: tuple[str, ...] | None = None) -> dict[str, float]:
+        """FID / CLIP / PRDC numbers of one samples folder (features cached by fingerprint).
+        ``prompts`` (default: the suite's) are what CLIP scores image i against; ``metrics``
+        narrows ``self.metrics``."""
         from bench.metrics.fid import fid_from_stats
         from bench.metrics.prdc import prdc
         from bench.metrics.reference import samples_features
 
+        metrics = self.metrics if metrics is None else tuple(m for m in metrics if m in self.metrics)
+        prompts = self.suite.prompts if prompts is None else prompts
         values: dict[str, float] = {}
-        wants_features = any(m in self.metrics for m in ("fid", "coverage"))
+        wants_features = any(m in metrics for m in ("fid", "coverage"))
         if wants_features and self.reference.features is not None:
             fake = samples_features(folder, self.models.extractor, self.reference.protocol,
                                     expected_count=len(self.suite.prompts), progress=progress)
             real = self.reference.features
-            if "fid" in self.metrics:
+            if "fid" in metrics:
                 values["fid"] = fid_from_stats(real.mu, real.sigma, fake.mu, fake.sigma)
-            if "coverage" in self.metrics:
+            if "coverage" in metrics:
                 values.update(prdc(real.features, fake.features, nearest_k=self.models.nearest_k))
-        if "clip" in self.metrics and self.models.clip is not None:
-            values["clip"] = self.models.clip.score(folder, list(self.suite.prompts), progress=progress).mean_cosine
+        if "clip" in metrics and self.models.clip is not None:
+            values["clip"] = self.models.clip.score(folder, list(prompts), progress=progress).mean_cosine
         return values
 
 
@@ -137,11 +143,16 @@ def metric_models_for(suite, metrics: tuple[str, ...], inception_path: str | Non
                       clip_weights: str | None = None, clip_model: str | None = None,
                       clip_pretrained: str | None = None, clip_prefix: str | None = None,
                       device: torch.device | str | None = None) -> MetricModels:
-    """Real models for real suites (fail fast when the weights are missing), stand-ins for smoke."""
+    """Real models for real suites (fail fast when the weights are missing), the trained toy models
+    for the toy suite, stand-ins for smoke."""
     from bench.metrics import inception_extractor, standin_extractor
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     wants_features = any(m in metrics for m in ("fid", "coverage"))
+    if suite.name == "toy":
+        from bench.toy.suite import toy_metric_models
+
+        return MetricModels(*toy_metric_models(metrics, device), note=TOY_NOTE)
     if suite.name in ("smoke",) or suite.name == "prompts-file":
         extractor = standin_extractor(seed=0, device=device) if wants_features else None
         clip = standin_clip_scorer(device=device) if "clip" in metrics else None
@@ -181,6 +192,12 @@ def reference_for(suite, models: MetricModels, data_root: str | None, metrics: t
     protocol = protocol_for_suite(suite.name)
     if not wants_features:
         return Reference(None, protocol, "none")
+    if suite.name == "toy":
+        from bench.toy.suite import toy_image_folder
+
+        folder = toy_image_folder("reference", len(suite.prompts))
+        return Reference(folder_features(folder, models.extractor, protocol, progress=progress), protocol,
+                         f"toy: the {len(suite.prompts)} world images the prompts were drawn with")
     features = reference_features(suite.name, models.extractor, data_root=data_root,
                                   image_ids=suite.image_ids, reference_files=suite.reference_files,
                                   protocol=protocol, progress=progress)

@@ -49,6 +49,8 @@ def run_benchmark(args: argparse.Namespace, ctx, methods: list, steps_list: list
     out = Path(args.out)
     store = ResultsStore(out / "results")
     outcomes: list[CellOutcome] = []
+    if suite.name == "toy":
+        outcomes += score_real_image_cells(ctx, evaluator, store, suite, progress)
     for method in methods:
         guidance = guidance_for(args, method, ctx.teacher)
         for steps in steps_list:
@@ -79,6 +81,32 @@ def run_benchmark(args: argparse.Namespace, ctx, methods: list, steps_list: list
         paths = write_leaderboards(frame, board_dir, suites=[suite.name])
         print("leaderboard: " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def score_real_image_cells(ctx, evaluator, store, suite, progress: bool) -> list[CellOutcome]:
+    """Rows of real images scored like samples (steps 0): the metric floor and the CLIP score of
+    shuffled captions (bench.toy.suite), reused by fingerprint like every other cell."""
+    from bench.evaluate import make_rows
+    from bench.fingerprint import fingerprint
+    from bench.toy.suite import real_image_cells
+
+    outcomes = []
+    for real in real_image_cells(suite.prompts, evaluator.metrics):
+        names = _expected_image_metrics(evaluator, real.metrics)
+        if not names:
+            continue
+        samples_fp = fingerprint({"real_images": real.method, "folder": real.folder.name,
+                                  "prompts": list(real.prompts)})
+        cell = {"teacher": ctx.teacher_name, "method": real.method, "steps": 0, "nfe": 0, "guidance": 0.0,
+                "seed": 0}
+        values = _reuse(store, evaluator, samples_fp, names)
+        if values is None:
+            values = evaluator.score_folder(real.folder, progress=progress, prompts=real.prompts,
+                                            metrics=real.metrics)
+            store.append(make_rows(values, evaluator=evaluator, cell=cell, samples_fingerprint=samples_fp,
+                                   run_id=store.run_id, device=str(ctx.device)))
+        outcomes.append(CellOutcome(real.method, 0, "scored", real.description, real.folder, values))
+    return outcomes
 
 
 def guidance_for(args, method, teacher) -> float:
@@ -117,13 +145,14 @@ def score_cell(args, ctx, evaluator, store, method, steps: int, guidance: float,
     return values
 
 
-def _expected_image_metrics(evaluator) -> tuple[str, ...]:
+def _expected_image_metrics(evaluator, metrics: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    metrics = evaluator.metrics if metrics is None else tuple(m for m in metrics if m in evaluator.metrics)
     names = []
-    if "fid" in evaluator.metrics and evaluator.reference.features is not None:
+    if "fid" in metrics and evaluator.reference.features is not None:
         names.append("fid")
-    if "coverage" in evaluator.metrics and evaluator.reference.features is not None:
+    if "coverage" in metrics and evaluator.reference.features is not None:
         names += ["precision", "recall", "density", "coverage"]
-    if "clip" in evaluator.metrics and evaluator.models.clip is not None:
+    if "clip" in metrics and evaluator.models.clip is not None:
         names.append("clip")
     return tuple(names)
 
@@ -146,11 +175,23 @@ def measure_cell_latency(args, ctx, method, steps: int, guidance: float, prompt:
     from bench.metrics import measure_latency
     from bench.students import load_student
 
+    from tqdm.auto import tqdm
+
     student = load_student(method, ctx.teacher, steps, batching="fast", progress=False)
     end_to_end, denoiser_only = latency_closures(ctx, method, student, prompt, steps, guidance, args.seed, "fast")
     throughput = _throughput_closure(ctx, method, student, prompt, steps, guidance, args.seed, args.throughput_batch)
-    result = measure_latency(end_to_end, denoiser_only, warmup=3, runs=args.latency_runs, device=ctx.device,
-                             throughput_fn=throughput, throughput_batch=args.throughput_batch, dtype=ctx.precision)
+    with tqdm(desc=f"latency {method.name} {steps} step(s)", unit="call", disable=args.quiet,
+              dynamic_ncols=True) as bar:
+        def counted(fn):
+            def call():
+                result = fn()
+                bar.update(1)
+                return result
+            return call
+
+        result = measure_latency(counted(end_to_end), counted(denoiser_only), warmup=3, runs=args.latency_runs,
+                                 device=ctx.device, throughput_fn=counted(throughput),
+                                 throughput_batch=args.throughput_batch, dtype=ctx.precision)
     values = {name: getattr(result, attr) for name, attr in LATENCY_ROWS.items()}
     return {k: float(v) for k, v in values.items() if v is not None}
 
@@ -179,10 +220,10 @@ def _device_name(device) -> str:
 
 def format_outcomes(outcomes: list[CellOutcome], note: str = "") -> str:
     columns = ("fid", "clip", "coverage", "latency_ms")
-    lines = [f"{'method':<14} {'steps':>5}  " + "  ".join(f"{c:>10}" for c in columns) + "  samples / note"]
+    lines = [f"{'method':<22} {'steps':>5}  " + "  ".join(f"{c:>10}" for c in columns) + "  samples / note"]
     for o in outcomes:
         cells = "  ".join(f"{o.values[c]:>10.4g}" if c in o.values else f"{'-':>10}" for c in columns)
-        lines.append(f"{o.method:<14} {o.steps:>5}  {cells}  {o.samples or o.note}")
+        lines.append(f"{o.method:<22} {o.steps:>5}  {cells}  {o.samples or o.note}")
     if note:
         lines.append(f"note: {note}")
     return "\n".join(lines)

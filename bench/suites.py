@@ -40,6 +40,12 @@ Registered suites (``SUITE_SPECS``; add a :class:`SuiteSpec` to extend):
     ``random.Random(0).shuffle(keys)``, the first 5,000, then sorted. The reference is the 5,000
     matching images ``mjhq30k_imgs/<category>/<image_id>.jpg``.
 
+``toy``
+    The toy world's suite (:mod:`bench.toy.world`, the embedded default): the captions of a seeded
+    draw of 1,000 world scenes; the FID/Coverage reference is that draw's images (image *i* fits
+    prompt *i*), and a second draw conditioned on the same captions measures the real-vs-real floor.
+    Generated on the fly from the seed: nothing to download.
+
 ``prompts-file`` (or any unregistered name together with ``prompts_file=``)
     A UTF-8 text file, one prompt per line, taken verbatim (a final newline is allowed; empty or
     whitespace-only lines are rejected with their line numbers).
@@ -427,6 +433,31 @@ def _load_smoke(spec: SuiteSpec, data_root: Path) -> Suite:
     return Suite(spec.name, tuple(prompts), None, None, protocol, source_files=(path,))
 
 
+TOY_RULE = (
+    "captions of toy-world draw seed {seed} (item i from generator (seed, i)), first {count}; "
+    "reference = that draw's images; floor = a redraw conditioned on the same captions, seed {floor_seed}"
+)
+
+
+def _load_toy(spec: SuiteSpec, data_root: Path) -> Suite:
+    from bench.fingerprint import fingerprint as config_fingerprint
+    from bench.toy.world import ToySuiteConfig, toy_suite_prompts
+
+    config = ToySuiteConfig(n=spec.count) if spec.count is not None else ToySuiteConfig()
+    prompts = toy_suite_prompts(config.prompt_seed, config.n, config.world)
+    protocol = _protocol(
+        dataset="toy world (bench.toy.world)",
+        sources=[{"file": "<generated>", "world_fingerprint": config_fingerprint(config.world.to_dict())}],
+        selection=TOY_RULE.format(seed=config.prompt_seed, count=config.n, floor_seed=config.floor_seed),
+        seed=config.prompt_seed,
+        prompts=prompts,
+        reference=f"the {config.n:,} world images the prompts were drawn with",
+        floor_seed=config.floor_seed,
+        resolution=config.world.resolution,
+    )
+    return Suite(spec.name, tuple(prompts), None, None, protocol)
+
+
 def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -591,6 +622,8 @@ def _needs_prompts_file(spec: SuiteSpec, data_root: Path) -> Suite:
 # Registry
 
 SUITE_SPECS: tuple[SuiteSpec, ...] = (
+    SuiteSpec("toy", "1,000 toy-world captions (16 px coloured shapes), reference + floor draws; offline default",
+              _load_toy, count=1_000, seed=20240, needs_data_root=False),
     SuiteSpec("smoke", "8 built-in prompts for tests (mixed lengths, one over 77 CLIP tokens, one non-ASCII)",
               _load_smoke, count=8, needs_data_root=False),
     SuiteSpec("coco2014-30k", "30,000 COCO-2014 val captions (GigaGAN/DMD2 protocol); FID vs all 40,504 val2014 images",

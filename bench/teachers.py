@@ -13,7 +13,10 @@ schedule. Four are named (``TEACHER_SPECS``):
 - ``sd15-arch``: the exact SD-1.5 architecture (``bench/configs/sd15``) with random weights from a
   fixed seed, for timing and memory numbers without the real weights.
 - ``tiny``: the same component classes at toy size (``bench/configs/tiny``): 16 px images, 4x8x8
-  latents, builds in well under a second; tests and CI use it.
+  latents, builds in well under a second; unit tests use it.
+- ``toy``: the toy world's trained teacher (``bench/data/toy``, hash-checked; ``bench.toy``): the
+  same U-Net and text-encoder classes, epsilon prediction, SD-1.5's schedule, 16 px images in an
+  identity latent space. The embedded default: it makes images that the toy metrics can judge.
 
 Any diffusers-format folder (``unet/ vae/ text_encoder/ tokenizer/ scheduler/``) loads with
 ``load_teacher(None, path=DIR)``: on the command line ``--teacher-path DIR``, or the environment
@@ -194,8 +197,9 @@ class Teacher:
 
 @dataclass(frozen=True)
 class TeacherSpec:
-    """What a named teacher is. Exactly one of ``hub_id`` (real weights) or ``config_dir`` (random
-    weights from ``seed``, architecture from ``bench/configs/<config_dir>``) is set."""
+    """What a named teacher is. Exactly one of ``hub_id`` (real weights), ``config_dir`` (random
+    weights from ``seed``, architecture from ``bench/configs/<config_dir>``) or ``toy_checkpoint``
+    (the toy world's trained weights) is set."""
 
     name: str
     summary: str
@@ -208,6 +212,7 @@ class TeacherSpec:
     vae_revision: str | None = None
     config_dir: str | None = None
     seed: int = 0
+    toy_checkpoint: bool = False         # the toy world's committed, trained teacher (bench/data/toy)
 
     @property
     def from_hub(self) -> bool:
@@ -234,6 +239,12 @@ TEACHER_SPECS: Mapping[str, TeacherSpec] = types.MappingProxyType({
         resolution=512,
         config_dir="sd15",
         seed=0,
+    ),
+    "toy": TeacherSpec(
+        name="toy",
+        summary="toy world teacher, trained (bench/data/toy): 16 px coloured shapes, pixel space, offline",
+        resolution=16,
+        toy_checkpoint=True,
     ),
     "tiny": TeacherSpec(
         name="tiny",
@@ -288,7 +299,12 @@ def load_teacher(
             f"no teacher given: pass a name ({', '.join(teacher_names())}) or a local diffusers folder "
             f"with --teacher-path DIR (or {TEACHER_PATH_ENV}=DIR)"
         )
-    if spec is not None and not spec.from_hub:
+    if spec is not None and spec.toy_checkpoint:
+        if path is not None or revision is not None:
+            raise UsageError(f"teacher {spec.name!r} is the committed toy checkpoint; --teacher-path and "
+                             "--revision do not apply to it")
+        teacher = _load_toy(spec, device, dtype)
+    elif spec is not None and not spec.from_hub:
         if path is not None:
             raise UsageError(f"teacher {spec.name!r} is built from configs; --teacher-path does not apply to it")
         if revision is not None:
@@ -392,6 +408,27 @@ def _build_from_configs(spec: TeacherSpec, device, dtype, vae_upcast) -> Teacher
     }
     return _assemble(spec.name, unet, vae, text_encoder, build_clip_tokenizer(), configs["scheduler"],
                      spec.resolution, spec.default_guidance_scale, identity, device, dtype, vae_upcast)
+
+
+def _load_toy(spec: TeacherSpec, device, dtype) -> Teacher:
+    """The toy world's trained teacher from its hash-checked checkpoint (bench.toy.load)."""
+    from bench.toy.load import load_toy_teacher_parts
+
+    parts = load_toy_teacher_parts()
+    _place(parts.unet, device, dtype)
+    _place(parts.text_encoder, device, dtype)
+    return Teacher(
+        name=spec.name,
+        unet=parts.unet,
+        text_encoder=parts.text_encoder,
+        tokenizer=parts.tokenizer,
+        codec=parts.codec,
+        schedule=NoiseSchedule.from_scheduler_config(parts.scheduler_config),
+        scheduler_config=parts.scheduler_config,
+        resolution=parts.resolution,
+        default_guidance_scale=parts.default_guidance_scale,
+        identity={"name": spec.name, "weights": f"toy-checkpoint:{parts.identity}"},
+    )
 
 
 def _place(module: nn.Module, device, dtype: torch.dtype) -> None:

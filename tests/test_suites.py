@@ -362,7 +362,7 @@ def test_data_root_moves_without_changing_fingerprint(tmp_path):
 
 
 def test_registry_and_unknown_name():
-    assert SUITE_NAMES == ("smoke", "coco2014-30k", "coco2017-5k", "mjhq-5k", "prompts-file")
+    assert SUITE_NAMES == ("toy", "smoke", "coco2014-30k", "coco2017-5k", "mjhq-5k", "prompts-file")
     described = describe_suites()
     assert [n for n, _ in described] == list(SUITE_NAMES)
     assert all(summary and "\n" not in summary for _, summary in described)

@@ -217,7 +217,7 @@ def test_sd15_arch_parameter_counts():
 
 
 def test_specs_and_unknown_name():
-    assert teacher_names() == ["sd15", "rv51", "sd15-arch", "tiny"]
+    assert teacher_names() == ["sd15", "rv51", "sd15-arch", "toy", "tiny"]
     assert TEACHER_SPECS["sd15"].hub_id == SD15_ID
     assert TEACHER_SPECS["rv51"].vae_id == "stabilityai/sd-vae-ft-mse"
     assert all(spec.default_guidance_scale == 3.0 for spec in TEACHER_SPECS.values())

@@ -108,6 +108,7 @@ _SUITE_PROTOCOLS: dict[str, ImageProtocol] = {
     "coco2017-5k": ImageProtocol(256, True, "lanczos"),
     "mjhq-5k": ImageProtocol(512, True, "lanczos"),
     "smoke": ImageProtocol(None, False, "none"),
+    "toy": ImageProtocol(None, False, "none"),
 }
 
 
