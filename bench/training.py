@@ -47,13 +47,14 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import torch
 from torch import nn
 
 from bench.errors import BenchError
 from bench.train_data import TrainingData, batch_seed
+from methods.base import Update  # noqa: F401  (the loop's multi-optimizer contract; re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,8 @@ class TrainingBatch:
 
 
 class TrainingState(Protocol):
-    """What ``init_training_state`` returns, as far as the loop is concerned."""
+    """What ``init_training_state`` returns, as far as the loop is concerned. A state with several
+    optimizers has ``updates: list[Update]`` instead of ``optimizer`` / ``lr_scheduler``."""
 
     models: list[nn.Module]              # the prepared trainable models (checkpointed by accelerate)
     optimizer: Any                       # prepared optimizer
@@ -242,19 +244,43 @@ class Trainer:
         """A CPU generator seeded by (seed, stream, micro-batch index)."""
         return torch.Generator("cpu").manual_seed(batch_seed(self.seed, index, f"train-{stream}"))
 
+    # -- resources a method asks the harness for (bench.regression) -----------------------------
+    def regression_pairs(self, teacher: Any, data: TrainingData, spec: Any) -> Any:
+        """The paired (noise, teacher output) dataset of a regression loss (DMD Eq. 9), made with
+        a teacher solver on first use and cached; see bench.regression."""
+        from bench.regression import RegressionPairs, build_regression_pairs
+
+        folder = build_regression_pairs(teacher, data, spec, self.seed, rank=self.accelerator.process_index,
+                                        world=self.num_processes, progress=self.progress)
+        self.wait_for_everyone()
+        return RegressionPairs(folder, spec, teacher, self.device, teacher.encode_prompts)
+
+    def lpips_distance(self, teacher: Any, vgg_path: str | None = None) -> nn.Module:
+        """LPIPS-VGG on decoded latents; MissingResourceError first when its weights are absent."""
+        from bench.regression import lpips_distance
+
+        return lpips_distance(teacher, vgg_path)
+
     # -- one optimizer (micro-)step -------------------------------------------------------------
     def step(self, loss: torch.Tensor, optimizer: Any, params: Iterable[nn.Parameter],
-             lr_scheduler: Any = None) -> bool:
+             lr_scheduler: Any = None, *, only_params: bool = False, what: str = "") -> bool:
         """Backward (scaled for accumulation), and on the last micro-batch of an accumulation
         window: clip the gradient norm to ``max_grad_norm``, check it is finite, step the optimizer
-        and the LR scheduler, zero the gradients. Returns True when the optimizer stepped."""
-        self.accelerator.backward(loss)
+        and the LR scheduler, zero the gradients. Returns True when the optimizer stepped.
+        ``only_params``: accumulate gradients into ``params`` only (``backward(inputs=...)``), so a
+        loss that also flows through another optimizer's network leaves that network's gradients
+        alone; ``what`` names the update in error messages."""
+        params = list(params)
+        if only_params:
+            self.accelerator.backward(loss, inputs=params)
+        else:
+            self.accelerator.backward(loss)
         synced = self.accelerator.sync_gradients
         if synced and self.schedule.max_grad_norm > 0:
-            norm = self.accelerator.clip_grad_norm_(list(params), self.schedule.max_grad_norm)
+            norm = self.accelerator.clip_grad_norm_(params, self.schedule.max_grad_norm)
             if norm is not None and not math.isfinite(float(norm)):
                 optimizer.zero_grad(set_to_none=True)
-                self._non_finite("gradient norm", float(norm))
+                self._non_finite(f"{what} gradient norm".strip(), float(norm))
         optimizer.step()
         if lr_scheduler is not None:
             lr_scheduler.step()
@@ -325,8 +351,11 @@ class Trainer:
                     batch = self.make_batch(teacher, data, index, step)
                     with self.accelerator.accumulate(*state.models):
                         loss = training_step(state, batch)
-                        self._check_loss(loss)
-                        self.step(loss, state.optimizer, state.trainable_parameters(), state.lr_scheduler)
+                        if isinstance(loss, Mapping):      # several optimizers (see Update)
+                            loss = self.step_updates(loss, state.updates)
+                        else:
+                            self._check_loss(loss)
+                            self.step(loss, state.optimizer, state.trainable_parameters(), state.lr_scheduler)
                     micro_losses.append(loss.detach().float().reshape(1))
                 state.after_optimizer_step()
                 step_loss = float(self.accelerator.gather(torch.cat(micro_losses)).mean())
@@ -342,13 +371,26 @@ class Trainer:
                                   self._seconds_before + time.perf_counter() - began, resumed)
         return self.report
 
-    def _check_loss(self, loss: torch.Tensor) -> None:
+    def step_updates(self, losses: Mapping[str, torch.Tensor], updates: Sequence[Update]) -> torch.Tensor:
+        """Apply each loss of ``losses`` to its :class:`Update`, in the order of ``updates``; returns
+        their sum (what the loss history records)."""
+        unknown = set(losses) - {u.name for u in updates}
+        if unknown:
+            raise ValueError(f"training_step returned losses {sorted(unknown)} with no Update")
+        for update in updates:
+            if update.name in losses:
+                self._check_loss(losses[update.name], f"{update.name} loss")
+                self.step(losses[update.name], update.optimizer, update.params, update.lr_scheduler,
+                          only_params=True, what=update.name)
+        return sum(loss.detach().float() for loss in losses.values())
+
+    def _check_loss(self, loss: torch.Tensor, what: str = "loss") -> None:
         value = loss.detach().float().reshape(1)
         if self.num_processes > 1:
             value = self.accelerator.gather(value)
         if not bool(torch.isfinite(value).all()):
             bad = value[~torch.isfinite(value)][0].item()
-            self._non_finite("loss", bad)
+            self._non_finite(what, bad)
 
     # -- checkpoints ------------------------------------------------------------------------------
     @staticmethod
@@ -425,5 +467,5 @@ class Trainer:
         return self._step
 
 
-__all__ = ["TrainSchedule", "Trainer", "TrainingBatch", "TrainingState", "TrainReport", "NonFiniteLossError",
+__all__ = ["TrainSchedule", "Trainer", "TrainingBatch", "TrainingState", "TrainReport", "NonFiniteLossError", "Update",
            "toy_overrides", "apply_toy_schedule"]

@@ -8,11 +8,16 @@ def _method_classes() -> tuple[type[Method], ...]:
     # Imported here, not at module level, so that `methods.base` / `methods.diffusion_math`
     # can be imported without pulling every method in.
     from methods.ddim import DDIM
+    from methods.dmd import DMD, DMD2
     from methods.dpmpp import DPMSolverPP
     from methods.er_sde import ERSDE
+    from methods.pndm import PNDM
     from methods.lcm import LCM, LCMLoRA
+    from methods.mcm import MultistepCM
+    from methods.scott import SCott
+    from methods.splam import SPLAM
 
-    return (DDIM, DPMSolverPP, ERSDE, LCM, LCMLoRA)
+    return (DDIM, DPMSolverPP, ERSDE, LCM, LCMLoRA, MultistepCM, SCott, SPLAM, PNDM, DMD, DMD2)
 
 
 def method_names() -> list[str]:

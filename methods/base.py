@@ -125,6 +125,20 @@ class Student:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class Update:
+    """One optimizer of a method that trains several networks with their own optimizers (DMD: the
+    generator and the fake score). ``training_step`` then returns ``{name: loss}`` and the training
+    loop (bench.training.Trainer.fit) applies, in the order of ``state.updates``, each loss present:
+    backward into ``params`` only, clip, NaN check, optimizer and LR scheduler step. A missing name
+    skips that update this step (DMD2's two time-scale rule)."""
+
+    name: str
+    optimizer: Any                       # prepared optimizer
+    params: list[nn.Parameter]           # gradients flow into these only; clipped together
+    lr_scheduler: Any = None             # prepared LR scheduler (stepped with its optimizer)
+
+
 class Method(ABC):
     """Base class of every registered method. Subclasses set the class attributes and implement
     ``sample`` (and ``train`` when ``trains`` is True)."""

@@ -17,6 +17,11 @@ One training step on a batch of latents z with prompts c (the algorithm box, not
 with the consistency parameterisation f(x, t) = c_skip(t) x + c_out(t) x0(x, t) (Eq. 7; scalings
 in ``diffusion_math.consistency_boundary_scalings``), so f(x, 0) = x exactly.
 
+The step is written as pieces that SCott and SPLAM recombine: ``lcd_draws`` (1-3), ``lcd_online``
+(4; SPLAM passes its own point and sigma), ``lcd_teacher_solve`` (5: ``state.solver.draw/solve``;
+LCM's ``SkippingStepDDIM``, or ``MultistepTeacherSolver`` for SCott's h SDE sub-steps and SPLAM's
+k / k_phi DDIM sub-steps) and ``lcd_target`` (6).
+
 Sampling (LCM's multistep consistency sampler, Alg. 3; diffusers ``LCMScheduler``)::
 
     for t_i in timesteps:  x0^ = f(x, t_i);  x = sqrt(abar_{t_{i+1}}) x0^ + sqrt(1 - abar_{t_{i+1}}) z,  z fresh
@@ -35,12 +40,14 @@ from torch import nn
 
 from methods.base import Denoiser, SampleRequest, per_sample_randn
 from methods.diffusion_math import (
+    ER_SDE_NOISE_SCALES,
     NoiseSchedule,
     _as_column,
     add_noise,
     cfg_lcm,
     consistency_boundary_scalings,
     ddim_step,
+    er_sde_step,
     guidance_scale_embedding,
     model_output_to_x0_eps,
 )
@@ -195,6 +202,106 @@ class SkippingStepDDIM:
         """Deterministic DDIM (Song et al. 2021, Eq. 12 with eta = 0) from t_start to t_end."""
         return ddim_step(x0, eps, self.schedule.abar(t_start), self.schedule.abar(t_end), eta=0.0)
 
+    # -- the teacher-solver interface of lcd_training_step (SCott and SPLAM bring their own) ------
+    def draw(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """n ~ U{0..N-1} -> (t_{n+k}, t_n)."""
+        return self.timesteps(torch.randint(0, self.num_points, (batch_size,), generator=generator))
+
+    def solve(self, teacher: "GuidedTeacher", x_start: Tensor, t_start: Tensor, t_end: Tensor,
+              generator: torch.Generator | None = None) -> Tensor:
+        """x_{t_n} from x_{t_{n+k}}: one guided teacher call, one DDIM step."""
+        x0, eps = teacher(x_start, t_start)
+        return self.step(x0, eps, t_start, t_end)
+
+
+#: ``teacher(x_t, t) -> (x0^, eps^)``: the guided teacher prediction at (B,) CPU timesteps t.
+GuidedTeacher = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+def substep_timesteps(t_start: Tensor, span: int, substeps: int) -> list[Tensor]:
+    """The h + 1 timesteps of a teacher that goes from t_start to t_end = max(t_start - span, 0)
+    in h = ``substeps`` steps of span / h (SCott "Multi-step Sampling", Fig. 3; SPLAM Multiple
+    Estimation, Eq. 18, t_{phi,i} = t - i k_phi). The last one is t_end exactly; points below 0
+    are clamped to 0 (a step from 0 to 0 is the identity)."""
+    if span % substeps:
+        raise ValueError(f"span {span} is not a multiple of the {substeps} sub-steps")
+    stride = span // substeps
+    return [(t_start - j * stride).clamp(min=0) for j in range(substeps + 1)]
+
+
+#: Sub-step kinds of MultistepTeacherSolver: DDIM with eta (Song et al. 2021, Eq. 12/16) or the
+#: first-order VP ER-SDE step (Cui et al. 2023) with a noise-scale function phi.
+TEACHER_STEP_KINDS: tuple[str, ...] = ("ddim", "er-sde")
+
+
+@dataclass(frozen=True)
+class MultistepTeacherSolver:
+    """A teacher that goes from t_{n+k} to t_n = max(t_{n+k} - span, 0) in ``substeps`` guided
+    steps of span / substeps each, a fresh teacher call per sub-step (``substep_timesteps``).
+
+    * SCott ("Multi-step Sampling", Fig. 3): span 24, h = 3 ER-SDE 5 (or DDIM-eta) sub-steps.
+    * SPLAM (Multiple Estimation, Eq. 18): span k = 100, k / k_phi = 5 deterministic DDIM steps.
+    * span 20, one DDIM step with eta 0: LCM's ``SkippingStepDDIM``.
+
+    t_{n+k} is drawn uniformly from the ``lcm_grid`` points >= ``min_start`` (SPLAM: t ~ U[k, T]).
+    Stochastic sub-steps draw z ~ N(0, I) from the step's generator, one per sub-step."""
+
+    schedule: NoiseSchedule
+    num_points: int = 50
+    span: int = 20
+    substeps: int = 1
+    kind: str = "ddim"
+    eta: float = 0.0                    # kind "ddim"
+    noise_scale: str = "sde_5"          # kind "er-sde": a key of ER_SDE_NOISE_SCALES
+    variance_floor: float = 1e-6        # kind "er-sde": the reference's numerical_clip
+    min_start: int = 0
+
+    def __post_init__(self):
+        if self.kind not in TEACHER_STEP_KINDS:
+            raise ValueError(f"teacher step kind must be one of {TEACHER_STEP_KINDS}, got {self.kind!r}")
+        if self.kind == "er-sde" and self.noise_scale not in ER_SDE_NOISE_SCALES:
+            raise ValueError(f"noise_scale must be one of {sorted(ER_SDE_NOISE_SCALES)}, got {self.noise_scale!r}")
+        if self.substeps < 1 or self.span < 1 or self.span % self.substeps:
+            raise ValueError(f"span {self.span} must be a positive multiple of substeps {self.substeps}")
+        if not self.grid.numel():
+            raise ValueError(f"no grid point >= min_start {self.min_start}")
+
+    @property
+    def grid(self) -> Tensor:
+        grid = torch.tensor(lcm_grid(self.schedule.num_train_timesteps, self.num_points), dtype=torch.long)
+        return grid[grid >= self.min_start]
+
+    @property
+    def stochastic(self) -> bool:
+        return self.kind == "er-sde" or self.eta > 0
+
+    def draw(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        grid = self.grid
+        t_start = grid[torch.randint(0, grid.numel(), (batch_size,), generator=generator)]
+        return t_start, (t_start - self.span).clamp(min=0)
+
+    def step(self, x_t: Tensor, x0: Tensor, eps: Tensor, t: Tensor, s: Tensor, noise: Tensor | None) -> Tensor:
+        """One sub-step from t to s < t."""
+        abar_t, abar_s = self.schedule.abar(t), self.schedule.abar(s)
+        if self.kind == "er-sde":
+            return er_sde_step(x_t, x0, abar_t, abar_s, ER_SDE_NOISE_SCALES[self.noise_scale], noise,
+                               variance_floor=self.variance_floor)
+        return ddim_step(x0, eps, abar_t, abar_s, eta=self.eta, noise=noise)
+
+    def solve(self, teacher: GuidedTeacher, x_start: Tensor, t_start: Tensor, t_end: Tensor,
+              generator: torch.Generator | None = None) -> Tensor:
+        points = substep_timesteps(t_start, self.span, self.substeps)
+        if not torch.equal(points[-1], t_end):
+            raise ValueError(f"t_end {t_end.tolist()} is not t_start - {self.span} (clamped at 0)")
+        x = x_start
+        for t, s in zip(points[:-1], points[1:]):
+            x0, eps = teacher(x, t)
+            noise = None
+            if self.stochastic:
+                noise = torch.randn(x.shape, generator=generator, dtype=torch.float32).to(x.device, x.dtype)
+            x = self.step(x, x0, eps, t, s, noise)
+        return x
+
 
 # ------------------------------------------------------------------------------------------------
 # The consistency function and the loss
@@ -203,11 +310,14 @@ class SkippingStepDDIM:
 
 def consistency_function(model_output: Tensor, x_t: Tensor, t: Tensor | int, schedule: NoiseSchedule,
                          sigma_data: float = 0.5, timestep_scaling: float = 10.0,
-                         clip_x0: float | None = None) -> Tensor:
+                         clip_x0: float | None = None, sigma: Tensor | None = None) -> Tensor:
     """f(x_t, t) = c_skip(t) x_t + c_out(t) x0(x_t, t) (LCM Eq. 7; LCMScheduler.step "denoised").
-    ``clip_x0``: clamp x0 to [-clip_x0, clip_x0] first (the scheduler's ``clip_sample``)."""
+    ``clip_x0``: clamp x0 to [-clip_x0, clip_x0] first (the scheduler's ``clip_sample``).
+    ``sigma``: (B,) noise level to read x0 with in place of sigma_t (SPLAM's sigma(gamma, t),
+    Eq. 14; None: the schedule's sigma_t, i.e. LCM)."""
     t_cpu = torch.as_tensor(t).cpu()
-    alpha, sigma = schedule.alpha_sigma(t_cpu)
+    alpha, sigma_t = schedule.alpha_sigma(t_cpu)
+    sigma = sigma_t if sigma is None else sigma.cpu()
     x0, _ = model_output_to_x0_eps(model_output, x_t, alpha.to(x_t.device, x_t.dtype),
                                    sigma.to(x_t.device, x_t.dtype), schedule.prediction_type)
     if clip_x0 is not None:
@@ -288,16 +398,25 @@ def _x0_eps(out: Tensor, x_t: Tensor, t: Tensor, schedule: NoiseSchedule) -> tup
                                   schedule.prediction_type)
 
 
-def lcd_training_step(state: LCDState, batch: Any) -> Tensor:
-    """One LCD loss evaluation on ``batch`` (bench.training.TrainingBatch: latents, cond, uncond,
-    generator). Every random draw comes from ``batch.generator`` (CPU), in a fixed order."""
-    cfg, schedule, g = state.config, state.schedule, batch.generator
-    latents, cond, uncond = batch.latents, batch.cond, batch.uncond
-    device, bsz = latents.device, latents.shape[0]
+@dataclass
+class LCDDraws:
+    """The random draws of one LCD step, taken from ``batch.generator`` in this order: the
+    timesteps (the solver's ``draw``), the forward-process noise, w."""
 
-    # 1. timesteps t_{n+k} (start) and t_n (end) on the skipping-step grid (notes §0.6)
-    index = torch.randint(0, state.solver.num_points, (bsz,), generator=g)
-    t_start, t_end = state.solver.timesteps(index)
+    t_start: Tensor                  # (B,) CPU long: t_{n+k}
+    t_end: Tensor                    # (B,) CPU long: t_n
+    x_start: Tensor                  # x_{t_{n+k}} ~ q(x_t | z)
+    w: Tensor                        # (B,) CPU float32, LCM convention
+    w_emb: Tensor | None             # its Fourier embedding (None: the student has no w embedding)
+
+
+def lcd_draws(state: LCDState, batch: Any) -> LCDDraws:
+    """Steps 1-3 of the algorithm box: t_{n+k}, t_n, x_{t_{n+k}}, w and its embedding."""
+    cfg, schedule, g = state.config, state.schedule, batch.generator
+    latents = batch.latents
+    device, bsz = latents.device, latents.shape[0]
+    # 1. timesteps t_{n+k} (start) and t_n (end), e.g. on the skipping-step grid (notes §0.6)
+    t_start, t_end = state.solver.draw(bsz, g)
     # 2. x_{t_{n+k}} ~ q(x_t | z)
     noise = torch.randn(latents.shape, generator=g, dtype=torch.float32).to(device, latents.dtype)
     alpha, sigma = schedule.alpha_sigma(t_start)
@@ -306,31 +425,64 @@ def lcd_training_step(state: LCDState, batch: Any) -> Tensor:
     w = (cfg.w_max - cfg.w_min) * torch.rand(bsz, generator=g, dtype=torch.float32) + cfg.w_min
     w_emb = (guidance_scale_embedding(w, state.w_embedding_dim).to(device, latents.dtype)
              if state.w_embedding_dim else None)
-    t_start_d, t_end_d = t_start.to(device), t_end.to(device)
+    return LCDDraws(t_start, t_end, x_start, w, w_emb)
 
-    # 4. online student: f_theta(x_{t_{n+k}}, w, c, t_{n+k})  (Eq. 7)
-    out = state.student(x_start, t_start_d, encoder_hidden_states=cond, timestep_cond=w_emb).sample
-    pred = consistency_function(out, x_start, t_start, schedule, cfg.sigma_data, cfg.timestep_scaling)
 
-    with torch.no_grad():
-        # 5. teacher: CFG in x0 and eps space (LCM convention, Eq. 9), one DDIM step to t_n
-        t_dtype = next(state.teacher.parameters()).dtype
-        with state.autocast():
-            out_c = state.teacher(x_start.to(t_dtype), t_start_d, encoder_hidden_states=cond.to(t_dtype)).sample
-            out_u = state.teacher(x_start.to(t_dtype), t_start_d, encoder_hidden_states=uncond.to(t_dtype)).sample
-        x0_c, eps_c = _x0_eps(out_c.float(), x_start, t_start, schedule)
-        x0_u, eps_u = _x0_eps(out_u.float(), x_start, t_start, schedule)
-        w_col = w.to(device)
-        x0_hat, eps_hat = cfg_lcm(x0_u, x0_c, w_col), cfg_lcm(eps_u, eps_c, w_col)
-        x_end = state.solver.step(x0_hat, eps_hat, t_start, t_end).to(latents.dtype)
-        # 6. target: f_theta-(x_{t_n}, w, c, t_n); EMA network, or the student under stop-grad
-        target_net = state.target if state.target is not None else state.student
-        with state.autocast():
-            out_t = target_net(x_end, t_end_d, encoder_hidden_states=cond, timestep_cond=w_emb).sample
-        target = consistency_function(out_t.float(), x_end, t_end, schedule, cfg.sigma_data, cfg.timestep_scaling)
+@torch.no_grad()
+def teacher_guided_x0_eps(state: LCDState, x_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor,
+                          w: Tensor) -> tuple[Tensor, Tensor]:
+    """The teacher's CFG prediction in x0 and eps space (LCM convention, Eq. 9), float32."""
+    schedule, device = state.schedule, x_t.device
+    t_dtype, t_d = next(state.teacher.parameters()).dtype, t.to(device)
+    with state.autocast():
+        out_c = state.teacher(x_t.to(t_dtype), t_d, encoder_hidden_states=cond.to(t_dtype)).sample
+        out_u = state.teacher(x_t.to(t_dtype), t_d, encoder_hidden_states=uncond.to(t_dtype)).sample
+    x0_c, eps_c = _x0_eps(out_c.float(), x_t, t, schedule)
+    x0_u, eps_u = _x0_eps(out_u.float(), x_t, t, schedule)
+    w_col = w.to(device)
+    return cfg_lcm(x0_u, x0_c, w_col), cfg_lcm(eps_u, eps_c, w_col)
 
-    # 7. d(pred, target)
-    return consistency_loss(pred, target, cfg.loss_type, cfg.huber_c)
+
+@torch.no_grad()
+def lcd_teacher_solve(state: LCDState, draws: LCDDraws, batch: Any) -> Tensor:
+    """Step 5: x^_{t_n} from x_{t_{n+k}} with the guided teacher and ``state.solver`` (LCM: one
+    DDIM step; SCott: h SDE sub-steps; SPLAM: k / k_phi DDIM sub-steps). The solver's random
+    draws come from ``batch.generator`` after ``lcd_draws``'."""
+    def teacher(x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+        return teacher_guided_x0_eps(state, x_t, t, batch.cond, batch.uncond, draws.w)
+
+    x_end = state.solver.solve(teacher, draws.x_start, draws.t_start, draws.t_end, batch.generator)
+    return x_end.to(batch.latents.dtype)
+
+
+def lcd_online(state: LCDState, x_t: Tensor, t: Tensor, cond: Tensor, timestep_cond: Tensor | None,
+               sigma: Tensor | None = None) -> Tensor:
+    """Step 4: the online student f_theta(x_t, cond, t) (Eq. 7), with gradient."""
+    cfg = state.config
+    out = state.student(x_t, t.to(x_t.device), encoder_hidden_states=cond, timestep_cond=timestep_cond).sample
+    return consistency_function(out, x_t, t, state.schedule, cfg.sigma_data, cfg.timestep_scaling, sigma=sigma)
+
+
+@torch.no_grad()
+def lcd_target(state: LCDState, x_end: Tensor, t_end: Tensor, cond: Tensor, timestep_cond: Tensor | None) -> Tensor:
+    """Step 6: f_theta-(x_{t_n}, cond, t_n); the EMA network, or the student under stop-grad."""
+    cfg = state.config
+    target_net = state.target if state.target is not None else state.student
+    with state.autocast():
+        out_t = target_net(x_end, t_end.to(x_end.device), encoder_hidden_states=cond,
+                           timestep_cond=timestep_cond).sample
+    return consistency_function(out_t.float(), x_end, t_end, state.schedule, cfg.sigma_data, cfg.timestep_scaling)
+
+
+def lcd_training_step(state: LCDState, batch: Any) -> Tensor:
+    """One LCD loss evaluation on ``batch`` (bench.training.TrainingBatch: latents, cond, uncond,
+    generator). Every random draw comes from ``batch.generator`` (CPU), in a fixed order."""
+    cfg = state.config
+    draws = lcd_draws(state, batch)                                                  # 1-3
+    pred = lcd_online(state, draws.x_start, draws.t_start, batch.cond, draws.w_emb)  # 4
+    x_end = lcd_teacher_solve(state, draws, batch)                                   # 5
+    target = lcd_target(state, x_end, draws.t_end, batch.cond, draws.w_emb)          # 6
+    return consistency_loss(pred, target, cfg.loss_type, cfg.huber_c)                # 7. d(pred, target)
 
 
 def make_optimizer(params: Sequence[nn.Parameter], config: ConsistencyDistillationConfig, learning_rate: float,
@@ -387,4 +539,6 @@ def lcm_multistep_sample(denoiser: Denoiser, request: SampleRequest, timesteps: 
 
 __all__ = ["ConsistencyDistillationConfig", "LCDState", "SkippingStepDDIM", "LCM_TIMESTEP_SPACINGS",
            "consistency_function", "consistency_loss", "ema_update", "lcd_training_step", "lcm_grid",
-           "lcm_multistep_sample", "lcm_timesteps", "make_optimizer"]
+           "lcm_multistep_sample", "lcm_timesteps", "make_optimizer", "GuidedTeacher", "LCDDraws",
+           "lcd_draws", "lcd_online", "lcd_target", "lcd_teacher_solve", "substep_timesteps",
+           "teacher_guided_x0_eps", "MultistepTeacherSolver", "TEACHER_STEP_KINDS"]

@@ -196,6 +196,57 @@ def ddim_step_from_x_t(x_t: Tensor, x0: Tensor, abar_t: Tensor, abar_s: Tensor) 
     return a_s * x0 + (s_s / s_t) * (x_t - a_t * x0)
 
 
+def _vp_coefficients(abar: Tensor | float) -> tuple[Tensor, Tensor]:
+    """(alpha, sigma) in float64 on the CPU, for coefficients computed before casting."""
+    abar = torch.as_tensor(abar, dtype=torch.float64).cpu()
+    return abar.sqrt(), (1 - abar).sqrt()
+
+
+def inverse_ddim(x_s: Tensor, x_t: Tensor, abar_t: Tensor, abar_s: Tensor) -> Tensor:
+    """Inverse DDIM (Salimans & Ho 2022; Multistep CM Eq. 5): the x_0 for which the deterministic
+    DDIM step from t to s (``ddim_step_from_x_t``) maps x_t to x_s,
+
+        x_0 = (x_s - (sigma_s / sigma_t) x_t) / (alpha_s - alpha_t sigma_s / sigma_t),   s < t.
+
+    The coefficients are formed in float64 (the denominator is small when s is close to t)."""
+    a_t, s_t = _vp_coefficients(abar_t)
+    a_s, s_s = _vp_coefficients(abar_s)
+    ratio = s_s / s_t
+    denominator = a_s - a_t * ratio
+    return (x_s - _as_column(ratio, x_s) * x_t) / _as_column(denominator, x_s)
+
+
+def addim_step(x0: Tensor, x_t: Tensor, abar_t: Tensor, abar_s: Tensor, x_var: Tensor | float) -> Tensor:
+    """Adjusted DDIM from t to s < t (Multistep CM §3.2, Eq. 14 and Alg. 3): DDIM with the noise
+    direction inflated so that the iterate keeps the norm the missing sampling noise would give,
+
+        eps^   = (x_t - alpha_t x_0) / sigma_t
+        z_var  = (alpha_s - alpha_t sigma_s / sigma_t)^2 * x_var          (tr Var[x_s | x_t] / d, Eq. 13)
+        x_s    = alpha_s x_0 + sqrt(sigma_s^2 + d z_var / ||eps^||^2) * eps^
+
+    ``x_var``: per-sample (B,) or scalar estimate of tr(Var[x_0 | x_t]) / d, the fraction eta
+    already applied (Alg. 3: eta ||x - x^||^2 / d, or ``addim_analytic_x_var``); d = C*H*W.
+    x_var = 0 is deterministic DDIM (Eq. 4) exactly; and z_var -> 0 as s -> t, so aDDIM reduces to
+    DDIM in the many-step limit."""
+    a_t, s_t = _vp_coefficients(abar_t)
+    a_s, s_s = _vp_coefficients(abar_s)
+    gap_sq = (a_s - a_t * s_s / s_t) ** 2                               # (alpha_s - alpha_t sigma_s/sigma_t)^2
+    eps = (x_t - _as_column(a_t, x0) * x0) / _as_column(s_t, x0)
+    d = x0[0].numel()
+    eps_sq = eps.flatten(1).pow(2).sum(dim=1).clamp(min=torch.finfo(eps.dtype).tiny)
+    z_var = gap_sq.to(x0.device, x0.dtype) * torch.as_tensor(x_var, dtype=x0.dtype, device=x0.device)
+    scale = (s_s.to(x0.device, x0.dtype) ** 2 + d * z_var / eps_sq).sqrt()
+    return _as_column(a_s, x0) * x0 + _as_column(scale, x0) * eps
+
+
+def addim_analytic_x_var(abar_t: Tensor, fraction: float = 0.1, prior_variance: float = 0.5) -> Tensor:
+    """The analytic aDDIM variance (Multistep CM §3.2): ``fraction`` of the posterior variance of
+    x_0 under a factorised Gaussian prior of variance ``prior_variance``,
+    tr(Var[x_0 | x_t]) / d = 0.1 / (2 + alpha_t^2 / sigma_t^2) with the paper's values."""
+    alpha, sigma = _vp_coefficients(abar_t)
+    return fraction / (1.0 / prior_variance + alpha**2 / sigma**2)
+
+
 # ER-SDE noise-scale functions phi(x) of Cui et al. 2023 (reference code ``customized_func``,
 # notes/methods.md §2.2). x is lambda = sigma/alpha.
 ER_SDE_NOISE_SCALES: dict[str, Callable[[Tensor], Tensor]] = {

@@ -1,0 +1,588 @@
+"""DMD and DMD2: distribution matching distillation into a one-step (DMD) or few-step (DMD2)
+generator (Yin et al. 2024, "One-step Diffusion with Distribution Matching Distillation",
+arXiv:2311.18828; Yin et al. 2024, "Improved Distribution Matching Distillation for Fast Image
+Synthesis", arXiv:2405.14867, code tianweiy/DMD2; notes/methods.md §3).
+
+One training iteration (DMD Alg. 1 with DMD2's two time-scale update rule; r = 1 is DMD)::
+
+    z ~ N(0, I);  x = G(z, T-1, c)                      generator: the teacher U-Net's x0 prediction
+                                                        (DMD2 multi-step: from a backward-simulated x_t)
+    every r-th iteration, update G with
+        t ~ U{0.02 T .. 0.98 T};  x_t = alpha_t x + sigma_t eps                              (Eq. 3)
+        mu_real = teacher(x_t, t) under CFG (no grad);  mu_fake = fake(x_t, t) (no CFG, no grad)
+        grad = (mu_fake - mu_real) / mean_CHW |x - mu_real|                  (Eq. 7 with Eq. 8)
+        L_KL = 0.5 ||x - stopgrad(x - grad)||^2 / numel                      (d L_KL / dx = grad / numel)
+        L_reg = d(G(z_ref), y_ref),  (z_ref, y_ref) from the paired dataset        (Eq. 9; DMD only)
+        L_G = L_KL + lambda_reg L_reg  [+ w_G softplus(-D(x))]                      (DMD2 GAN)
+    every iteration, update the fake score (initialised from the teacher) with
+        t ~ U{0 .. T-1};  L_denoise = ||fake(alpha_t sg(x) + sigma_t eps, t) - eps||^2      (Eq. 6)
+        [+ w_D (softplus(D(sg(x))) + softplus(-D(real)))]                                   (DMD2 GAN)
+
+Eq. 7 with the weight of Eq. 8 and the scores of Eqs. 4-5 is ``alpha_t (mu_fake - mu_real) /
+mean|mu_real - x|``; the appendix's Algorithm 2 and the official code drop the factor alpha_t
+(exact for the paper's EDM models, where alpha_t = 1). ``dm_gradient_form`` picks the form:
+"algorithm-2" (default, the code's) or "eq-7".
+
+Sampling: ``x = noise; for t_i in the step list: x0 = G(x, t_i, c); x = alpha x0 + sigma eps``
+(fresh eps, none after the last step): DMD2's backward simulation and the LCMScheduler it samples
+with (whose boundary scalings at t >= 249 differ from the identity by < 1e-7).
+
+Step counts. A student is trained on one ``denoising_step_list`` and serves every count in
+``step_counts`` by taking every (len / S)-th entry: DMD's list is [999] (1 step); DMD2's default is
+the 4-step list [999, 749, 499, 249], which serves S = 4 exactly and S = 1 exactly too (the first
+hop of backward simulation starts from pure noise at 999, as one-step inference does). S = 2
+([999, 499]) can be enabled (``step_counts=1:2:4``): the 499 hop is trained on inputs simulated
+through 749 rather than straight from 999, the one mismatch. Other counts are skipped with a note.
+One student per list, not per count: the counts share every trained timestep.
+
+Paper values are the defaults (SD-1.5 recipes); ``toy_*`` fields replace them on toy teachers.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.base import Denoiser, Method, SampleRequest, Student, Update, per_sample_randn
+from methods.diffusion_math import NoiseSchedule, _as_column, add_noise, cfg_imagen, model_output_to_x0_eps, v_from_x0_eps
+
+Tensor = torch.Tensor
+
+REGRESSION_DISTANCES: tuple[str, ...] = ("lpips", "l2", "pseudo-huber")
+DM_GRADIENT_FORMS: tuple[str, ...] = ("algorithm-2", "eq-7")
+
+
+# ------------------------------------------------------------------------------------------------
+# Configs
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RegressionPairSpec:
+    """What the harness builds the paired dataset with (bench.regression)."""
+
+    solver: str               # a registered teacher solver: "pndm" (paper) or "ddim"
+    steps: int
+    guidance_scale: float     # diffusers convention
+    num_pairs: int
+    chunk_size: int
+
+
+@dataclass(frozen=True)
+class DMDConfig:
+    """DMD (SD-1.5, LAION-Aesthetic 6.25+, FID model; DMD §4.3, App. B; notes §3.1)."""
+
+    # -- generator (§3.1): the teacher U-Net at t = T - 1 on pure noise (DMD2 code: t = 999)
+    denoising_step_list: tuple[int, ...] = (999,)
+    step_counts: tuple[int, ...] = (1,)
+    backward_simulation: bool = True         # DMD2 multi-step inputs; no effect with one step
+
+    # -- real score: frozen teacher under CFG (§3.4): 3 for the FID model, 8 for the g = 8 model
+    real_guidance_scale: float = 3.0
+
+    # -- distribution matching gradient (Eqs. 7-8): t ~ U{T_min .. T_max}, DreamFusion's 0.02 T, 0.98 T
+    min_step_percent: float = 0.02
+    max_step_percent: float = 0.98
+    dm_gradient_form: str = "algorithm-2"
+
+    # -- regression loss (§3.3, Eq. 9): lambda_reg 0.25, LPIPS, PNDM 50 steps at the training guidance
+    regression_weight: float = 0.25
+    regression_distance: str = "lpips"
+    huber_c: float = 0.03                    # pseudo-Huber constant (latent-space distance only)
+    lpips_vgg_path: str | None = None        # VGG16 weights for LPIPS (else env / torch hub cache)
+    regression_solver: str = "pndm"
+    regression_solver_steps: int = 50
+    regression_guidance_scale: float | None = None   # None: real_guidance_scale ("the guided model")
+    num_regression_pairs: int = 500_000      # App. B: the first 500K LAION prompts
+    regression_batch_size: int = 16          # per GPU: 1152 over 72 GPUs
+    regression_chunk_size: int = 64
+    dm_on_regression_samples: bool = True    # Alg. 1 l.7: x = concat(x, x_ref) on LAION
+
+    # -- GAN on the fake score's bottleneck (DMD2 §4.3; code cls_on_clean_image); off in DMD
+    gan: bool = False
+    gen_gan_weight: float = 1e-3             # code gen_cls_loss_weight
+    disc_gan_weight: float = 1e-2            # code guidance_cls_loss_weight
+    gan_max_timestep: int = 1000             # code diffusion_gan_max_timestep
+
+    # -- schedule (App. B: AdamW lr 1e-5, wd 0.01, warmup 500, clip 10; DM batch 2304 = 32 x 72 GPUs;
+    #    20K iterations)
+    generator_update_ratio: int = 1          # DMD2's TTUR r; DMD updates both every iteration
+    learning_rate: float = 1e-5
+    fake_learning_rate: float | None = None  # None: learning_rate (both 1e-5 in DMD and DMD2)
+    train_batch_size: int = 32
+    max_train_steps: int = 20_000
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 10.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 0.01
+    adam_epsilon: float = 1e-8
+    lr_scheduler: str = "constant_with_warmup"
+    lr_warmup_steps: int = 500
+    checkpointing_steps: int = 500
+    seed: int = 0
+
+    # -- memory (DMD2 code): checkpointing on G and fake; real score in half precision on GPUs
+    gradient_checkpointing: bool = True
+    real_score_half_precision: bool = True   # bf16 autocast on CUDA when the teacher is fp32
+
+    # -- toy schedule (not from the papers; sized for ~2-3 min on 2 CPU cores, pairs included)
+    toy_max_train_steps: int | None = 400
+    toy_train_batch_size: int | None = 32
+    toy_learning_rate: float | None = 5e-5
+    toy_lr_warmup_steps: int | None = 20
+    toy_regression_distance: str | None = "l2"
+    toy_num_regression_pairs: int | None = 512
+    toy_regression_batch_size: int | None = 16
+    toy_gradient_checkpointing: bool | None = False
+    toy_checkpointing_steps: int | None = 100
+
+    def __post_init__(self):
+        steps = self.denoising_step_list
+        if not steps or list(steps) != sorted(set(steps), reverse=True):
+            raise ValueError(f"denoising_step_list must be strictly decreasing, got {steps}")
+        for s in self.step_counts:
+            if s < 1 or len(steps) % s:
+                raise ValueError(f"step count {s} does not divide the {len(steps)}-step denoising_step_list")
+        if self.regression_distance not in REGRESSION_DISTANCES:
+            raise ValueError(f"regression_distance must be one of {REGRESSION_DISTANCES}, got {self.regression_distance!r}")
+        if self.dm_gradient_form not in DM_GRADIENT_FORMS:
+            raise ValueError(f"dm_gradient_form must be one of {DM_GRADIENT_FORMS}, got {self.dm_gradient_form!r}")
+        if self.generator_update_ratio < 1:
+            raise ValueError(f"generator_update_ratio must be >= 1, got {self.generator_update_ratio}")
+        if not 0 <= self.min_step_percent < self.max_step_percent <= 1:
+            raise ValueError("need 0 <= min_step_percent < max_step_percent <= 1")
+
+    def pair_spec(self) -> RegressionPairSpec:
+        guidance = self.real_guidance_scale if self.regression_guidance_scale is None else self.regression_guidance_scale
+        return RegressionPairSpec(self.regression_solver, self.regression_solver_steps, guidance,
+                                  self.num_regression_pairs, self.regression_chunk_size)
+
+
+@dataclass(frozen=True)
+class DMD2Config(DMDConfig):
+    """DMD2 SD-1.5 (code experiments/sdv1.5, notes §3.2): no regression loss, TTUR r = 10, real
+    guidance 1.75, stage-1 schedule (~40K iterations); GAN (stage 2: 1e-3 / 1e-2) selectable.
+    Multi-step: the 4-step list of the code's SDXL recipe with backward simulation."""
+
+    denoising_step_list: tuple[int, ...] = (999, 749, 499, 249)
+    step_counts: tuple[int, ...] = (1, 4)
+    real_guidance_scale: float = 1.75
+    regression_weight: float = 0.0
+    generator_update_ratio: int = 10
+    max_train_steps: int = 40_000
+
+    # toy: r = 5 (r = 10 leaves a 1000-iteration run with 100 generator updates), GAN on (the toy
+    # world has real images; the stage-2 weights)
+    toy_max_train_steps: int | None = 800
+    toy_generator_update_ratio: int | None = 5
+    toy_gan: bool | None = True
+    toy_num_regression_pairs: int | None = None
+
+
+# ------------------------------------------------------------------------------------------------
+# The arithmetic of one step (pure functions)
+# ------------------------------------------------------------------------------------------------
+
+
+def _x0(out: Tensor, x_t: Tensor, t: Tensor, schedule: NoiseSchedule) -> Tensor:
+    alpha, sigma = schedule.alpha_sigma(torch.as_tensor(t).cpu())
+    return model_output_to_x0_eps(out.float(), x_t.float(), alpha.to(x_t.device, torch.float32),
+                                  sigma.to(x_t.device, torch.float32), schedule.prediction_type)[0]
+
+
+def dm_gradient(x: Tensor, x0_real: Tensor, x0_fake: Tensor, alpha: Tensor | None = None) -> Tensor:
+    """The distribution matching gradient d L_KL / dx (up to 1/numel), DMD Alg. 2::
+
+        grad = (p_real - p_fake) / mean_CHW |p_real|,   p = x - mu(x_t, t)
+
+    = (mu_fake - mu_real) / mean|x - mu_real|. With ``alpha`` (the per-sample alpha_t) it is Eq. 7
+    with Eq. 8's weight, which carries one more factor alpha_t (module docstring)."""
+    p_real, p_fake = x - x0_real, x - x0_fake
+    grad = (p_real - p_fake) / p_real.abs().mean(dim=tuple(range(1, x.ndim)), keepdim=True)
+    if alpha is not None:
+        grad = _as_column(alpha, grad) * grad
+    return torch.nan_to_num(grad)
+
+
+def dm_loss(x: Tensor, grad: Tensor) -> Tensor:
+    """L_KL = 0.5 mse(x, sg(x - grad)): its gradient with respect to x is grad / numel."""
+    return 0.5 * F.mse_loss(x.float(), (x - grad).detach().float(), reduction="mean")
+
+
+def eq8_weight(x: Tensor, x0_real: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """w_t = sigma_t^2 / alpha_t * CS / ||mu_real(x_t, t) - x||_1  (Eq. 8), per sample."""
+    cs = x[0].numel()
+    l1 = (x0_real - x).abs().flatten(1).sum(dim=1)
+    return sigma**2 / alpha * cs / l1
+
+
+def score(x_t: Tensor, mu: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
+    """s(x_t, t) = -(x_t - alpha_t mu(x_t, t)) / sigma_t^2  (Eqs. 4, 5)."""
+    return -(x_t - _as_column(alpha, x_t) * mu) / _as_column(sigma, x_t) ** 2
+
+
+def regression_distance(a: Tensor, b: Tensor, kind: str, huber_c: float = 0.03) -> Tensor:
+    """Per-sample latent-space distance for Eq. 9 where LPIPS is unavailable: mean squared error
+    or the pseudo-Huber mean(sqrt(d^2 + c^2) - c)."""
+    d = (a.float() - b.float()).flatten(1)
+    if kind == "l2":
+        return d.pow(2).mean(dim=1)
+    if kind == "pseudo-huber":
+        return (torch.sqrt(d.pow(2) + huber_c**2) - huber_c).mean(dim=1)
+    raise ValueError(f"unknown latent-space distance {kind!r}")
+
+
+def is_generator_step(step: int, ratio: int) -> bool:
+    """DMD2's two time-scale rule (code train_sd.py: ``step % dfake_gen_update_ratio == 0``)."""
+    return step % ratio == 0
+
+
+def sampling_timesteps(step_list: tuple[int, ...], steps: int) -> list[int]:
+    """Every (len / S)-th entry of the trained list: 4-step [999, 749, 499, 249] -> S = 2: [999, 499]."""
+    if steps < 1 or len(step_list) % steps:
+        raise ValueError(f"{steps} steps do not divide the trained step list {list(step_list)}")
+    return list(step_list[::len(step_list) // steps])
+
+
+# ------------------------------------------------------------------------------------------------
+# Networks
+# ------------------------------------------------------------------------------------------------
+
+
+class _StopForward(Exception):
+    pass
+
+
+class FakeScore(nn.Module):
+    """mu_fake: a trainable copy of the teacher U-Net, plus DMD2's GAN classifier on its
+    bottleneck (mid-block) features. The head is the code's ``cls_pred_branch`` (Conv 4x4/2 -> GN ->
+    SiLU -> Conv 4x4/4 -> GN -> SiLU -> Conv 1x1) with an adaptive pool to 4x4 in between, which is
+    the identity on SD-1.5's 8x8 bottleneck and lets smaller U-Nets use the same head."""
+
+    def __init__(self, unet: nn.Module, gan: bool, seed: int = 0):
+        super().__init__()
+        self.unet = unet
+        self.head = None
+        self._armed = False
+        self._features: Tensor | None = None
+        if gan:
+            channels = unet.config.block_out_channels[-1]
+            groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.head = nn.Sequential(
+                    nn.Conv2d(channels, channels, 4, 2, 1), nn.GroupNorm(groups, channels), nn.SiLU(),
+                    nn.AdaptiveAvgPool2d(4),
+                    nn.Conv2d(channels, channels, 4, 4, 0), nn.GroupNorm(groups, channels), nn.SiLU(),
+                    nn.Conv2d(channels, 1, 1, 1, 0))
+            unet.mid_block.register_forward_hook(self._capture)
+
+    def _capture(self, module, inputs, output):
+        if self._armed:                    # not during checkpoint recomputation in backward
+            self._features = output
+            raise _StopForward
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Tensor, classify: bool = False) -> Tensor:
+        """The U-Net's raw output, or (``classify``) one realism logit per sample from its
+        bottleneck features; the classifier pass stops after the mid-block (code classify_forward)."""
+        if not classify:
+            return self.unet(x_t, t, encoder_hidden_states=cond).sample
+        self._armed = True
+        try:
+            self.unet(x_t, t, encoder_hidden_states=cond)
+        except _StopForward:
+            pass
+        finally:
+            self._armed = False
+        features, self._features = self._features, None
+        return self.head(features).flatten()
+
+
+def _copy_unet(unet: nn.Module, checkpointing: bool) -> nn.Module:
+    """A fp32 trainable copy of the teacher U-Net (G and mu_fake both start as the teacher, Alg. 1 l.2)."""
+    copy_ = nn.Module.to(copy.deepcopy(unet), device="cpu", dtype=torch.float32).train().requires_grad_(True)
+    if checkpointing:
+        copy_.enable_gradient_checkpointing()
+    return copy_
+
+
+# ------------------------------------------------------------------------------------------------
+# Training state and step
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DMDState:
+    generator: nn.Module                     # prepared
+    fake: nn.Module                          # prepared FakeScore
+    real: nn.Module                          # the frozen teacher U-Net
+    schedule: NoiseSchedule
+    config: DMDConfig
+    updates: list[Update]
+    pairs: Any | None                        # bench.regression.RegressionPairs (DMD's Eq. 9)
+    distance: Callable[[Tensor, Tensor], Tensor] | None
+    real_autocast: Callable[[], Any]
+    unwrap: Callable[[nn.Module], nn.Module]
+    optimizer: Any = None                    # (several optimizers: see updates)
+    lr_scheduler: Any = None
+
+    @property
+    def models(self) -> list[nn.Module]:
+        return [self.generator, self.fake]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for u in self.updates for p in u.params]
+
+    def after_optimizer_step(self) -> None:
+        pass
+
+    def extra_state_dict(self) -> dict[str, Tensor]:
+        return {}
+
+    def load_extra_state_dict(self, state: dict[str, Tensor]) -> None:
+        pass
+
+
+def _randn(shape, g: torch.Generator, like: Tensor) -> Tensor:
+    return torch.randn(shape, generator=g, dtype=torch.float32).to(like.device)
+
+
+def _noised(x: Tensor, t: Tensor, schedule: NoiseSchedule, eps: Tensor) -> Tensor:
+    alpha, sigma = schedule.alpha_sigma(t)
+    return add_noise(x, eps, alpha.to(x.device, x.dtype), sigma.to(x.device, x.dtype))
+
+
+def generate(state: DMDState, noise: Tensor, cond: Tensor, g: torch.Generator, with_grad: bool) -> Tensor:
+    """x = G(x_t, t, c) at a training input that matches inference: pure noise at the list's first
+    timestep, or (backward simulation, DMD2) the current generator run from pure noise for a random
+    number of hops, each ``x0 = G(x, t_i); x = alpha_{i+1} x0 + sigma_{i+1} eps``, under no_grad."""
+    steps, schedule = state.config.denoising_step_list, state.schedule
+    hops = int(torch.randint(0, len(steps), (1,), generator=g)) if state.config.backward_simulation else 0
+    x = noise
+    with torch.no_grad():
+        for t, t_next in zip(steps[:hops], steps[1:hops + 1]):
+            tt = torch.full((x.shape[0],), t, dtype=torch.long)
+            x0 = _x0(state.generator(x, tt.to(x.device), encoder_hidden_states=cond).sample, x, tt, schedule)
+            x = _noised(x0, torch.full_like(tt, t_next), schedule, _randn(x.shape, g, x))
+    t = torch.full((x.shape[0],), steps[hops], dtype=torch.long)
+    with contextlib.nullcontext() if with_grad else torch.no_grad():
+        return _x0(state.generator(x, t.to(x.device), encoder_hidden_states=cond).sample, x, t, schedule)
+
+
+def distribution_matching_loss(state: DMDState, x: Tensor, cond: Tensor, uncond: Tensor,
+                               g: torch.Generator) -> Tensor:
+    """L_KL of Eq. 7 (DMD Alg. 2 / code compute_distribution_matching_loss)."""
+    cfg, schedule, bsz = state.config, state.schedule, x.shape[0]
+    T = schedule.num_train_timesteps
+    min_step, max_step = int(cfg.min_step_percent * T), int(cfg.max_step_percent * T)
+    t = torch.randint(min_step, min(max_step + 1, T), (bsz,), generator=g)
+    x_t = _noised(x.detach(), t, schedule, _randn(x.shape, g, x))
+    td = t.to(x.device)
+    with torch.no_grad():
+        x0_fake = _x0(state.fake(x_t, td, cond), x_t, t, schedule)                      # Eq. 5, no CFG
+        real_dtype = next(state.real.parameters()).dtype
+        with state.real_autocast():                                                      # Eq. 4 with CFG (§3.4)
+            pair = state.real(torch.cat([x_t, x_t]).to(real_dtype), torch.cat([td, td]),
+                              encoder_hidden_states=torch.cat([uncond, cond]).to(real_dtype)).sample.float()
+        x0_real = _x0(cfg_imagen(pair[:bsz], pair[bsz:], cfg.real_guidance_scale), x_t, t, schedule)
+        alpha = schedule.alpha_sigma(t)[0].to(x.device, torch.float32) if cfg.dm_gradient_form == "eq-7" else None
+        grad = dm_gradient(x.detach().float(), x0_real, x0_fake, alpha)
+    return dm_loss(x, grad)
+
+
+def fake_score_loss(state: DMDState, x: Tensor, cond: Tensor, g: torch.Generator) -> Tensor:
+    """L_denoise of Eq. 6 on sg(x), t ~ U{0..T-1}: the teacher's own objective (unweighted eps-MSE
+    for an eps-prediction teacher, the code's compute_loss_fake; v / x0 targets likewise)."""
+    schedule, x = state.schedule, x.detach()
+    t = torch.randint(0, schedule.num_train_timesteps, (x.shape[0],), generator=g)
+    eps = _randn(x.shape, g, x)
+    x_t = _noised(x, t, schedule, eps)
+    out = state.fake(x_t, t.to(x.device), cond).float()
+    if schedule.prediction_type == "epsilon":
+        target = eps
+    elif schedule.prediction_type == "v_prediction":
+        alpha, sigma = schedule.alpha_sigma(t)
+        target = v_from_x0_eps(x, eps, alpha.to(x.device, x.dtype), sigma.to(x.device, x.dtype))
+    else:
+        target = x
+    return F.mse_loss(out, target.float())
+
+
+def _gan_logits(state: DMDState, x: Tensor, cond: Tensor, g: torch.Generator) -> Tensor:
+    """D(x): x re-noised at t ~ U{0..gan_max_timestep-1} (the code's diffusion GAN), classified
+    from the fake score's bottleneck."""
+    t = torch.randint(0, state.config.gan_max_timestep, (x.shape[0],), generator=g)
+    x_t = _noised(x, t, state.schedule, _randn(x.shape, g, x))
+    return state.fake(x_t, t.to(x.device), cond, classify=True).float()
+
+
+def dmd_training_step(state: DMDState, batch: Any) -> dict[str, Tensor]:
+    """One iteration; returns {"generator": L_G (on generator steps only), "fake_score": L_fake}.
+    Every random draw comes from ``batch.generator`` in a fixed order."""
+    cfg, g = state.config, batch.generator
+    cond, uncond = batch.cond, batch.uncond
+    update_g = is_generator_step(batch.step, cfg.generator_update_ratio)
+    noise = _randn(batch.latents.shape, g, batch.latents)
+    # 1. x = G(z): with grad only when G is updated (the code skips G's backward otherwise)
+    x = generate(state, noise, cond, g, with_grad=update_g)
+    losses = {}
+    if update_g:
+        loss_g, x_dm, cond_dm, uncond_dm = 0.0, x, cond, uncond
+        # 2. regression loss on the paired dataset (Eq. 9)
+        if state.pairs is not None and cfg.regression_weight > 0:
+            index = torch.randint(0, len(state.pairs), (cfg.regression_batch_size,), generator=g)
+            z_ref, y_ref, c_ref = state.pairs.batch(index)
+            t_ref = torch.full((z_ref.shape[0],), cfg.denoising_step_list[0], dtype=torch.long)
+            x_ref = _x0(state.generator(z_ref, t_ref.to(z_ref.device), encoder_hidden_states=c_ref).sample,
+                        z_ref, t_ref, state.schedule)
+            loss_g = loss_g + cfg.regression_weight * state.distance(x_ref, y_ref).mean()
+            if cfg.dm_on_regression_samples:                                # Alg. 1 l.7
+                x_dm, cond_dm = torch.cat([x, x_ref]), torch.cat([cond, c_ref])
+                uncond_dm = torch.cat([uncond, uncond[:1].expand(x_ref.shape[0], -1, -1)])
+        # 3. distribution matching (Eqs. 7-8)
+        loss_g = loss_g + distribution_matching_loss(state, x_dm, cond_dm, uncond_dm, g)
+        # 4. GAN generator loss (DMD2): non-saturating softplus(-D(x))
+        if cfg.gan:
+            loss_g = loss_g + cfg.gen_gan_weight * F.softplus(-_gan_logits(state, x, cond, g)).mean()
+        losses["generator"] = loss_g
+    # 5. fake score (every iteration): denoising loss on sg(x), + the discriminator loss
+    loss_fake = fake_score_loss(state, x, cond, g)
+    if cfg.gan:
+        real = batch.latents
+        loss_d = F.softplus(_gan_logits(state, x.detach(), cond, g)).mean() + \
+            F.softplus(-_gan_logits(state, real, cond, g)).mean()
+        loss_fake = loss_fake + cfg.disc_gan_weight * loss_d
+    losses["fake_score"] = loss_fake
+    return losses
+
+
+def _make_optimizer(params: list[nn.Parameter], cfg: DMDConfig, lr: float, max_train_steps: int,
+                    num_processes: int) -> tuple[Any, Any]:
+    """AdamW + constant_with_warmup, as the code builds both of its optimizers."""
+    from diffusers.optimization import get_scheduler
+
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * num_processes,
+                              num_training_steps=max(1, max_train_steps) * num_processes)
+    return optimizer, scheduler
+
+
+# ------------------------------------------------------------------------------------------------
+# Methods
+# ------------------------------------------------------------------------------------------------
+
+
+class DMD(Method):
+    name: ClassVar[str] = "dmd"
+    paper: ClassVar[str] = ("Yin et al. 2024, One-step Diffusion with Distribution Matching Distillation, "
+                            "arXiv:2311.18828")
+    summary: ClassVar[str] = ("one-step generator: distribution matching gradient (real CFG teacher vs trained "
+                              "fake score) + regression on teacher PNDM pairs")
+    config_class: ClassVar[type] = DMDConfig
+    trains: ClassVar[bool] = True
+    supported_steps: ClassVar[tuple[int, ...] | None] = (1,)     # the default config's step_counts
+    # the generator is sampled without CFG (guidance is distilled from the real score)
+    default_guidance_scale: ClassVar[float | None] = 1.0
+
+    def unsupported_steps_reason(self, steps: int) -> str | None:
+        if steps in self.config.step_counts:
+            return None
+        counts = ", ".join(map(str, self.config.step_counts))
+        return (f"{self.name} samples with the {counts}-step schedule(s) of its trained step list "
+                f"{list(self.config.denoising_step_list)}; {steps} steps skipped")
+
+    # -- training --------------------------------------------------------------------------------
+    def init_training_state(self, teacher: Any, trainer: Any, data: Any = None) -> DMDState:
+        cfg = self.config
+        distance, pairs = None, None
+        if cfg.regression_weight > 0:
+            if cfg.regression_distance == "lpips":
+                distance = trainer.lpips_distance(teacher, cfg.lpips_vgg_path)     # fails early offline
+            else:
+                distance = lambda a, b: regression_distance(a, b, cfg.regression_distance, cfg.huber_c)  # noqa: E731
+            if data is None:
+                raise ValueError(f"{self.name}: the regression loss needs the training data (its captions)")
+            pairs = trainer.regression_pairs(teacher, data, cfg.pair_spec())
+        generator = _copy_unet(teacher.unet, cfg.gradient_checkpointing).to(trainer.device)
+        fake = FakeScore(_copy_unet(teacher.unet, cfg.gradient_checkpointing), cfg.gan, trainer.seed).to(trainer.device)
+        steps, n = trainer.schedule.max_train_steps, trainer.num_processes
+        g_opt, g_sched = _make_optimizer(list(generator.parameters()), cfg, trainer.schedule.learning_rate,
+                                         -(-steps // cfg.generator_update_ratio), n)
+        fake_lr = cfg.fake_learning_rate if cfg.fake_learning_rate is not None else trainer.schedule.learning_rate
+        f_opt, f_sched = _make_optimizer(list(fake.parameters()), cfg, fake_lr, steps, n)
+        generator, fake, g_opt, f_opt, g_sched, f_sched = trainer.prepare(generator, fake, g_opt, f_opt, g_sched, f_sched)
+        updates = [Update("generator", g_opt, list(trainer.unwrap(generator).parameters()), g_sched),
+                   Update("fake_score", f_opt, list(trainer.unwrap(fake).parameters()), f_sched)]
+        real = teacher.unet.requires_grad_(False)
+        return DMDState(generator=generator, fake=fake, real=real, schedule=teacher.schedule, config=cfg,
+                        updates=updates, pairs=pairs, distance=distance,
+                        real_autocast=lambda: _half_autocast(real, cfg.real_score_half_precision),
+                        unwrap=trainer.unwrap)
+
+    def training_step(self, state: DMDState, batch: Any) -> dict[str, Tensor]:
+        return dmd_training_step(state, batch)
+
+    def student_from_state(self, state: DMDState, trainer: Any) -> Student:
+        unet = trainer.unwrap(state.generator).eval().requires_grad_(False)
+        if getattr(unet, "is_gradient_checkpointing", False):
+            unet.disable_gradient_checkpointing()
+        return Student(unet=unet, kind="unet",
+                       metadata={"denoising_step_list": list(self.config.denoising_step_list),
+                                 "step_counts": list(self.config.step_counts)})
+
+    def train(self, teacher: Any, data: Any, trainer: Any, steps: int | None = None) -> Student:
+        state = self.init_training_state(teacher, trainer, data)
+        trainer.fit(state, self.training_step, data, teacher)
+        return self.student_from_state(state, trainer)
+
+    def training_identity(self) -> dict[str, Any]:
+        """What changes the trained student: not ``step_counts`` (sampling only; one student per list)."""
+        return {k: v for k, v in dataclasses.asdict(self.config).items() if k != "step_counts"}
+
+    # -- sampling --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, denoiser: Denoiser, request: SampleRequest) -> Tensor:
+        """x0 = G(x, t_i, c) at each timestep of the S-step sub-list, re-noised with fresh noise from
+        each image's generator between steps (DMD2 inference; LCMScheduler with these timesteps)."""
+        timesteps = sampling_timesteps(self.config.denoising_step_list, request.steps)
+        schedule, x = denoiser.schedule, request.noise
+        for i, t in enumerate(timesteps):
+            x0, _ = denoiser.guided_x0_eps(x, t, request.cond, request.uncond, request.guidance_scale)
+            if i == len(timesteps) - 1:
+                return x0
+            alpha, sigma = schedule.alpha_sigma(timesteps[i + 1])
+            x = add_noise(x0, per_sample_randn(request.generators, x), alpha.to(x.device, x.dtype),
+                          sigma.to(x.device, x.dtype))
+        return x
+
+
+class DMD2(DMD):
+    name: ClassVar[str] = "dmd2"
+    paper: ClassVar[str] = ("Yin et al. 2024, Improved Distribution Matching Distillation for Fast Image "
+                            "Synthesis, arXiv:2405.14867")
+    summary: ClassVar[str] = ("DMD without regression: two time-scale updates, optional GAN on the fake score's "
+                              "bottleneck, multi-step list with backward simulation")
+    config_class: ClassVar[type] = DMD2Config
+    supported_steps: ClassVar[tuple[int, ...] | None] = (1, 4)
+
+
+def _half_autocast(real: nn.Module, enabled: bool):
+    """bf16 autocast for the real score on CUDA when the teacher is fp32 (the code casts its real
+    U-Net to bf16); a no-op on the CPU or for a teacher already in half precision."""
+    param = next(real.parameters())
+    if enabled and param.device.type == "cuda" and param.dtype == torch.float32:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+__all__ = ["DMD", "DMD2", "DMDConfig", "DMD2Config", "DMDState", "FakeScore", "RegressionPairSpec",
+           "dm_gradient", "dm_loss", "eq8_weight", "score", "regression_distance", "is_generator_step",
+           "sampling_timesteps", "dmd_training_step", "distribution_matching_loss", "fake_score_loss", "generate"]

@@ -1,0 +1,259 @@
+"""SPLAM: Sub-Path Linear Approximation Model (Xu et al., ECCV 2024, arXiv:2404.13903;
+papers/splam-2404.13903.txt §4, Algorithm 1; notes/methods.md §4). Released code:
+MCG-NJU/SPLAM ``splam/train_splam_distill_sd_wds.py`` (a fork of the LCM script, incomplete:
+no Multiple Estimation, notes §4.1).
+
+Sub-Path Linear Approximation Distillation (Algorithm 1), on the shared LCD path
+(methods/consistency.py)::
+
+    t ~ U[k, T] (the 20-grid points >= k - 1);  gamma ~ U[0, 1]
+    z_t = alpha(t) z + sigma(t) eps
+    z^_{t-k}: k / k_phi DDIM steps of k_phi, each with CFG at a fixed w             (Multiple Estimation, Eq. 18)
+    z_{gamma,t} = (1 - gamma) alpha(t)/alpha(t-k) z^_{t-k} + gamma z_t               (SL-ODE point, Eq. 12)
+    sigma(gamma, t) = (1 - gamma) alpha(t)/alpha(t-k) sigma(t-k) + gamma sigma(t)     (§4.2, "empirically")
+    f_theta = (z_{gamma,t} - sigma(gamma, t) eps_theta(z_{gamma,t}, c, gamma, t)) / alpha(t)    (Eq. 14)
+    F_theta = c_skip(t) z_{gamma,t} + c_out(t) f_theta                                (Eq. 16)
+    L = Huber(F_theta(z_{gamma,t}, c, gamma, t), F_theta-(z^_{t-k}, c, 1, t-k))       (Eq. 17; EMA target at gamma = 1)
+
+gamma enters the student as a Fourier embedding added to its time embedding (LCM's w-embedding
+slot, ``time_cond_proj_dim``). At gamma = 1 the step is LCM's online branch exactly (z_{1,t} =
+z_t, sigma(1, t) = sigma(t)). The saved student has the gamma = 1 conditioning folded into the
+time embedding and no ``cond_proj`` (§4.2: "no additional parameters beyond the training
+phase"): a plain ``UNet2DConditionModel`` that stock diffusers pipelines load; it samples with
+LCM's multistep consistency sampler at guidance 1 (the guidance is distilled; released README).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from methods.base import Denoiser, SampleRequest, Student
+from methods.consistency import (
+    ConsistencyDistillationConfig,
+    LCDState,
+    MultistepTeacherSolver,
+    consistency_loss,
+    lcd_draws,
+    lcd_online,
+    lcd_target,
+    lcd_teacher_solve,
+    lcm_multistep_sample,
+)
+from methods.diffusion_math import _as_column, guidance_scale_embedding
+from methods.lcm import _LCDMethod, build_w_conditioned_unet
+
+Tensor = torch.Tensor
+
+SIGMA_GAMMAS: tuple[str, ...] = ("paper-linear", "code-sqrt")
+GAMMA_EMBEDDINGS: tuple[str, ...] = ("paper-zero", "code")
+
+
+@dataclass(frozen=True)
+class SPLAMConfig(ConsistencyDistillationConfig):
+    """Paper values (SD-1.5, §5.1) by default; ``preset="official-code"`` is the released script.
+
+    | field            | paper (SD-1.5)                    | released code                  |
+    |------------------|-----------------------------------|--------------------------------|
+    | skip (k)         | 100 (§5.1)                        | 20 (one DDIM step)             |
+    | w (fixed)        | g = 3 -> w = 2 (§5.1, Eq. 18) (a) | w_scale 8 (LCM conv., g = 9)   |
+    | sigma_gamma      | linear mix (§4.2)                 | square-root form (notes §4.1)  |
+    | gamma_embedding  | zero at gamma = 1 (§4.2)          | Fourier(10 - 10 gamma) (b)     |
+    | loss             | huber (§5.1)                      | huber, c = 0.001               |
+
+    (a) Eq. 18 guides as w Phi(c) + (1 - w) Phi(empty), the diffusers/Imagen convention, so the
+    paper's "guidance scale 3" is g = 3, w = g - 1 = 2 in the LCM convention these fields use.
+    (b) non-zero at gamma = 1; folded into ``time_embedding.linear_1.bias`` at save time.
+    Not stated in the paper, taken from the released README (LCM's command): lr 8e-6, EMA 0.95,
+    batch 12 per GPU. Training length: "2K to 6K iterations" for k = 100 (§5.2) -> 6000.
+    CHOICE the student that is saved: the EMA target (Eq. 19 generates with F_theta-); the
+    released (LCM) script's online ``unet/`` is ``student_weights="online"``.
+    """
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": dict(w_min=2.0, w_max=2.0, loss_type="huber", learning_rate=8e-6, train_batch_size=12,
+                      max_train_steps=6000, ema_decay=0.95, skip=100, sigma_gamma="paper-linear",
+                      gamma_embedding="paper-zero"),
+        "official-code": dict(w_min=8.0, w_max=8.0, loss_type="huber", learning_rate=8e-6, train_batch_size=12,
+                              max_train_steps=1000, ema_decay=0.95, skip=20, sigma_gamma="code-sqrt",
+                              gamma_embedding="code"),
+    }
+
+    ema_decay: float | None = None
+    skip: int | None = None                  # k: t - k is the sub-path's far end
+    skip_phi: int = 20                       # k_phi: the teacher's DDIM step (§5.1 "k_phi = 20")
+    sigma_gamma: str | None = None           # "paper-linear" | "code-sqrt"
+    gamma_embedding: str | None = None       # "paper-zero" | "code"
+    time_cond_proj_dim: int = 256            # width of the gamma embedding (LCM's --unet_time_cond_proj_dim)
+    student_weights: str = "target"          # "target" (Eq. 19) | "online"
+
+    # Toy schedule: LCM's toy values (batch 32, lr 1e-4, EMA 0.95), 500 steps because a SPLAM step
+    # (5 teacher sub-steps, 2 calls each) costs ~2x an LCM step on the toy U-Net, so the student
+    # trains in about LCM's wall time; the paper's fast convergence at k = 100 (2K-6K iterations
+    # vs LCM's 10K+, §5.2) is what this schedule bets on.
+    toy_max_train_steps: int | None = 500
+    toy_train_batch_size: int | None = 32
+    toy_learning_rate: float | None = 1e-4
+    toy_ema_decay: float | None = 0.95
+    toy_checkpointing_steps: int | None = 250
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.sigma_gamma is not None and self.sigma_gamma not in SIGMA_GAMMAS:
+            raise ValueError(f"sigma_gamma must be one of {SIGMA_GAMMAS}, got {self.sigma_gamma!r}")
+        if self.gamma_embedding is not None and self.gamma_embedding not in GAMMA_EMBEDDINGS:
+            raise ValueError(f"gamma_embedding must be one of {GAMMA_EMBEDDINGS}, got {self.gamma_embedding!r}")
+        if self.skip is not None and (self.skip < self.skip_phi or self.skip % self.skip_phi):
+            raise ValueError(f"skip {self.skip} must be a multiple of skip_phi {self.skip_phi}")
+        if self.w_min is not None and self.w_max is not None and self.w_min != self.w_max:
+            raise ValueError("SPLAM distils a fixed guidance scale: w_min must equal w_max")
+        if self.student_weights not in ("online", "target"):
+            raise ValueError(f"student_weights must be 'online' or 'target', got {self.student_weights!r}")
+
+
+def splam_teacher_solver(config: SPLAMConfig, schedule: Any) -> MultistepTeacherSolver:
+    """Multiple Estimation (Eq. 18): t ~ U[k, T] on the grid, k / k_phi deterministic DDIM steps."""
+    return MultistepTeacherSolver(schedule, num_points=config.num_ddim_timesteps, span=config.skip,
+                                  substeps=config.skip // config.skip_phi, kind="ddim", eta=0.0,
+                                  min_start=config.skip - 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# gamma: embedding, SL-ODE point, sigma(gamma, t)
+# ------------------------------------------------------------------------------------------------
+
+
+def gamma_embedding(gamma: Tensor, dim: int, kind: str) -> Tensor:
+    """Fourier embedding of gamma (the released code: LCM's w embedding of 10 - 10 gamma).
+    "paper-zero" subtracts its gamma = 1 value, so it is exactly 0 at gamma = 1 (§4.2)."""
+    emb = guidance_scale_embedding(10.0 - 10.0 * gamma, dim)
+    if kind == "paper-zero":
+        emb = emb - guidance_scale_embedding(torch.zeros_like(gamma), dim)
+    return emb
+
+
+def sl_ode_point(x_t: Tensor, x_end: Tensor, gamma: Tensor, ratio: Tensor) -> Tensor:
+    """z_{gamma,t} = (1 - gamma) alpha(t)/alpha(t-k) z^_{t-k} + gamma z_t (Eq. 12)."""
+    g, r = _as_column(gamma, x_t), _as_column(ratio, x_t)
+    return (1 - g) * r * x_end + g * x_t
+
+
+def sigma_gamma(gamma: Tensor, sigma_t: Tensor, sigma_end: Tensor, ratio: Tensor, kind: str) -> Tensor:
+    """sigma(gamma, t), float64 (B,). "paper-linear" (§4.2):
+    (1 - gamma) alpha(t)/alpha(t-k) sigma(t-k) + gamma sigma(t); "code-sqrt" (released code):
+    sqrt((sigma(t-k) alpha(t)/alpha(t-k))^2 + gamma^2 (1 - (alpha(t)/alpha(t-k))^2)). Both are
+    sigma(t) at gamma = 1 and alpha(t)/alpha(t-k) sigma(t-k) at gamma = 0."""
+    gamma = gamma.to(torch.float64)
+    if kind == "paper-linear":
+        return (1 - gamma) * ratio * sigma_end + gamma * sigma_t
+    if kind == "code-sqrt":
+        return ((sigma_end * ratio) ** 2 + gamma**2 * (1 - ratio**2)).sqrt()
+    raise ValueError(f"unknown sigma_gamma {kind!r}; choose one of {SIGMA_GAMMAS}")
+
+
+# ------------------------------------------------------------------------------------------------
+# Training step
+# ------------------------------------------------------------------------------------------------
+
+
+def splam_online(state: LCDState, draws: Any, x_end: Tensor, gamma: Tensor, cond: Tensor) -> Tensor:
+    """F_theta(z_{gamma,t}, c, gamma, t) (Eq. 12, 14, 16), with gradient; gamma (B,) CPU."""
+    cfg, schedule = state.config, state.schedule
+    alpha_t, sigma_t = schedule.alpha_sigma(draws.t_start)
+    alpha_e, sigma_e = schedule.alpha_sigma(draws.t_end)
+    ratio = alpha_t / alpha_e                                       # alpha(t)/alpha(t-k), float64
+    device, dtype = draws.x_start.device, draws.x_start.dtype
+    x_gamma = sl_ode_point(draws.x_start, x_end, gamma.to(device, dtype), ratio.to(device, dtype))   # Eq. 12
+    sig = sigma_gamma(gamma, sigma_t, sigma_e, ratio, cfg.sigma_gamma)                                # §4.2
+    emb = gamma_embedding(gamma, cfg.time_cond_proj_dim, cfg.gamma_embedding).to(device, dtype)
+    return lcd_online(state, x_gamma, draws.t_start, cond, emb, sigma=sig)                           # Eq. 14, 16
+
+
+def splam_training_step(state: LCDState, batch: Any, gamma: Tensor | None = None) -> Tensor:
+    """Algorithm 1 on one micro-batch. ``gamma``: use these values instead of the draw (tests)."""
+    cfg = state.config
+    draws = lcd_draws(state, batch)                                 # t, t - k, z_t, w (fixed)
+    drawn = torch.rand(draws.t_start.shape[0], generator=batch.generator, dtype=torch.float32)
+    gamma = drawn if gamma is None else gamma                       # gamma ~ U[0, 1]
+    x_end = lcd_teacher_solve(state, draws, batch)                  # Multiple Estimation, Eq. 18
+    pred = splam_online(state, draws, x_end, gamma, batch.cond)     # F_theta(z_{gamma,t}, c, gamma, t)
+    one = gamma_embedding(torch.ones_like(gamma), cfg.time_cond_proj_dim, cfg.gamma_embedding)
+    target = lcd_target(state, x_end, draws.t_end, batch.cond, one.to(x_end.device, x_end.dtype))  # gamma = 1, t - k
+    return consistency_loss(pred, target, cfg.loss_type, cfg.huber_c)                                # Eq. 17
+
+
+# ------------------------------------------------------------------------------------------------
+# Folding gamma = 1 into the time embedding
+# ------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def fold_gamma_embedding(unet: nn.Module, kind: str) -> nn.Module:
+    """A plain ``UNet2DConditionModel`` (``time_cond_proj_dim=None``) equal to ``unet`` at
+    gamma = 1. ``TimestepEmbedding`` computes linear_1(t_emb + W_c e), so the constant W_c e of
+    gamma = 1 moves into linear_1's bias: b' = b + W_1 W_c e (notes §4.2); with "paper-zero"
+    e = 0 and nothing moves."""
+    from diffusers import UNet2DConditionModel
+
+    dim = unet.config.time_cond_proj_dim
+    e = gamma_embedding(torch.ones(1, dtype=torch.float32), dim, kind).to(torch.float64)
+    state = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+    w_c = state.pop("time_embedding.cond_proj.weight")
+    if kind != "paper-zero":
+        bias, w_1 = state["time_embedding.linear_1.bias"], state["time_embedding.linear_1.weight"]
+        shift = (w_1.to(torch.float64) @ (w_c.to(torch.float64) @ e[0]))
+        state["time_embedding.linear_1.bias"] = (bias.to(torch.float64) + shift).to(bias.dtype)
+    plain = UNet2DConditionModel.from_config(unet.config, time_cond_proj_dim=None)
+    plain.load_state_dict(state, strict=True)
+    param = next(unet.parameters())
+    return nn.Module.to(plain, device=param.device, dtype=param.dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# Method
+# ------------------------------------------------------------------------------------------------
+
+
+class SPLAM(_LCDMethod):
+    name: ClassVar[str] = "splam"
+    paper: ClassVar[str] = ("Xu et al. 2024, Accelerating Image Generation with Sub-path Linear Approximation "
+                            "Model, ECCV 2024, arXiv:2404.13903")
+    summary: ClassVar[str] = ("sub-path linear approximation distillation (gamma-conditioned, k=100 multiple "
+                              "estimation); plain U-Net student, LCMScheduler sampler")
+    config_class: ClassVar[type] = SPLAMConfig
+    # The guidance (fixed w) is distilled; the released README samples with guidance_scale 1.
+    default_guidance_scale: ClassVar[float | None] = 1.0
+
+    def init_training_state(self, teacher: Any, trainer: Any) -> LCDState:
+        cfg = self.config
+        if teacher.schedule.prediction_type != "epsilon":
+            raise ValueError("splam: Eq. 14 is written for an epsilon-prediction teacher; this teacher predicts "
+                             f"{teacher.schedule.prediction_type!r}")
+        student = build_w_conditioned_unet(teacher.unet, cfg.time_cond_proj_dim, trainer.seed)
+        target = copy.deepcopy(student).requires_grad_(False).to(trainer.device).train()
+        # w_embedding_dim=None: w is fixed and not embedded; the embedding slot carries gamma
+        state = self._state(teacher, trainer, student, target, None, cfg.ema_decay)
+        state.solver = splam_teacher_solver(cfg, teacher.schedule)
+        return state
+
+    def training_step(self, state: LCDState, batch: Any) -> Tensor:
+        return splam_training_step(state, batch)
+
+    def student_from_state(self, state: LCDState, trainer: Any) -> Student:
+        unet = trainer.unwrap(state.student) if self.config.student_weights == "online" else state.target
+        plain = fold_gamma_embedding(unet, self.config.gamma_embedding).eval().requires_grad_(False)
+        return Student(unet=plain, kind="unet", metadata={"weights": self.config.student_weights,
+                                                          "gamma_embedding": self.config.gamma_embedding,
+                                                          "folded": "gamma=1"})
+
+    @torch.no_grad()
+    def sample(self, denoiser: Denoiser, request: SampleRequest) -> Tensor:
+        return lcm_multistep_sample(denoiser, request, self.timesteps(denoiser, request.steps),
+                                    sigma_data=self.config.sigma_data, timestep_scaling=self.config.timestep_scaling)
+
+
+__all__ = ["SPLAM", "SPLAMConfig", "fold_gamma_embedding", "gamma_embedding", "sigma_gamma", "sl_ode_point",
+           "splam_online", "splam_teacher_solver", "splam_training_step"]

@@ -1,0 +1,273 @@
+"""`bench profile` on the CPU with the tiny teacher: the command runs and reports every field, the
+ratio ours/diffusers is the ratio of the reported medians, fp16/bf16 cells are skipped with a note,
+the stock diffusers pipeline makes the same images as the harness, bad input exits with code 2.
+The GPU paths (CUDA events, fp16/bf16, max_memory_allocated, the largest-batch search) run only
+where CUDA is; the last test covers them there."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import types
+
+import pytest
+import torch
+
+from bench.cli import main
+from bench.profile import (
+    HALF_ON_CPU_NOTE,
+    device_slug,
+    diffusers_closures,
+    diffusers_pipeline,
+    diffusers_plan,
+    profile_student,
+    sampling_teacher,
+)
+
+SPEED_FIELDS = ("median_ms", "p90_ms", "mean_ms", "denoiser_median_ms", "denoiser_share", "peak_memory_mb",
+                "peak_memory_kind", "nfe", "guidance")
+TRAIN_FIELDS = ("step_median_ms", "step_p90_ms", "step_mean_ms", "peak_memory_mb", "peak_memory_kind",
+                "mixed_precision")
+
+
+def _run(tmp_path, *extra: str) -> int:
+    return main(["profile", "--device", "cpu", "--teacher", "tiny", "--out", str(tmp_path), "--threads", "1",
+                 "--quiet", *extra])
+
+
+def _report(tmp_path) -> tuple[dict, str]:
+    (json_path,) = tmp_path.glob("*.json")
+    return json.loads(json_path.read_text()), json_path.with_suffix(".md").read_text()
+
+
+@pytest.fixture(scope="module")
+def profiled(tmp_path_factory):
+    """One small run: ddim and lcm at 1 step, fp32 measured, fp16/bf16 skipped, training (~10 s)."""
+    before = torch.get_num_threads()
+    out = tmp_path_factory.mktemp("perf")
+    try:
+        code = _run(out, "--methods", "ddim,lcm", "--steps", "1", "--dtypes", "fp32,fp16,bf16", "--batches", "2",
+                    "--runs", "20", "--warmup", "1", "--train-batch", "2", "--train-steps", "2", "--train-warmup", "1")
+    finally:
+        torch.set_num_threads(before)
+    assert code == 0
+    return _report(out)
+
+
+def test_profile_reports_every_field(profiled):
+    report, markdown = profiled
+    assert report["teacher"]["name"] == "tiny" and report["device"]["type"] == "cpu"
+    assert report["device"]["name"] and report["versions"]["torch"] == torch.__version__
+    assert report["command"].startswith("python -m bench profile --methods ddim,lcm --steps 1 --teacher tiny")
+    measured = [r for r in report["latency"] if r["dtype"] == "fp32"]
+    assert {(r["method"], r["steps"], r["pipeline"]) for r in measured} == {
+        (m, 1, p) for m in ("ddim", "lcm") for p in ("ours", "diffusers")}
+    for row in measured:
+        assert row["status"] == "measured", row
+        assert all(row[name] is not None for name in SPEED_FIELDS), row
+        assert 0 < row["median_ms"] <= row["p90_ms"]
+        assert row["peak_memory_kind"] == "cpu_peak_rss" and row["peak_memory_mb"] > 0
+        assert len(row["latency"]["timings_ms"]) == 20 and len(row["latency"]["denoiser_timings_ms"]) == 20
+        assert row["denoiser_share"] == pytest.approx(row["denoiser_median_ms"] / row["median_ms"])
+        assert set(row["throughput"]) == set(row["batch_median_ms"]) == {"2"}   # images/s = batch / batch time
+        assert row["throughput"]["2"] == pytest.approx(2 / (row["batch_median_ms"]["2"] / 1000))
+    nfe = {(r["method"], r["steps"]): r["nfe"] for r in measured}
+    assert nfe == {("ddim", 1): 2, ("lcm", 1): 1}        # a CFG pair per step vs the distilled w embedding
+    assert {r["scheduler"] for r in measured if r["pipeline"] == "diffusers"} == {"DDIMScheduler", "LCMScheduler"}
+
+    train = {(r["method"], r["dtype"], r["gradient_checkpointing"]): r for r in report["training"]}
+    for ckpt in (False, True):
+        row = train[("lcm", "fp32", ckpt)]
+        assert row["status"] == "measured" and row["batch"] == 2
+        assert all(row[name] is not None for name in TRAIN_FIELDS), row
+        assert len(row["timings_ms"]) == 2
+        assert row["step_median_ms"] == pytest.approx(statistics.median(row["timings_ms"]))
+        assert row["largest_batch"] is None and "GPU only" in row["largest_batch_note"]
+        assert train[("ddim", "fp32", ckpt)]["status"] == "skipped"
+        assert "teacher solver" in train[("ddim", "fp32", ckpt)]["note"]
+
+    # the papers' latencies, labelled with their GPU
+    reported = {(e["short"], e["table"], e["method"], e["steps"]): e for e in report["reported"]}
+    assert reported[("SCott", "2", "SCott", 1)]["latency_s"] == 0.09
+    assert reported[("SCott", "2", "SCott", 1)]["gpu"] == "A100"
+    assert reported[("DMD", "3", "DMD", 1)]["batch"] == 1 and reported[("DMD", "3", "LCM-LoRA", 4)]["latency_s"] == 0.19
+    assert {e["short"] for e in report["reported"]} == {"SCott", "DMD"}
+
+    assert "not the SD-1.5 architecture" in markdown and "this run, same method" not in markdown  # tiny != SD-1.5
+    assert report["command"] in markdown and report["device"]["name"] in markdown
+    assert f"torch {torch.__version__}" in markdown and "another GPU" in markdown and "A100" in markdown
+    for column in ("median ms", "p90 ms", "denoiser share", "peak MiB", "img/s @2", "ours/diffusers",
+                   "step median ms", "grad. checkpointing", "largest batch that fits"):
+        assert column in markdown
+
+
+def test_ratio_is_ours_over_diffusers_medians(profiled):
+    report, markdown = profiled
+    rows = {(r["method"], r["steps"], r["pipeline"]): r for r in report["latency"] if r["dtype"] == "fp32"}
+    for method in ("ddim", "lcm"):
+        ours, theirs = rows[(method, 1, "ours")], rows[(method, 1, "diffusers")]
+        assert ours["ratio_vs_diffusers"] == pytest.approx(ours["median_ms"] / theirs["median_ms"], rel=1e-12)
+        # and the medians are those of the raw timings
+        assert ours["median_ms"] == pytest.approx(statistics.median(ours["latency"]["timings_ms"]), rel=1e-12)
+        assert theirs["median_ms"] == pytest.approx(statistics.median(theirs["latency"]["timings_ms"]), rel=1e-12)
+        assert f"{ours['ratio_vs_diffusers']:.3f}" in markdown
+        assert theirs["ratio_vs_diffusers"] is None
+
+
+def test_half_precision_is_skipped_on_cpu_with_a_note(profiled):
+    report, markdown = profiled
+    for dtype in ("fp16", "bf16"):
+        rows = [r for r in report["latency"] if r["dtype"] == dtype]
+        assert len(rows) == 2 * 2               # methods x pipelines: every cell accounted for
+        for row in rows:
+            assert row["status"] == "skipped" and row["note"] == HALF_ON_CPU_NOTE.format(dtype=dtype)
+            assert row["median_ms"] is None and row["throughput"] == {} and row["peak_memory_mb"] is None
+        train = [r for r in report["training"] if r["dtype"] == dtype]
+        assert len(train) == 4 and all(r["status"] == "skipped" and r["step_median_ms"] is None for r in train)
+        assert markdown.count(HALF_ON_CPU_NOTE.format(dtype=dtype)) == 2   # once per table, not once per cell
+
+
+@pytest.mark.parametrize("method_name", ["ddim", "dpmpp", "lcm", "lcm-lora"])
+def test_diffusers_pipeline_makes_the_same_images_as_the_harness(tiny_teacher, one_thread, method_name):
+    """The pipeline being timed generates what our harness generates: same decoded images at batch 1
+    and at batch 3, and the same denoiser-only latents (DDIM 2 steps is the reference case)."""
+    from bench.commands import load_method
+    from bench.evaluate import latency_closures
+    from bench.run import _throughput_closure
+
+    method, steps, guidance, seed = load_method(method_name), 2, 3.0, 7
+    student = profile_student(method, tiny_teacher)
+    with sampling_teacher(tiny_teacher, student.denoiser.unet) as teacher:
+        ctx = types.SimpleNamespace(teacher=teacher)
+        ours_e2e, ours_denoiser = latency_closures(ctx, method, student, "a red circle", steps, guidance, seed, "fast")
+        ours_batch = _throughput_closure(ctx, method, student, "a red circle", steps, guidance, seed, 3)
+        plan, reason = diffusers_plan(method, teacher, steps)
+        assert plan is not None, reason
+        pipe = diffusers_pipeline(teacher, student.denoiser.unet, plan.scheduler)
+        e2e, denoiser, batch = diffusers_closures(pipe, plan, teacher, "a red circle", steps, guidance, seed, (3,))
+        ours_image, their_image = ours_e2e(), e2e()
+        assert ours_image.shape == their_image.shape == (1, 3, 16, 16)
+        torch.testing.assert_close(their_image, ours_image, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(denoiser(), ours_denoiser(), rtol=1e-4, atol=1e-5)
+        ours_images, their_images = ours_batch(), batch[3]()
+        torch.testing.assert_close(their_images, ours_images, rtol=1e-4, atol=1e-4)
+        # not vacuous: the three images differ (per-image seeds), and 2 steps differ from 1
+        assert (ours_images[0] - ours_images[1]).abs().max() > 1e-3
+        one_step = latency_closures(ctx, method, student, "a red circle", 1, guidance, seed, "fast")[0]()
+        assert (one_step - ours_image).abs().max() > 1e-3
+
+
+def test_unsupported_step_counts_are_skipped_with_the_reason(tiny_teacher):
+    """LCM samples at most original_inference_steps=50 steps: both rows of 51 steps say why,
+    and nothing is built or timed for them."""
+    from bench.commands import load_method
+    from bench.profile import parse_spec, profile_method_latency
+    from bench.cli import build_parser
+
+    spec = parse_spec(build_parser().parse_args(["profile", "--methods", "lcm", "--steps", "51", "--device", "cpu"]))
+    rows = profile_method_latency(spec, tiny_teacher, load_method("lcm"), "fp32", progress=False)
+    assert [(r.pipeline, r.status) for r in rows] == [("ours", "skipped"), ("diffusers", "skipped")]
+    assert all("at most original_inference_steps=50" in r.note and r.median_ms is None for r in rows)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "no-such-method"], "unknown method 'no-such-method'"),
+    (["--methods", "ddim", "--steps", "0"], "--steps takes positive integers"),
+    (["--methods", "ddim", "--runs", "5"], "--runs must be >= 20"),
+    (["--methods", "ddim", "--dtypes", "fp8"], "--dtypes takes a comma-separated subset"),
+    (["--methods", "ddim", "--batches", "0"], "--batches takes positive integers"),
+])
+def test_bad_input_is_one_clear_error_with_exit_code_2(tmp_path, capsys, argv, message):
+    assert _run(tmp_path, *argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
+    assert not list(tmp_path.iterdir())                     # nothing written
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message a CPU-only machine gives")
+def test_cuda_device_without_cuda_is_a_usage_error(tmp_path, capsys):
+    assert _run(tmp_path, "--methods", "ddim", "--device", "cuda") == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_papers_latencies_get_this_runs_number_beside_them_on_the_sd15_architecture():
+    from bench.profile import render_reported_table, reported_latencies
+
+    ours = {"pipeline": "ours", "method": "lcm", "steps": 2, "dtype": "fp16", "median_ms": 123.0}
+    table = render_reported_table(reported_latencies(), [ours], beside=True)
+    assert "| SCott | 2 | LCM | 2 | 0.10 | A100 | - | 0.123 (fp16) |" in table
+    assert "| DMD | 3 | DMD | 1 | 0.09 | not stated | 1 | - |" in table
+
+
+def test_device_slug():
+    assert device_slug("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3"
+    assert device_slug("AMD EPYC 7B13 64-Core Processor") == "amd-epyc-7b13-64-core-processor"
+    assert device_slug("///") == "unknown-device"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU paths: CUDA events, fp16/bf16, the batch search")
+def test_profile_on_gpu(tmp_path):
+    assert main(["profile", "--device", "cuda", "--teacher", "tiny", "--out", str(tmp_path), "--quiet",
+                 "--methods", "ddim,lcm-lora", "--steps", "1", "--dtypes", "fp16,bf16", "--batches", "4",
+                 "--train-batch", "2", "--train-steps", "2", "--train-warmup", "1"]) == 0
+    report, _ = _report(tmp_path)
+    for row in report["latency"]:
+        assert row["status"] == "measured" and row["peak_memory_kind"] == "cuda_max_allocated"
+    for row in report["training"]:
+        if row["method"] == "lcm-lora":
+            assert row["status"] == "measured" and row["largest_batch"] >= 2
+
+
+def test_gradient_checkpointing_is_enabled_and_changes_no_number(tiny_teacher, one_thread):
+    """The checkpointed run calls enable_gradient_checkpointing on the trained U-Net (a peft-wrapped
+    one for lcm-lora) and, recomputing activations instead of storing them, gives the same losses."""
+    from unittest import mock
+
+    from diffusers import UNet2DConditionModel
+
+    from bench.commands import load_method
+    from bench.profile import measure_training_step, training_source
+
+    method = load_method("lcm-lora")
+    data, _ = training_source(tiny_teacher)
+    plain = measure_training_step(method, tiny_teacher, data, 2, False, 1, 2)
+    original = UNet2DConditionModel.enable_gradient_checkpointing
+    with mock.patch.object(UNet2DConditionModel, "enable_gradient_checkpointing", autospec=True,
+                           side_effect=original) as spy:
+        checkpointed = measure_training_step(method, tiny_teacher, data, 2, True, 1, 2)
+    assert spy.call_count == 1
+    assert plain.status == checkpointed.status == "measured"
+    assert len(plain.losses) == len(checkpointed.losses) == 3 and len(checkpointed.timings_ms) == 2
+    assert checkpointed.losses == pytest.approx(plain.losses, rel=1e-5)
+    assert len(set(plain.losses)) == 3                     # real, distinct per-step losses
+
+
+def test_a_stale_accelerate_state_does_not_block_the_next_precision():
+    """accelerate refuses a second Accelerator with another mixed precision; profiling fp16 then
+    bf16 in one process needs new_trainer's reset (here: a bf16 state, then a CPU "no" trainer)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from bench.profile import new_trainer
+    from bench.training import Trainer, TrainSchedule
+
+    schedule = TrainSchedule(max_train_steps=1, train_batch_size=1, learning_rate=1e-4, checkpointing_steps=0)
+    try:
+        AcceleratorState._reset_state()                 # as if this process had not trained before
+        Accelerator(cpu=True, mixed_precision="bf16")
+        with pytest.raises(ValueError, match="already been initialized"):
+            Trainer(schedule, None, device="cpu", progress=False)
+    finally:
+        trainer = new_trainer(schedule, torch.device("cpu"), "test")   # leaves a "no" state for other tests
+    assert trainer.accelerator.mixed_precision == "no"
+
+
+def test_pixel_space_teacher_has_no_pipeline_row(tiny_teacher):
+    from bench.commands import load_method
+    from bench.teachers import IdentityCodec
+
+    pixel_teacher = dataclasses.replace(tiny_teacher, codec=IdentityCodec(4))
+    plan, reason = diffusers_plan(load_method("ddim"), pixel_teacher, 2)
+    assert plan is None and "pixel-space (no VAE)" in reason
+    plan, reason = diffusers_plan(load_method("er-sde"), tiny_teacher, 2)
+    assert plan is None and "no stock diffusers scheduler runs er-sde" in reason

@@ -1,0 +1,290 @@
+"""SPLAM on the tiny random-weight teacher (CPU, offline): Multiple Estimation against Eq. 18
+written with diffusers' DDIMScheduler, gamma = 1 is LCM's online branch, the folded gamma = 1
+embedding, a plain-UNet student that stock diffusers pipelines sample, loss reduction, resume."""
+from __future__ import annotations
+
+import contextlib
+import types
+
+import pytest
+import torch
+
+from bench.train_data import SyntheticPairs
+from bench.training import Trainer, TrainSchedule
+from methods import SampleRequest, get_method_class
+from methods.base import Denoiser
+from methods.consistency import (
+    SkippingStepDDIM,
+    lcd_draws,
+    lcd_online,
+    lcd_teacher_solve,
+    teacher_guided_x0_eps,
+)
+from methods.diffusion_math import NoiseSchedule
+from methods.lcm import build_w_conditioned_unet
+from methods.splam import (
+    SPLAM,
+    SPLAMConfig,
+    fold_gamma_embedding,
+    gamma_embedding,
+    sigma_gamma,
+    splam_online,
+    splam_teacher_solver,
+    splam_training_step,
+)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_thread):
+    yield
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_teacher):
+    return tiny_teacher
+
+
+def trainer(steps: int = 3, batch: int = 2, lr: float = 1e-4, folder=None, **kw) -> Trainer:
+    schedule = dict(max_train_steps=steps, train_batch_size=batch, learning_rate=lr, checkpointing_steps=0)
+    schedule.update(kw)
+    return Trainer(TrainSchedule(**schedule), folder, device="cpu", progress=False)
+
+
+def guided_teacher(teacher, cond, uncond, w):
+    state = types.SimpleNamespace(teacher=teacher.unet, schedule=teacher.schedule, autocast=contextlib.nullcontext)
+    return lambda x, t: teacher_guided_x0_eps(state, x, t, cond, uncond, w)
+
+
+# ------------------------------------------------------------------------------------------------
+# Config
+# ------------------------------------------------------------------------------------------------
+
+
+def test_registered_with_paper_and_code_presets():
+    assert get_method_class("splam") is SPLAM
+    paper, code = SPLAM().config, SPLAM(SPLAMConfig(preset="official-code")).config
+    assert (paper.skip, paper.skip_phi, paper.w_min, paper.w_max, paper.loss_type) == (100, 20, 2.0, 2.0, "huber")
+    assert (paper.sigma_gamma, paper.gamma_embedding) == ("paper-linear", "paper-zero")
+    assert (code.skip, code.w_min, code.sigma_gamma, code.gamma_embedding) == (20, 8.0, "code-sqrt", "code")
+    assert SPLAM.default_guidance_scale == 1.0 and SPLAM().nfe(4, 1.0) == 4
+    with pytest.raises(ValueError):
+        SPLAMConfig(skip=90)
+    with pytest.raises(ValueError):
+        SPLAMConfig(w_min=2.0, w_max=3.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Multiple Estimation (Eq. 18)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_timesteps_are_drawn_in_k_to_T():
+    solver = splam_teacher_solver(SPLAM().config, NoiseSchedule.sd15())
+    t_start, t_end = solver.draw(4000, torch.Generator().manual_seed(0))
+    assert set(t_start.tolist()) == set(range(99, 1000, 20))               # t ~ U[k, T] on the 20-grid
+    assert torch.equal(t_end, (t_start - 100).clamp(min=0))
+
+
+@pytest.mark.parametrize("t", [999, 99])
+@torch.no_grad()
+def test_multiple_estimation_is_eq_18(teacher, t):
+    """k / k_phi = 5 DDIM steps of 20, each z + w Phi(z, c) + (1 - w) Phi(z, empty) (Eq. 18, Imagen
+    convention: the paper's w is g), Phi = a DDIMScheduler step minus z. Config w = g - 1 (LCM)."""
+    from diffusers import DDIMScheduler
+
+    cfg = SPLAM().config
+    g_imagen = cfg.w_min + 1.0
+    x = torch.randn(2, *teacher.latent_shape, generator=torch.Generator().manual_seed(0)) * 2
+    cond, uncond = teacher.encode_prompts(["a red cube", "a blue sphere"]), teacher.encode_prompts(["", ""])
+    solver = splam_teacher_solver(cfg, teacher.schedule)
+    tt = torch.full((2,), t)
+    ours = solver.solve(guided_teacher(teacher, cond, uncond, torch.full((2,), cfg.w_min)), x, tt,
+                        (tt - 100).clamp(min=0))
+    sched = DDIMScheduler.from_config(teacher.scheduler_config, set_alpha_to_one=False)
+    sched.set_timesteps(50)                                                # prev_t = t - 20
+    z = x
+    for i in range(5):
+        s = torch.full((2,), t - 20 * i)
+        phi_c = sched.step(teacher.unet(z, s, encoder_hidden_states=cond).sample, t - 20 * i, z).prev_sample - z
+        phi_u = sched.step(teacher.unet(z, s, encoder_hidden_states=uncond).sample, t - 20 * i, z).prev_sample - z
+        z = z + g_imagen * phi_c + (1 - g_imagen) * phi_u
+    torch.testing.assert_close(ours, z, rtol=1e-5, atol=1e-5)
+
+
+def test_released_code_setting_is_lcms_teacher(teacher):
+    """k = 20 (official-code): the same draws and the same single DDIM step as LCM's solver."""
+    cfg = SPLAM(SPLAMConfig(preset="official-code")).config
+    ours, lcm = splam_teacher_solver(cfg, teacher.schedule), SkippingStepDDIM(teacher.schedule)
+    a, b = ours.draw(16, torch.Generator().manual_seed(3)), lcm.draw(16, torch.Generator().manual_seed(3))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    x = torch.randn(16, *teacher.latent_shape, generator=torch.Generator().manual_seed(1))
+    cond, uncond = teacher.encode_prompts(["a cube"] * 16), teacher.encode_prompts([""] * 16)
+    guided = guided_teacher(teacher, cond, uncond, torch.full((16,), 8.0))
+    assert torch.equal(ours.solve(guided, x, *a), lcm.solve(guided, x, *b))
+
+
+# ------------------------------------------------------------------------------------------------
+# gamma
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["paper", "official-code"])
+def test_gamma_one_is_the_lcm_online_branch(teacher, preset):
+    """F_theta(z_{1,t}, c, 1, t) == LCM's f_theta(z_t, c, t) with the gamma = 1 embedding: bit for
+    bit with the paper's sigma(gamma, t); to rounding with the code's square-root form."""
+    method = SPLAM(SPLAMConfig(preset=preset))
+    tr = trainer()
+    state = method.init_training_state(teacher, tr)
+    batch = tr.make_batch(teacher, SyntheticPairs(resolution=teacher.resolution), 0, 0)
+    draws = lcd_draws(state, batch)
+    x_end = lcd_teacher_solve(state, draws, batch)
+    ones = torch.ones(2)
+    with torch.no_grad():
+        ours = splam_online(state, draws, x_end, ones, batch.cond)
+        lcm = lcd_online(state, draws.x_start, draws.t_start, batch.cond,
+                         gamma_embedding(ones, 256, method.config.gamma_embedding))
+    if preset == "paper":
+        assert torch.equal(ours, lcm)
+    else:
+        torch.testing.assert_close(ours, lcm, rtol=1e-5, atol=1e-5)
+
+
+def test_sigma_gamma_end_points():
+    """Both forms: sigma(t) at gamma = 1, alpha(t)/alpha(t-k) sigma(t-k) at gamma = 0 (§4.2)."""
+    sigma_t = torch.tensor([0.9, 0.5], dtype=torch.float64)
+    sigma_e = torch.tensor([0.8, 0.3], dtype=torch.float64)
+    alpha_t, alpha_e = (1 - sigma_t**2).sqrt(), (1 - sigma_e**2).sqrt()
+    ratio = alpha_t / alpha_e
+    for kind in ("paper-linear", "code-sqrt"):
+        torch.testing.assert_close(sigma_gamma(torch.ones(2), sigma_t, sigma_e, ratio, kind), sigma_t)
+        torch.testing.assert_close(sigma_gamma(torch.zeros(2), sigma_t, sigma_e, ratio, kind), ratio * sigma_e)
+    half = sigma_gamma(torch.full((2,), 0.5), sigma_t, sigma_e, ratio, "paper-linear")
+    torch.testing.assert_close(half, 0.5 * ratio * sigma_e + 0.5 * sigma_t)
+    assert torch.equal(gamma_embedding(torch.ones(3), 256, "paper-zero"), torch.zeros(3, 256))
+
+
+@pytest.mark.parametrize("kind", ["paper-zero", "code"])
+@torch.no_grad()
+def test_folded_gamma_embedding_gives_the_unfolded_students_outputs(teacher, kind):
+    unet = build_w_conditioned_unet(teacher.unet, 256, seed=0).eval()
+    folded = fold_gamma_embedding(unet, kind)
+    assert folded.config.time_cond_proj_dim is None
+    assert not any("cond_proj" in name for name, _ in folded.named_parameters())
+    x = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(2)) * 2
+    t, text = torch.tensor([999, 499, 19]), teacher.encode_prompts(["a", "b", "c"])
+    ours = folded(x, t, encoder_hidden_states=text).sample
+    ref = unet(x, t, encoder_hidden_states=text, timestep_cond=gamma_embedding(torch.ones(3), 256, kind)).sample
+    if kind == "paper-zero":
+        assert torch.equal(ours, ref)                 # e(1) = 0: nothing to fold
+    else:
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+        plain = unet(x, t, encoder_hidden_states=text, timestep_cond=torch.zeros(3, 256)).sample
+        assert not torch.allclose(plain, ref, atol=1e-4)   # the code's e(1) is not zero: folding matters
+
+
+def test_saved_student_samples_with_a_stock_pipeline(teacher, tmp_path):
+    """train 2 steps -> save -> UNet2DConditionModel.from_pretrained + StableDiffusionPipeline with
+    LCMScheduler gives the method's samples."""
+    from diffusers import LCMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    from bench.students import save_student
+
+    method = SPLAM(SPLAMConfig(preset="official-code"))
+    student = method.train(teacher, SyntheticPairs(resolution=teacher.resolution), trainer(steps=2))
+    folder = save_student(student, tmp_path / "splam", {"fingerprint": "test", "kind": "unet"})
+    unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+    assert unet.config.time_cond_proj_dim is None
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    noise = torch.stack([torch.randn(teacher.latent_shape, generator=g) for g in gens])
+    with torch.no_grad():
+        cond = teacher.encode_prompts(["a red cube", "a blue sphere"])
+    request = SampleRequest(noise, cond, teacher.encode_prompts(["", ""]), gens, 4, 1.0)
+    ours = method.sample(Denoiser(student.unet, teacher.schedule, scheduler_config=teacher.scheduler_config), request)
+    pipe = StableDiffusionPipeline(vae=teacher.codec.vae, text_encoder=teacher.text_encoder,
+                                   tokenizer=teacher.tokenizer, unet=unet,
+                                   scheduler=LCMScheduler.from_config(teacher.scheduler_config), safety_checker=None,
+                                   feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        ref = pipe(prompt_embeds=cond, num_inference_steps=4, guidance_scale=1.0,
+                   generator=[torch.Generator().manual_seed(i) for i in range(2)], output_type="latent").images
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+# Training
+# ------------------------------------------------------------------------------------------------
+
+
+def test_a_few_steps_reduce_the_loss(teacher):
+    """30 steps lower the SPLAD loss on held-out batches with fixed draws (t, noise, gamma); EMA
+    0.999943 keeps the target in place (see tests/test_lcm.py)."""
+    method = SPLAM(SPLAMConfig(ema_decay=0.999943, loss_type="l2"))
+    tr = trainer(steps=30, batch=8, lr=3e-5)
+    data = SyntheticPairs(resolution=teacher.resolution)
+    state = method.init_training_state(teacher, tr)
+
+    def held_out():
+        with torch.no_grad():
+            return sum(float(splam_training_step(state, tr.make_batch(teacher, data, 100_000 + i, 0)))
+                       for i in range(8)) / 8
+
+    before = held_out()
+    report = tr.fit(state, method.training_step, data, teacher)
+    after = held_out()
+    assert report.steps == 30
+    assert after < 0.8 * before, f"held-out SPLAD loss {before:.4f} -> {after:.4f}"
+
+
+class Killed(Exception):
+    pass
+
+
+class KilledAt:
+    def __init__(self, data, index):
+        self.data, self.index, self.identity = data, index, data.identity
+
+    def batch(self, index, batch_size):
+        if index == self.index:
+            raise Killed(index)
+        return self.data.batch(index, batch_size)
+
+
+def test_resume_after_interruption_reproduces_the_uninterrupted_run(teacher, tmp_path):
+    method = SPLAM(SPLAMConfig(ema_decay=0.9))
+    data = SyntheticPairs(resolution=teacher.resolution)
+    sched = dict(steps=4, batch=2, gradient_accumulation_steps=2, checkpointing_steps=2)
+    straight = trainer(folder=tmp_path / "a", **sched)
+    state_a = method.init_training_state(teacher, straight)
+    straight.fit(state_a, method.training_step, data, teacher)
+    with pytest.raises(Killed):
+        method.train(teacher, KilledAt(data, 5), trainer(folder=tmp_path / "b", **sched))
+    resumed = trainer(folder=tmp_path / "b", **sched)
+    state_b = method.init_training_state(teacher, resumed)
+    report = resumed.fit(state_b, method.training_step, data, teacher)
+    assert report.resumed_from == 2 and report.losses == straight.report.losses
+    for a, b in [(state_a.student, state_b.student), (state_a.target, state_b.target)]:
+        sa, sb = a.state_dict(), b.state_dict()
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    student_a = method.student_from_state(state_a, straight).unet.state_dict()
+    student_b = method.student_from_state(state_b, resumed).unet.state_dict()
+    assert all(torch.equal(student_a[k], student_b[k]) for k in student_a)
+
+
+def test_student_cache_trains_once_and_samples(teacher, tmp_path, monkeypatch):
+    """bench.students: the toy schedule, train, save (folded plain U-Net), load, sample."""
+    from bench import students
+
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("BENCH_TRAIN_DATA", raising=False)
+    method = SPLAM(SPLAMConfig(toy_train_batch_size=2, toy_checkpointing_steps=1))
+    assert students.training_plan(method, teacher)[1].max_train_steps == 500
+    first = students.load_student(method, teacher, steps=2, max_train_steps=2, progress=False)
+    assert first.info["trained_steps"] == 2 and first.denoiser.unet.config.time_cond_proj_dim is None
+    monkeypatch.setattr(SPLAM, "train", lambda *a, **k: pytest.fail("retrained a cached student"))
+    assert students.load_student(method, teacher, steps=4, max_train_steps=2, progress=False).path == first.path
+    gens = [torch.Generator().manual_seed(i) for i in range(2)]
+    request = SampleRequest(torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(9)),
+                            teacher.encode_prompts(["a", "b"]), teacher.encode_prompts(["", ""]), gens, 2, 1.0)
+    latents = method.sample(first.denoiser, request)
+    assert latents.shape == (2, 4, 8, 8) and torch.isfinite(latents).all()
