@@ -1,7 +1,7 @@
 """Regression check: compare a new run with a committed leaderboard baseline.
 
     python -m bench check --baseline leaderboards/<suite>.json [--results runs/results | --current new.json]
-                          [--tolerance fid=0.5,clip=0.002,coverage=0.01]
+                          [--tolerance fid=0.5,clip=0.002,coverage=0.01] [--methods A,B]
 
 Every (teacher, method, steps, guidance, metric) of the baseline is compared with the current
 numbers (by default the current state of ``runs/results``, selected exactly as ``bench leaderboard``
@@ -43,7 +43,7 @@ CI job (GitHub Actions; the toy world runs offline on a CPU)::
           - name: Run the toy world (the default teacher and suite; CPU, no downloads)
             run: python -m bench run --methods ddim,dpmpp,er-sde --steps 1,2,4,8,25,50 --metrics fid,clip,coverage --out runs
           - name: Compare with the committed baseline
-            run: python -m bench check --baseline leaderboards/toy.json --results runs/results
+            run: python -m bench check --baseline leaderboards/toy.json --results runs/results --methods ddim,dpmpp,er-sde
           - name: Keep the new leaderboard for review
             if: always()
             run: python -m bench leaderboard --results runs/results --out leaderboards-new
@@ -407,6 +407,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="override tolerances, merged over the defaults "
                              f"({format_tolerances(default_tolerances())}); N%% is relative, 'off' disables; "
                              "latency is not checked unless given, e.g. latency_ms=10%%")
+    parser.add_argument("--methods", default=None, metavar="A,B",
+                        help="compare only the baseline rows of these methods (and the real-image rows, steps 0, "
+                             "which every toy run scores); default: every baseline row")
 
 
 def current_from_results(results_dir: Path, suite: str) -> dict:
@@ -430,6 +433,21 @@ def command(args: argparse.Namespace, out: TextIO | None = None) -> int:
         if not suite:
             raise UsageError(f"baseline {args.baseline} has no 'suite' field; pass --current FILE instead of --results")
         current = current_from_results(Path(args.results or "runs/results"), str(suite))
+    if getattr(args, "methods", None):
+        baseline = restrict_to_methods(baseline, args.methods)
     result = check(baseline, current, tolerances)
     out.write(result.format())
     return result.exit_code
+
+
+def restrict_to_methods(baseline: Mapping[str, Any], methods: str) -> dict:
+    """The baseline with only the rows of ``methods`` (comma-separated) and the steps-0 real-image
+    rows; a name with no baseline row is a usage error (a typo would otherwise check nothing)."""
+    names = {name.strip() for name in methods.split(",") if name.strip()}
+    present = {str(row.get("method")) for row in baseline.get("rows", [])}
+    unknown = sorted(names - present)
+    if not names or unknown:
+        raise UsageError(f"--methods: no baseline rows for {', '.join(unknown) or '(empty list)'}; "
+                         f"the baseline has {', '.join(sorted(present))}")
+    rows = [row for row in baseline["rows"] if row.get("method") in names or int(row.get("steps", -1)) == 0]
+    return {**baseline, "rows": rows}

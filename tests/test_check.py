@@ -188,3 +188,23 @@ def test_command_against_a_results_folder(tmp_path):
         command(_args("--baseline", baseline, "--results", str(tmp_path / "none")), io.StringIO())
     with pytest.raises(SystemExit):  # argparse: --results and --current are exclusive
         _args("--baseline", baseline, "--results", "x", "--current", "y")
+
+
+def test_methods_restricts_the_baseline_and_keeps_the_real_image_rows(tmp_path):
+    """CI checks the deterministic teacher solvers against a leaderboard that also holds trained
+    methods: rows of other methods are not required, the steps-0 real-image rows still are."""
+    baseline = tmp_path / "base.json"
+    baseline.write_text(json.dumps(board(("ddim", 1, {"fid": 20.0}), ("lcm", 1, {"fid": 17.0}),
+                                         ("real-2nd-draw", 0, {"fid": 0.46}))))
+    current = tmp_path / "cur.json"
+    current.write_text(json.dumps(board(("ddim", 1, {"fid": 20.1}), ("real-2nd-draw", 0, {"fid": 0.46}))))
+    out = io.StringIO()
+    assert command(_args("--baseline", str(baseline), "--current", str(current)), out) == 1  # lcm missing
+    out = io.StringIO()
+    assert command(_args("--baseline", str(baseline), "--current", str(current), "--methods", "ddim"), out) == 0
+    assert "2 number(s) compared" in out.getvalue()
+    current.write_text(json.dumps(board(("ddim", 1, {"fid": 20.1}))))
+    assert command(_args("--baseline", str(baseline), "--current", str(current), "--methods", "ddim"),
+                   io.StringIO()) == 1  # the floor row is still required
+    with pytest.raises(UsageError, match="no baseline rows for ddmi"):
+        command(_args("--baseline", str(baseline), "--current", str(current), "--methods", "ddmi"), io.StringIO())
