@@ -3,22 +3,17 @@ diffusers' DDIMScheduler, the LoRA-decoder discriminator's trainable parameters 
 form), the hinge losses, a measured loss reduction, the ablation switches, and exact resume."""
 from __future__ import annotations
 
-import contextlib
-import types
-
 import pytest
 import torch
 from torch import nn
 
 from bench.train_data import SyntheticPairs
-from bench.training import Trainer, TrainSchedule
 from methods import get_method_class
 from methods.consistency import (
     MultistepTeacherSolver,
     lcd_draws,
     lcd_teacher_solve,
     substep_timesteps,
-    teacher_guided_x0_eps,
 )
 from methods.lcm import LCM
 from methods.scott import (
@@ -32,6 +27,8 @@ from methods.scott import (
     scott_teacher_solver,
     trainable_fraction,
 )
+
+from lcd_helpers import guided_teacher, trainer  # tests/lcd_helpers.py (pytest puts tests/ on sys.path)
 
 
 @pytest.fixture(autouse=True)
@@ -49,18 +46,6 @@ def small(**kw) -> SCottConfig:
     values = dict(disc_lora_rank=4, disc_lora_alpha=4.0)
     values.update(kw)
     return SCottConfig(**values)
-
-
-def trainer(steps: int = 3, batch: int = 2, lr: float = 1e-4, folder=None, **kw) -> Trainer:
-    schedule = dict(max_train_steps=steps, train_batch_size=batch, learning_rate=lr, checkpointing_steps=0)
-    schedule.update(kw)
-    return Trainer(TrainSchedule(**schedule), folder, device="cpu", progress=False)
-
-
-def guided_teacher(teacher, cond, uncond, w):
-    """teacher_guided_x0_eps on a minimal state (the teacher network and its schedule)."""
-    state = types.SimpleNamespace(teacher=teacher.unet, schedule=teacher.schedule, autocast=contextlib.nullcontext)
-    return lambda x, t: teacher_guided_x0_eps(state, x, t, cond, uncond, w)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -3,14 +3,10 @@ written with diffusers' DDIMScheduler, gamma = 1 is LCM's online branch, the fol
 embedding, a plain-UNet student that stock diffusers pipelines sample, loss reduction, resume."""
 from __future__ import annotations
 
-import contextlib
-import types
-
 import pytest
 import torch
 
 from bench.train_data import SyntheticPairs
-from bench.training import Trainer, TrainSchedule
 from methods import SampleRequest, get_method_class
 from methods.base import Denoiser
 from methods.consistency import (
@@ -18,7 +14,6 @@ from methods.consistency import (
     lcd_draws,
     lcd_online,
     lcd_teacher_solve,
-    teacher_guided_x0_eps,
 )
 from methods.diffusion_math import NoiseSchedule
 from methods.lcm import build_w_conditioned_unet
@@ -33,6 +28,8 @@ from methods.splam import (
     splam_training_step,
 )
 
+from lcd_helpers import guided_teacher, trainer  # tests/lcd_helpers.py (pytest puts tests/ on sys.path)
+
 
 @pytest.fixture(autouse=True)
 def _one_thread(one_thread):
@@ -42,17 +39,6 @@ def _one_thread(one_thread):
 @pytest.fixture(scope="module")
 def teacher(tiny_teacher):
     return tiny_teacher
-
-
-def trainer(steps: int = 3, batch: int = 2, lr: float = 1e-4, folder=None, **kw) -> Trainer:
-    schedule = dict(max_train_steps=steps, train_batch_size=batch, learning_rate=lr, checkpointing_steps=0)
-    schedule.update(kw)
-    return Trainer(TrainSchedule(**schedule), folder, device="cpu", progress=False)
-
-
-def guided_teacher(teacher, cond, uncond, w):
-    state = types.SimpleNamespace(teacher=teacher.unet, schedule=teacher.schedule, autocast=contextlib.nullcontext)
-    return lambda x, t: teacher_guided_x0_eps(state, x, t, cond, uncond, w)
 
 
 # ------------------------------------------------------------------------------------------------
