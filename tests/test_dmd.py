@@ -5,7 +5,6 @@ pipeline, the two time-scale schedule, a measured fake-score improvement, exact 
 sampler against LCMScheduler, and the skip reasons."""
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
@@ -33,6 +32,7 @@ from methods.dmd import (
     score,
 )
 from methods.pndm import PNDM
+from training_helpers import Killed, KilledAt  # tests/ is on sys.path
 
 
 @pytest.fixture(autouse=True)
@@ -207,25 +207,6 @@ def test_pndm_equals_stable_diffusion_pipeline(teacher):
                output_type="latent").images
     assert_close(ours, ref)
     assert PNDM().nfe(50, 3.0) == 102 and PNDM().nfe(50, 1.0) == 51
-
-
-class Killed(Exception):
-    pass
-
-
-@dataclasses.dataclass(frozen=True)
-class KilledAt:
-    data: SyntheticPairs
-    index: int
-
-    @property
-    def identity(self):
-        return self.data.identity
-
-    def batch(self, index, batch_size):
-        if index == self.index:
-            raise Killed(f"killed at batch {index}")
-        return self.data.batch(index, batch_size)
 
 
 def test_regression_pairs_are_deterministic_resumable_and_the_solvers_output(teacher, data, tmp_path, monkeypatch):

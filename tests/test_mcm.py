@@ -4,7 +4,6 @@ the loss in closed form and a measured loss reduction, student folders, exact re
 student per step count."""
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -36,6 +35,7 @@ from methods.mcm import (
     teacher_steps_at,
 )
 from methods.timesteps import inference_timesteps
+from training_helpers import Killed, KilledAt  # tests/ is on sys.path
 
 TOL = 1e-5
 
@@ -435,27 +435,6 @@ def test_student_round_trip_and_stock_pipeline(teacher, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # Kill and resume
 # ------------------------------------------------------------------------------------------------
-
-
-class Killed(Exception):
-    """Stands in for a kill: raised from inside the loop."""
-
-
-@dataclasses.dataclass(frozen=True)
-class KilledAt:
-    """Training data that dies when asked for micro-batch ``index`` (after the checkpoint)."""
-
-    data: SyntheticPairs
-    index: int
-
-    @property
-    def identity(self):
-        return self.data.identity
-
-    def batch(self, index, batch_size):
-        if index == self.index:
-            raise Killed(f"killed at micro-batch {index}")
-        return self.data.batch(index, batch_size)
 
 
 def test_resume_after_interruption_reproduces_the_uninterrupted_run(teacher, tmp_path):

@@ -28,7 +28,7 @@ from methods.scott import (
     trainable_fraction,
 )
 
-from lcd_helpers import guided_teacher, trainer  # tests/lcd_helpers.py (pytest puts tests/ on sys.path)
+from training_helpers import Killed, KilledAt, guided_teacher, trainer  # tests/ is on sys.path
 
 
 @pytest.fixture(autouse=True)
@@ -300,20 +300,6 @@ def test_a_few_steps_reduce_the_consistency_loss(teacher):
     after = _held_out_cd(state, tr, teacher, data)
     assert report.steps == 30
     assert after < 0.93 * before, f"held-out L_CD {before:.4f} -> {after:.4f}"
-
-
-class Killed(Exception):
-    pass
-
-
-class KilledAt:
-    def __init__(self, data, index):
-        self.data, self.index, self.identity = data, index, data.identity
-
-    def batch(self, index, batch_size):
-        if index == self.index:
-            raise Killed(index)
-        return self.data.batch(index, batch_size)
 
 
 def test_resume_after_interruption_reproduces_the_uninterrupted_run(teacher, tmp_path):

@@ -28,7 +28,7 @@ from methods.splam import (
     splam_training_step,
 )
 
-from lcd_helpers import guided_teacher, trainer  # tests/lcd_helpers.py (pytest puts tests/ on sys.path)
+from training_helpers import Killed, KilledAt, guided_teacher, trainer  # tests/ is on sys.path
 
 
 @pytest.fixture(autouse=True)
@@ -220,20 +220,6 @@ def test_a_few_steps_reduce_the_loss(teacher):
     after = held_out()
     assert report.steps == 30
     assert after < 0.8 * before, f"held-out SPLAD loss {before:.4f} -> {after:.4f}"
-
-
-class Killed(Exception):
-    pass
-
-
-class KilledAt:
-    def __init__(self, data, index):
-        self.data, self.index, self.identity = data, index, data.identity
-
-    def batch(self, index, batch_size):
-        if index == self.index:
-            raise Killed(index)
-        return self.data.batch(index, batch_size)
 
 
 def test_resume_after_interruption_reproduces_the_uninterrupted_run(teacher, tmp_path):

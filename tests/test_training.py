@@ -18,6 +18,7 @@ from bench.training import (
     toy_overrides,
 )
 from methods.lcm import LCM, LCMConfig, LCMLoRA, LCMLoRAConfig
+from training_helpers import Killed, KilledAt  # tests/ is on sys.path
 
 
 @pytest.fixture(autouse=True)
@@ -113,27 +114,6 @@ def test_training_data_for_teachers(teacher, monkeypatch, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # Kill and resume
 # ------------------------------------------------------------------------------------------------
-
-
-class Killed(Exception):
-    """Stands in for a kill: raised from inside the loop."""
-
-
-@dataclasses.dataclass(frozen=True)
-class KilledAt:
-    """Training data that dies when asked for micro-batch ``index`` (after the checkpoint)."""
-
-    data: SyntheticPairs
-    index: int
-
-    @property
-    def identity(self):
-        return self.data.identity
-
-    def batch(self, index, batch_size):
-        if index == self.index:
-            raise Killed(f"killed at micro-batch {index}")
-        return self.data.batch(index, batch_size)
 
 
 def _method(name: str):

@@ -1,8 +1,11 @@
-"""Helpers shared by the tests of the latent-consistency-distillation methods (SCott, SPLAM)."""
+"""Helpers shared by the training tests: a quiet CPU Trainer, the guided teacher of the LCD methods,
+and training data that dies at a chosen micro-batch (a stand-in for a kill, for resume tests)."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import types
+from typing import Any
 
 from bench.training import Trainer, TrainSchedule
 from methods.consistency import teacher_guided_x0_eps
@@ -19,3 +22,24 @@ def guided_teacher(teacher, cond, uncond, w):
     """teacher_guided_x0_eps on a minimal state (the teacher network and its schedule)."""
     state = types.SimpleNamespace(teacher=teacher.unet, schedule=teacher.schedule, autocast=contextlib.nullcontext)
     return lambda x, t: teacher_guided_x0_eps(state, x, t, cond, uncond, w)
+
+
+class Killed(Exception):
+    """Stands in for a kill: raised from inside the loop."""
+
+
+@dataclasses.dataclass(frozen=True)
+class KilledAt:
+    """Training data that dies when asked for micro-batch ``index`` (after the checkpoint)."""
+
+    data: Any
+    index: int
+
+    @property
+    def identity(self):
+        return self.data.identity
+
+    def batch(self, index, batch_size):
+        if index == self.index:
+            raise Killed(f"killed at micro-batch {index}")
+        return self.data.batch(index, batch_size)
