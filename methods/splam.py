@@ -62,11 +62,23 @@ class SPLAMConfig(ConsistencyDistillationConfig):
     | w (fixed)        | g = 3 -> w = 2 (§5.1, Eq. 18) (a) | w_scale 8 (LCM conv., g = 9)   |
     | sigma_gamma      | linear mix (§4.2)                 | square-root form (notes §4.1)  |
     | gamma_embedding  | zero at gamma = 1 (§4.2)          | Fourier(10 - 10 gamma) (b)     |
+    | gamma_emb_scale  | 0.01 (CHOICE, c)                  | 10                             |
     | loss             | huber (§5.1)                      | huber, c = 0.001               |
 
     (a) Eq. 18 guides as w Phi(c) + (1 - w) Phi(empty), the diffusers/Imagen convention, so the
     paper's "guidance scale 3" is g = 3, w = g - 1 = 2 in the LCM convention these fields use.
     (b) non-zero at gamma = 1; folded into ``time_embedding.linear_1.bias`` at save time.
+    (c) The embedding is LCM's Fourier embedding of s (1 - gamma), which multiplies its argument
+    by 1000 (notes §0.4). The code's s = 10 turns every gamma < 1 into a random-phase vector: at
+    gamma = 0.999 the embedding is still 9.1 away from its gamma = 1 value (a typical pair is 16
+    apart), so gamma = 1, the only value sampling uses (Eq. 19), is never near a training input,
+    and on the toy world the sampled images were noise (1-step FID 54 after 250 steps; the same
+    run with gamma fixed at 1, i.e. LCM with this teacher, reaches 14.3). The paper says only
+    "Fourier embeddings"; s = 0.01 makes the embedding smooth in gamma (0.027 away at gamma =
+    0.999), so training near gamma = 1 trains gamma = 1: 1-step FID 55 -> 35 on the toy
+    schedule (500 steps). Still far from gamma = 1 alone: the random ``cond_proj`` gives the
+    network a weak gamma signal, and while it cannot tell gamma apart it averages over noise
+    levels sigma(gamma, t) <= sigma(t) and under-denoises at gamma = 1 (measured, not solved).
     Not stated in the paper, taken from the released README (LCM's command): lr 8e-6, EMA 0.95,
     batch 12 per GPU. Training length: "2K to 6K iterations" for k = 100 (§5.2) -> 6000.
     CHOICE the student that is saved: the EMA target (Eq. 19 generates with F_theta-); the
@@ -76,10 +88,10 @@ class SPLAMConfig(ConsistencyDistillationConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "paper": dict(w_min=2.0, w_max=2.0, loss_type="huber", learning_rate=8e-6, train_batch_size=12,
                       max_train_steps=6000, ema_decay=0.95, skip=100, sigma_gamma="paper-linear",
-                      gamma_embedding="paper-zero"),
+                      gamma_embedding="paper-zero", gamma_embedding_scale=0.01),
         "official-code": dict(w_min=8.0, w_max=8.0, loss_type="huber", learning_rate=8e-6, train_batch_size=12,
                               max_train_steps=1000, ema_decay=0.95, skip=20, sigma_gamma="code-sqrt",
-                              gamma_embedding="code"),
+                              gamma_embedding="code", gamma_embedding_scale=10.0),
     }
 
     ema_decay: float | None = None
@@ -87,6 +99,7 @@ class SPLAMConfig(ConsistencyDistillationConfig):
     skip_phi: int = 20                       # k_phi: the teacher's DDIM step (§5.1 "k_phi = 20")
     sigma_gamma: str | None = None           # "paper-linear" | "code-sqrt"
     gamma_embedding: str | None = None       # "paper-zero" | "code"
+    gamma_embedding_scale: float | None = None   # s: the embedding is Fourier(s (1 - gamma)), see (c)
     time_cond_proj_dim: int = 256            # width of the gamma embedding (LCM's --unet_time_cond_proj_dim)
     student_weights: str = "target"          # "target" (Eq. 19) | "online"
 
@@ -106,6 +119,8 @@ class SPLAMConfig(ConsistencyDistillationConfig):
             raise ValueError(f"sigma_gamma must be one of {SIGMA_GAMMAS}, got {self.sigma_gamma!r}")
         if self.gamma_embedding is not None and self.gamma_embedding not in GAMMA_EMBEDDINGS:
             raise ValueError(f"gamma_embedding must be one of {GAMMA_EMBEDDINGS}, got {self.gamma_embedding!r}")
+        if self.gamma_embedding_scale is not None and self.gamma_embedding_scale <= 0:
+            raise ValueError(f"gamma_embedding_scale must be > 0, got {self.gamma_embedding_scale}")
         if self.skip is not None and (self.skip < self.skip_phi or self.skip % self.skip_phi):
             raise ValueError(f"skip {self.skip} must be a multiple of skip_phi {self.skip_phi}")
         if self.w_min is not None and self.w_max is not None and self.w_min != self.w_max:
@@ -126,10 +141,11 @@ def splam_teacher_solver(config: SPLAMConfig, schedule: Any) -> MultistepTeacher
 # ------------------------------------------------------------------------------------------------
 
 
-def gamma_embedding(gamma: Tensor, dim: int, kind: str) -> Tensor:
-    """Fourier embedding of gamma (the released code: LCM's w embedding of 10 - 10 gamma).
-    "paper-zero" subtracts its gamma = 1 value, so it is exactly 0 at gamma = 1 (§4.2)."""
-    emb = guidance_scale_embedding(10.0 - 10.0 * gamma, dim)
+def gamma_embedding(gamma: Tensor, dim: int, kind: str, scale: float = 10.0) -> Tensor:
+    """Fourier embedding of gamma: LCM's w embedding of scale (1 - gamma) (the released code:
+    scale 10, i.e. 10 - 10 gamma). "paper-zero" subtracts its gamma = 1 value, so it is exactly 0
+    at gamma = 1 (§4.2). At gamma = 1 the argument is 0 whatever the scale."""
+    emb = guidance_scale_embedding(scale * (1.0 - gamma), dim)
     if kind == "paper-zero":
         emb = emb - guidance_scale_embedding(torch.zeros_like(gamma), dim)
     return emb
@@ -168,7 +184,8 @@ def splam_online(state: LCDState, draws: Any, x_end: Tensor, gamma: Tensor, cond
     device, dtype = draws.x_start.device, draws.x_start.dtype
     x_gamma = sl_ode_point(draws.x_start, x_end, gamma.to(device, dtype), ratio.to(device, dtype))   # Eq. 12
     sig = sigma_gamma(gamma, sigma_t, sigma_e, ratio, cfg.sigma_gamma)                                # §4.2
-    emb = gamma_embedding(gamma, cfg.time_cond_proj_dim, cfg.gamma_embedding).to(device, dtype)
+    emb = gamma_embedding(gamma, cfg.time_cond_proj_dim, cfg.gamma_embedding, cfg.gamma_embedding_scale)
+    emb = emb.to(device, dtype)
     return lcd_online(state, x_gamma, draws.t_start, cond, emb, sigma=sig)                           # Eq. 14, 16
 
 
