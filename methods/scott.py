@@ -134,8 +134,8 @@ class SCottConfig(LCMConfig):
     disc_lora_target_modules: tuple[str, ...] = SCOTT_DISC_LORA_MODULES
 
     # Toy schedule (bench.training.apply_toy_schedule): LCM's toy schedule (batch 32, lr 1e-4,
-    # EMA 0.95) for 400 steps, because a SCott step costs 2.6x an LCM step on the toy U-Net
-    # (measured on 2 CPU cores: 0.70 s against 0.27 s; 3 teacher sub-steps, the generator's pass
+    # EMA 0.95) for 400 steps, because a SCott step costs 2.5x an LCM step on the toy U-Net
+    # (measured on 2 CPU cores: 0.68 s against 0.27 s; 3 teacher sub-steps, the generator's pass
     # through D and one batched real/fake D pass) and the toy budget (README) holds three
     # methods' training to 15 minutes; the discriminator keeps the paper's 2.5x learning-rate
     # ratio; LoRA rank 3 gives the toy U-Net a trainable fraction of 4.0%, the nearest to the

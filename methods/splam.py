@@ -56,14 +56,14 @@ GAMMA_EMBEDDINGS: tuple[str, ...] = ("paper-zero", "code")
 class SPLAMConfig(ConsistencyDistillationConfig):
     """Paper values (SD-1.5, §5.1) by default; ``preset="official-code"`` is the released script.
 
-    | field            | paper (SD-1.5)                    | released code                  |
-    |------------------|-----------------------------------|--------------------------------|
-    | skip (k)         | 100 (§5.1)                        | 20 (one DDIM step)             |
-    | w (fixed)        | g = 3 -> w = 2 (§5.1, Eq. 18) (a) | w_scale 8 (LCM conv., g = 9)   |
-    | sigma_gamma      | linear mix (§4.2)                 | square-root form (notes §4.1)  |
-    | gamma_embedding  | zero at gamma = 1 (§4.2)          | Fourier(10 - 10 gamma) (b)     |
-    | gamma_emb_scale  | 0.01 (CHOICE, c)                  | 10                             |
-    | loss             | huber (§5.1)                      | huber, c = 0.001               |
+    | field                 | paper (SD-1.5)                    | released code                  |
+    |-----------------------|-----------------------------------|--------------------------------|
+    | skip (k)              | 100 (§5.1)                        | 20 (one DDIM step)             |
+    | w (fixed)             | g = 3 -> w = 2 (§5.1, Eq. 18) (a) | w_scale 8 (LCM conv., g = 9)   |
+    | sigma_gamma           | linear mix (§4.2)                 | square-root form (notes §4.1)  |
+    | gamma_embedding       | zero at gamma = 1 (§4.2)          | Fourier(10 - 10 gamma) (b)     |
+    | gamma_embedding_scale | 0.01 (CHOICE, c)                  | 10                             |
+    | loss                  | huber (§5.1)                      | huber, c = 0.001               |
 
     (a) Eq. 18 guides as w Phi(c) + (1 - w) Phi(empty), the diffusers/Imagen convention, so the
     paper's "guidance scale 3" is g = 3, w = g - 1 = 2 in the LCM convention these fields use.
