@@ -12,6 +12,7 @@ from methods import get_method_class
 from methods.consistency import (
     MultistepTeacherSolver,
     lcd_draws,
+    lcd_online,
     lcd_teacher_solve,
     substep_timesteps,
 )
@@ -236,6 +237,25 @@ def test_hinge_losses():
     # mean(relu(1 - real)) + mean(relu(1 + fake)) = (0 + 0.5)/2 + (0 + 1)/2
     assert hinge_discriminator_loss(real, fake).item() == 0.75
     assert hinge_generator_loss(fake).item() == 1.0
+
+
+@pytest.mark.parametrize("real_timestep", ["paired", "zero"])
+def test_discriminator_loss_is_eq_6_on_separate_real_and_fake_passes(teacher, real_timestep):
+    """L_D of the batched real/fake pass == lambda * hinge(D(z_0, c, t_real), D(sg f_theta, c, t_n))
+    with one D call each; "zero" scores the real at t = 0, so the halves cannot be swapped unseen."""
+    method = SCott(small(disc_real_timestep=real_timestep))
+    tr = trainer()
+    state = method.init_training_state(teacher, tr)
+    data = SyntheticPairs(resolution=teacher.resolution)
+    with torch.no_grad():
+        batched = scott_losses(state, tr.make_batch(teacher, data, 0, 0))["d"]
+        batch = tr.make_batch(teacher, data, 0, 0)          # the same draws again
+        draws = lcd_draws(state, batch)
+        fake = lcd_online(state, draws.x_start, draws.t_start, batch.cond, draws.w_emb)
+        t_real = draws.t_start if real_timestep == "paired" else torch.zeros_like(draws.t_start)
+        separate = 0.4 * hinge_discriminator_loss(state.discriminator(batch.latents, t_real, batch.cond),
+                                                  state.discriminator(fake, draws.t_start, batch.cond))
+    torch.testing.assert_close(batched, separate, rtol=1e-5, atol=1e-6)
 
 
 def _equal_state(a: nn.Module, b: nn.Module) -> bool:

@@ -23,6 +23,7 @@ from methods.splam import (
     fold_gamma_embedding,
     gamma_embedding,
     sigma_gamma,
+    sl_ode_point,
     splam_online,
     splam_teacher_solver,
     splam_training_step,
@@ -135,6 +136,30 @@ def test_gamma_one_is_the_lcm_online_branch(teacher, preset):
         assert torch.equal(ours, lcm)
     else:
         torch.testing.assert_close(ours, lcm, rtol=1e-5, atol=1e-5)
+
+
+def test_interior_gamma_is_eq_12_14_16_with_the_configured_embedding(teacher):
+    """F_theta(z_{gamma,t}, c, gamma, t) at gamma = 0.5 from its parts (Eq. 12, sigma(gamma, t),
+    the gamma embedding at the config's scale, Eq. 14/16); the code's scale gives another output."""
+    method = SPLAM()
+    cfg, tr = method.config, trainer()
+    state = method.init_training_state(teacher, tr)
+    batch = tr.make_batch(teacher, SyntheticPairs(resolution=teacher.resolution), 0, 0)
+    draws = lcd_draws(state, batch)
+    x_end = lcd_teacher_solve(state, draws, batch)
+    half = torch.full((2,), 0.5)
+    alpha_t, sigma_t = state.schedule.alpha_sigma(draws.t_start)
+    alpha_e, sigma_e = state.schedule.alpha_sigma(draws.t_end)
+    ratio = alpha_t / alpha_e
+    x_half = sl_ode_point(draws.x_start, x_end, half, ratio.float())
+    sig = sigma_gamma(half, sigma_t, sigma_e, ratio, "paper-linear")
+    with torch.no_grad():
+        ours = splam_online(state, draws, x_end, half, batch.cond)
+        by_hand = {scale: lcd_online(state, x_half, draws.t_start, batch.cond,
+                                     gamma_embedding(half, 256, "paper-zero", scale), sigma=sig)
+                   for scale in (cfg.gamma_embedding_scale, 10.0)}
+    torch.testing.assert_close(ours, by_hand[0.01], rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(ours, by_hand[10.0], atol=1e-4)
 
 
 def test_sigma_gamma_end_points():
