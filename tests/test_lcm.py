@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.training import Trainer, TrainSchedule
+from bench.training import Trainer, TrainSchedule, apply_toy_schedule
 from bench.train_data import SyntheticPairs
 from methods import SampleRequest, get_method_class
 from methods.base import Denoiser
@@ -19,7 +19,7 @@ from methods.consistency import (
     lcm_timesteps,
 )
 from methods.diffusion_math import consistency_boundary_scalings, guidance_scale_embedding
-from methods.lcm import LCM, LCMConfig, LCMLoRA, LCMLoRAConfig, build_lora_unet, build_w_conditioned_unet
+from methods.lcm import COND_PROJ_INITS, LCM, LCMConfig, LCMLoRA, LCMLoRAConfig, build_lora_unet, build_w_conditioned_unet
 
 TOL = 1e-5
 
@@ -114,6 +114,25 @@ def test_timestep_schedules_match_the_notes():
     assert lcm_timesteps(8) == [999, 879, 759, 639, 499, 379, 259, 139]
     assert lcm_timesteps(4, spacing="original") == [999, 759, 519, 279]
     assert lcm_timesteps(8, spacing="original") == [999, 879, 759, 639, 519, 399, 279, 159]
+
+
+def test_zero_cond_proj_starts_the_student_as_the_teacher(teacher):
+    """cond_proj_init="zero": the w-conditioned student equals the teacher for every w at step 0;
+    the reference's default init shifts the time embedding instead (the toy schedule's reason)."""
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([999, 259])
+    text = teacher.encode_prompts(["a red cube", ""])
+    w_emb = guidance_scale_embedding(torch.tensor([2.0, 13.0]), 256)
+    with torch.no_grad():
+        ref = teacher.unet(x, t, encoder_hidden_states=text).sample
+        outs = {init: build_w_conditioned_unet(teacher.unet, 256, seed=0, cond_proj_init=init)(
+                    x, t, encoder_hidden_states=text, timestep_cond=w_emb).sample
+                for init in COND_PROJ_INITS}
+    assert torch.equal(outs["zero"], ref)
+    assert (outs["default"] - ref).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="cond_proj_init"):
+        LCMConfig(cond_proj_init="ones")
+    assert apply_toy_schedule(LCMConfig()).cond_proj_init == "zero" and LCMConfig().cond_proj_init == "default"
 
 
 # ------------------------------------------------------------------------------------------------
