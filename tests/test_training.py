@@ -42,7 +42,7 @@ def test_schedule_from_config_and_toy_override():
     assert (paper.max_train_steps, paper.train_batch_size, paper.learning_rate) == (100_000, 72, 8e-6)
     toy = apply_toy_schedule(config)
     assert toy_overrides(config) == {"checkpointing_steps": 250, "ema_decay": 0.95, "learning_rate": 1e-4,
-                                     "max_train_steps": 1000, "train_batch_size": 32}
+                                     "max_train_steps": 1000, "train_batch_size": 32, "cond_proj_init": "zero"}
     assert (toy.max_train_steps, toy.train_batch_size, toy.learning_rate, toy.ema_decay) == (1000, 32, 1e-4, 0.95)
     assert toy.w_min == config.w_min and toy.loss_type == "l2"        # only the toy_* fields change
     assert TrainSchedule.from_config(toy, max_train_steps=7).max_train_steps == 7
