@@ -408,8 +408,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"({format_tolerances(default_tolerances())}); N%% is relative, 'off' disables; "
                              "latency is not checked unless given, e.g. latency_ms=10%%")
     parser.add_argument("--methods", default=None, metavar="A,B",
-                        help="compare only the baseline rows of these methods (and the real-image rows, steps 0, "
-                             "which every toy run scores); default: every baseline row")
+                        help="compare only the rows of these methods, in the baseline and the new run (and the "
+                             "real-image rows, steps 0, which every toy run scores); default: every row")
 
 
 def current_from_results(results_dir: Path, suite: str) -> dict:
@@ -435,6 +435,7 @@ def command(args: argparse.Namespace, out: TextIO | None = None) -> int:
         current = current_from_results(Path(args.results or "runs/results"), str(suite))
     if getattr(args, "methods", None):
         baseline = restrict_to_methods(baseline, args.methods)
+        current = {**current, "rows": _rows_of(current, _method_names(args.methods))}
     result = check(baseline, current, tolerances)
     out.write(result.format())
     return result.exit_code
@@ -443,11 +444,20 @@ def command(args: argparse.Namespace, out: TextIO | None = None) -> int:
 def restrict_to_methods(baseline: Mapping[str, Any], methods: str) -> dict:
     """The baseline with only the rows of ``methods`` (comma-separated) and the steps-0 real-image
     rows; a name with no baseline row is a usage error (a typo would otherwise check nothing)."""
-    names = {name.strip() for name in methods.split(",") if name.strip()}
+    names = _method_names(methods)
     present = {str(row.get("method")) for row in baseline.get("rows", [])}
     unknown = sorted(names - present)
     if not names or unknown:
         raise UsageError(f"--methods: no baseline rows for {', '.join(unknown) or '(empty list)'}; "
                          f"the baseline has {', '.join(sorted(present))}")
-    rows = [row for row in baseline["rows"] if row.get("method") in names or int(row.get("steps", -1)) == 0]
-    return {**baseline, "rows": rows}
+    return {**baseline, "rows": _rows_of(baseline, names)}
+
+
+def _method_names(methods: str) -> set[str]:
+    return {name.strip() for name in methods.split(",") if name.strip()}
+
+
+def _rows_of(doc: Mapping[str, Any], names: set[str]) -> list:
+    """The rows of ``names`` and the steps-0 real-image rows (the new run's other rows are not
+    reported as new either)."""
+    return [row for row in doc.get("rows", []) if row.get("method") in names or int(row.get("steps", -1)) == 0]

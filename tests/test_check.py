@@ -197,12 +197,14 @@ def test_methods_restricts_the_baseline_and_keeps_the_real_image_rows(tmp_path):
     baseline.write_text(json.dumps(board(("ddim", 1, {"fid": 20.0}), ("lcm", 1, {"fid": 17.0}),
                                          ("real-2nd-draw", 0, {"fid": 0.46}))))
     current = tmp_path / "cur.json"
-    current.write_text(json.dumps(board(("ddim", 1, {"fid": 20.1}), ("real-2nd-draw", 0, {"fid": 0.46}))))
+    current.write_text(json.dumps(board(("ddim", 1, {"fid": 20.1}), ("real-2nd-draw", 0, {"fid": 0.46}),
+                                        ("dmd", 1, {"fid": 11.0}))))
     out = io.StringIO()
     assert command(_args("--baseline", str(baseline), "--current", str(current)), out) == 1  # lcm missing
+    assert "dmd" in out.getvalue()                                                          # a new row
     out = io.StringIO()
     assert command(_args("--baseline", str(baseline), "--current", str(current), "--methods", "ddim"), out) == 0
-    assert "2 number(s) compared" in out.getvalue()
+    assert "2 number(s) compared" in out.getvalue() and "0 new" in out.getvalue()
     current.write_text(json.dumps(board(("ddim", 1, {"fid": 20.1}))))
     assert command(_args("--baseline", str(baseline), "--current", str(current), "--methods", "ddim"),
                    io.StringIO()) == 1  # the floor row is still required
