@@ -115,7 +115,7 @@ class SPLAMConfig(ConsistencyDistillationConfig):
     toy_checkpointing_steps: int | None = 250
     # LCM's toy "zero" cond_proj (the student starts as the teacher at every gamma); measured
     # (N = 1000, 500 steps), FID at 1/2/4/8 steps 35.24/33.49/40.42/48.72 with "default",
-    # 30.05/28.28/38.44/48.19 with "zero".
+    # 30.04/28.28/38.44/48.19 with "zero".
     toy_cond_proj_init: str | None = "zero"
 
     def __post_init__(self):
