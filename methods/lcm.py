@@ -60,9 +60,10 @@ LCM_LORA_TARGET_MODULES: tuple[str, ...] = (
 COND_PROJ_INITS: tuple[str, ...] = ("default", "zero")
 
 
-def check_cond_proj_init(config: Any) -> None:
-    """Config validation shared by the w/gamma-conditioned students (LCM, SCott, SPLAM)."""
-    for value in (config.cond_proj_init, config.toy_cond_proj_init):
+def check_cond_proj_init(*values: str | None) -> None:
+    """Each value is None (configs: no toy override) or one of COND_PROJ_INITS; shared by the
+    w/gamma-conditioned students' configs (LCM, SCott, SPLAM) and build_w_conditioned_unet."""
+    for value in values:
         if value is not None and value not in COND_PROJ_INITS:
             raise ValueError(f"cond_proj_init must be one of {COND_PROJ_INITS}, got {value!r}")
 
@@ -116,7 +117,7 @@ class LCMConfig(ConsistencyDistillationConfig):
         super().__post_init__()
         if self.student_weights not in ("online", "target"):
             raise ValueError(f"student_weights must be 'online' or 'target', got {self.student_weights!r}")
-        check_cond_proj_init(self)
+        check_cond_proj_init(self.cond_proj_init, self.toy_cond_proj_init)
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
@@ -161,8 +162,7 @@ def build_w_conditioned_unet(teacher_unet: nn.Module, time_cond_proj_dim: int, s
     default init (not zero) as in the reference (notes §0.4) with ``cond_proj_init="default"``;
     ``"zero"`` zeroes it, so that the student starts as the teacher exactly. fp32 master weights,
     CPU; the random init is seeded by ``seed``."""
-    if cond_proj_init not in COND_PROJ_INITS:
-        raise ValueError(f"cond_proj_init must be one of {COND_PROJ_INITS}, got {cond_proj_init!r}")
+    check_cond_proj_init(cond_proj_init)
     from diffusers import UNet2DConditionModel
 
     with torch.random.fork_rng(devices=[]):

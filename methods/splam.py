@@ -132,7 +132,7 @@ class SPLAMConfig(ConsistencyDistillationConfig):
             raise ValueError("SPLAM distils a fixed guidance scale: w_min must equal w_max")
         if self.student_weights not in ("online", "target"):
             raise ValueError(f"student_weights must be 'online' or 'target', got {self.student_weights!r}")
-        check_cond_proj_init(self)
+        check_cond_proj_init(self.cond_proj_init, self.toy_cond_proj_init)
 
 
 def splam_teacher_solver(config: SPLAMConfig, schedule: Any) -> MultistepTeacherSolver:
