@@ -139,7 +139,8 @@ class SCottConfig(LCMConfig):
     # through D and one batched real/fake D pass) and the toy budget (README) holds three
     # methods' training to 15 minutes; the discriminator keeps the paper's 2.5x learning-rate
     # ratio; LoRA rank 3 gives the toy U-Net a trainable fraction of 4.0%, the nearest to the
-    # paper's 3.6% (rank 4: 5.3%).
+    # paper's 3.6% (rank 4: 5.3%). Longer is not better on the toy (N = 1000, FID at 1/2/4/8
+    # steps): 1000 steps 33.20/10.09/4.22/4.13 against 20.39/5.70/2.86/2.83 at 400.
     toy_max_train_steps: int | None = 400
     toy_train_batch_size: int | None = 32
     toy_learning_rate: float | None = 1e-4

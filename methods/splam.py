@@ -50,6 +50,11 @@ Tensor = torch.Tensor
 
 SIGMA_GAMMAS: tuple[str, ...] = ("paper-linear", "code-sqrt")
 GAMMA_EMBEDDINGS: tuple[str, ...] = ("paper-zero", "code")
+#: Diagnosis switches (not in the paper): where the drawn gamma enters the online branch.
+#: "none": Algorithm 1 (point, sigma and embedding); "gamma-one": gamma = 1 everywhere (LCM's
+#: online branch with Multiple Estimation); "embedding-only": the embedding of gamma at the point
+#: z_t with sigma(t); "point-only": the point and sigma(gamma, t) with the embedding of gamma = 1.
+SL_ODE_ABLATIONS: tuple[str, ...] = ("none", "gamma-one", "embedding-only", "point-only")
 
 
 @dataclass(frozen=True)
@@ -77,8 +82,17 @@ class SPLAMConfig(ConsistencyDistillationConfig):
     "Fourier embeddings"; s = 0.01 makes the embedding smooth in gamma (0.027 away at gamma =
     0.999), so training near gamma = 1 trains gamma = 1: 1-step FID 55 -> 35 on the toy
     schedule (500 steps; 30 with the toy's zero ``cond_proj``). Still far from gamma = 1 alone.
-    Unconfirmed explanation: while the network cannot tell gamma apart it averages over noise
-    levels sigma(gamma, t) <= sigma(t) and under-denoises at gamma = 1 (measured, not solved).
+    (d) Why, measured with ``sl_ode_ablation`` (toy, 500 steps, N = 1000, FID at 1/2/4/8 steps):
+    a point z_{gamma,t} holds the signal of time t at the lower noise level sigma(gamma, t)
+    (exactly so after one DDIM step; test_splam), the student is told t, and only the embedding
+    says how much noise to remove, an error Eq. 14 divides by alpha(t) (0.068 at t = 999).
+    "gamma-one" (LCM's online branch with Multiple Estimation) 14.02/5.49/2.63/1.81;
+    "embedding-only" 14.40/5.50/2.44/1.70 (the embedding is harmless); "point-only"
+    35.43/15.88/29.89/70.31; Algorithm 1 31.25/27.73/37.61/47.88 (1 step: 20.75 at 2000 steps).
+    All on one thread (two threads: Algorithm 1 30.04/28.28/38.44/48.19, see the toy comment).
+    Neither k = 20 (one DDIM step, 1000 steps: 44.59/48.13/24.70/30.37), the code's
+    sigma_gamma (31.66/34.46/43.58/51.79) nor embedding scales 0.001, 1 or 10 (300-step probes)
+    helped: the toy U-Net does not learn the gamma-dependent noise level in these schedules.
     Not stated in the paper, taken from the released README (LCM's command): lr 8e-6, EMA 0.95,
     batch 12 per GPU. Training length: "2K to 6K iterations" for k = 100 (§5.2) -> 6000.
     CHOICE the student that is saved: the EMA target (Eq. 19 generates with F_theta-); the
@@ -102,6 +116,7 @@ class SPLAMConfig(ConsistencyDistillationConfig):
     gamma_embedding_scale: float | None = None   # s: the embedding is Fourier(s (1 - gamma)), see (c)
     time_cond_proj_dim: int = 256            # width of the gamma embedding (LCM's --unet_time_cond_proj_dim)
     student_weights: str = "target"          # "target" (Eq. 19) | "online"
+    sl_ode_ablation: str = "none"            # SL_ODE_ABLATIONS: diagnosis only, see (d)
     cond_proj_init: str = "default"          # "default" (LCM's) | "zero" (see LCMConfig)
 
     # Toy schedule: LCM's toy values (batch 32, lr 1e-4, EMA 0.95), 500 steps because a SPLAM step
@@ -114,7 +129,7 @@ class SPLAMConfig(ConsistencyDistillationConfig):
     toy_ema_decay: float | None = 0.95
     toy_checkpointing_steps: int | None = 250
     # LCM's toy "zero" cond_proj (the student starts as the teacher at every gamma); measured
-    # (N = 1000, 500 steps), FID at 1/2/4/8 steps 35.24/33.49/40.42/48.72 with "default",
+    # (N = 1000, 500 steps, two threads), FID at 1/2/4/8 steps 35.24/33.49/40.42/48.72 with "default",
     # 30.04/28.28/38.44/48.19 with "zero".
     toy_cond_proj_init: str | None = "zero"
 
@@ -130,6 +145,8 @@ class SPLAMConfig(ConsistencyDistillationConfig):
             raise ValueError(f"skip {self.skip} must be a multiple of skip_phi {self.skip_phi}")
         if self.w_min is not None and self.w_max is not None and self.w_min != self.w_max:
             raise ValueError("SPLAM distils a fixed guidance scale: w_min must equal w_max")
+        if self.sl_ode_ablation not in SL_ODE_ABLATIONS:
+            raise ValueError(f"sl_ode_ablation must be one of {SL_ODE_ABLATIONS}, got {self.sl_ode_ablation!r}")
         if self.student_weights not in ("online", "target"):
             raise ValueError(f"student_weights must be 'online' or 'target', got {self.student_weights!r}")
         check_cond_proj_init(self.cond_proj_init, self.toy_cond_proj_init)
@@ -181,8 +198,10 @@ def sigma_gamma(gamma: Tensor, sigma_t: Tensor, sigma_end: Tensor, ratio: Tensor
 # ------------------------------------------------------------------------------------------------
 
 
-def splam_online(state: LCDState, draws: Any, x_end: Tensor, gamma: Tensor, cond: Tensor) -> Tensor:
-    """F_theta(z_{gamma,t}, c, gamma, t) (Eq. 12, 14, 16), with gradient; gamma (B,) CPU."""
+def splam_online(state: LCDState, draws: Any, x_end: Tensor, gamma: Tensor, cond: Tensor,
+                 embedded_gamma: Tensor | None = None) -> Tensor:
+    """F_theta(z_{gamma,t}, c, gamma, t) (Eq. 12, 14, 16), with gradient; gamma (B,) CPU.
+    ``embedded_gamma``: the gamma the student is told (default ``gamma``; ablations only)."""
     cfg, schedule = state.config, state.schedule
     alpha_t, sigma_t = schedule.alpha_sigma(draws.t_start)
     alpha_e, sigma_e = schedule.alpha_sigma(draws.t_end)
@@ -190,9 +209,17 @@ def splam_online(state: LCDState, draws: Any, x_end: Tensor, gamma: Tensor, cond
     device, dtype = draws.x_start.device, draws.x_start.dtype
     x_gamma = sl_ode_point(draws.x_start, x_end, gamma.to(device, dtype), ratio.to(device, dtype))   # Eq. 12
     sig = sigma_gamma(gamma, sigma_t, sigma_e, ratio, cfg.sigma_gamma)                                # §4.2
-    emb = gamma_embedding(gamma, cfg.time_cond_proj_dim, cfg.gamma_embedding, cfg.gamma_embedding_scale)
+    told = gamma if embedded_gamma is None else embedded_gamma
+    emb = gamma_embedding(told, cfg.time_cond_proj_dim, cfg.gamma_embedding, cfg.gamma_embedding_scale)
     emb = emb.to(device, dtype)
     return lcd_online(state, x_gamma, draws.t_start, cond, emb, sigma=sig)                           # Eq. 14, 16
+
+
+def ablated_gammas(gamma: Tensor, ablation: str) -> tuple[Tensor, Tensor]:
+    """(gamma of the point and sigma, gamma of the embedding) under ``SL_ODE_ABLATIONS``."""
+    one = torch.ones_like(gamma)
+    return {"none": (gamma, gamma), "gamma-one": (one, one), "embedding-only": (one, gamma),
+            "point-only": (gamma, one)}[ablation]
 
 
 def splam_training_step(state: LCDState, batch: Any, gamma: Tensor | None = None) -> Tensor:
@@ -202,7 +229,8 @@ def splam_training_step(state: LCDState, batch: Any, gamma: Tensor | None = None
     drawn = torch.rand(draws.t_start.shape[0], generator=batch.generator, dtype=torch.float32)
     gamma = drawn if gamma is None else gamma                       # gamma ~ U[0, 1]
     x_end = lcd_teacher_solve(state, draws, batch)                  # Multiple Estimation, Eq. 18
-    pred = splam_online(state, draws, x_end, gamma, batch.cond)     # F_theta(z_{gamma,t}, c, gamma, t)
+    point_gamma, told_gamma = ablated_gammas(gamma, cfg.sl_ode_ablation)     # "none": both are gamma
+    pred = splam_online(state, draws, x_end, point_gamma, batch.cond, told_gamma)  # F_theta(z_g,t, c, g, t)
     one = gamma_embedding(torch.ones_like(gamma), cfg.time_cond_proj_dim, cfg.gamma_embedding)
     target = lcd_target(state, x_end, draws.t_end, batch.cond, one.to(x_end.device, x_end.dtype))  # gamma = 1, t - k
     return consistency_loss(pred, target, cfg.loss_type, cfg.huber_c)                                # Eq. 17
@@ -278,5 +306,5 @@ class SPLAM(_LCDMethod):
                                     sigma_data=self.config.sigma_data, timestep_scaling=self.config.timestep_scaling)
 
 
-__all__ = ["SPLAM", "SPLAMConfig", "fold_gamma_embedding", "gamma_embedding", "sigma_gamma", "sl_ode_point",
-           "splam_online", "splam_teacher_solver", "splam_training_step"]
+__all__ = ["SPLAM", "SPLAMConfig", "SL_ODE_ABLATIONS", "ablated_gammas", "fold_gamma_embedding", "gamma_embedding",
+           "sigma_gamma", "sl_ode_point", "splam_online", "splam_teacher_solver", "splam_training_step"]

@@ -11,8 +11,10 @@ from methods import SampleRequest, get_method_class
 from methods.base import Denoiser
 from methods.consistency import (
     SkippingStepDDIM,
+    consistency_loss,
     lcd_draws,
     lcd_online,
+    lcd_target,
     lcd_teacher_solve,
 )
 from methods.diffusion_math import NoiseSchedule
@@ -174,6 +176,62 @@ def test_sigma_gamma_end_points():
     half = sigma_gamma(torch.full((2,), 0.5), sigma_t, sigma_e, ratio, "paper-linear")
     torch.testing.assert_close(half, 0.5 * ratio * sigma_e + 0.5 * sigma_t)
     assert torch.equal(gamma_embedding(torch.ones(3), 256, "paper-zero"), torch.zeros(3, 256))
+
+
+@torch.no_grad()
+def test_paper_sigma_gamma_is_the_noise_level_of_the_sl_ode_point_after_one_ddim_step(teacher):
+    """With one DDIM teacher step (k = k_phi, the released code's setting) the teacher's own
+    (x0^, eps^) give z_t = alpha(t) x0^ + sigma(t) eps^ and z^_{t-k} = alpha(t-k) x0^ +
+    sigma(t-k) eps^, so the SL-ODE point (Eq. 12) is alpha(t) x0^ + sigma(gamma, t) eps^ with the
+    paper's linear sigma(gamma, t) exactly: the student sees the signal of time t at a lower noise
+    level that only gamma tells it. The code's square-root form is not that level inside (0, 1)."""
+    method = SPLAM(SPLAMConfig(skip=20))
+    tr = trainer(batch=4)
+    state = method.init_training_state(teacher, tr)
+    batch = tr.make_batch(teacher, SyntheticPairs(resolution=teacher.resolution), 0, 0)
+    draws = lcd_draws(state, batch)
+    x_end = lcd_teacher_solve(state, draws, batch)
+    x0, eps = guided_teacher(teacher, batch.cond, batch.uncond, draws.w)(draws.x_start, draws.t_start)
+    alpha_t, sigma_t = state.schedule.alpha_sigma(draws.t_start)
+    alpha_e, sigma_e = state.schedule.alpha_sigma(draws.t_end)
+    ratio = alpha_t / alpha_e
+    gamma = torch.tensor([0.0, 0.25, 0.5, 0.75])
+    x_gamma = sl_ode_point(draws.x_start, x_end, gamma, ratio.float())
+    for kind, exact in (("paper-linear", True), ("code-sqrt", False)):
+        level = sigma_gamma(gamma, sigma_t, sigma_e, ratio, kind).float().reshape(-1, 1, 1, 1)
+        forward = alpha_t.float().reshape(-1, 1, 1, 1) * x0 + level * eps
+        inside = slice(1, None)                    # gamma = 0: both forms are ratio * sigma(t-k)
+        torch.testing.assert_close(x_gamma[:1], forward[:1], rtol=1e-5, atol=1e-5)
+        assert torch.allclose(x_gamma[inside], forward[inside], rtol=1e-5, atol=1e-5) == exact
+    assert (sigma_gamma(gamma, sigma_t, sigma_e, ratio, "paper-linear") < sigma_t).all()
+
+
+@pytest.mark.parametrize("ablation", ["none", "gamma-one", "embedding-only", "point-only"])
+def test_sl_ode_ablations_move_gamma_out_of_the_point_or_the_embedding(teacher, ablation):
+    """The diagnosis switches: the loss equals Algorithm 1's with gamma = 1 put back in the point
+    and sigma ("embedding-only", "gamma-one") or in the embedding ("point-only", "gamma-one")."""
+    method = SPLAM(SPLAMConfig(sl_ode_ablation=ablation))
+    tr = trainer()
+    state = method.init_training_state(teacher, tr)
+    gamma, ones = torch.tensor([0.3, 0.6]), torch.ones(2)
+    point = ones if ablation in ("gamma-one", "embedding-only") else gamma
+    told = ones if ablation in ("gamma-one", "point-only") else gamma
+    with torch.no_grad():
+        ours = splam_training_step(state, tr.make_batch(teacher, SyntheticPairs(resolution=teacher.resolution), 0, 0),
+                                   gamma=gamma)
+        batch = tr.make_batch(teacher, SyntheticPairs(resolution=teacher.resolution), 0, 0)
+        draws = lcd_draws(state, batch)
+        torch.rand(2, generator=batch.generator)                      # the gamma draw
+        x_end = lcd_teacher_solve(state, draws, batch)
+        pred = splam_online(state, draws, x_end, point, batch.cond, told)
+        target = lcd_target(state, x_end, draws.t_end, batch.cond, torch.zeros(2, 256))
+    assert torch.equal(ours, consistency_loss(pred, target, "huber", method.config.huber_c))
+    if ablation != "none":
+        with torch.no_grad():
+            full = splam_online(state, draws, x_end, gamma, batch.cond)
+        assert not torch.allclose(pred, full, atol=1e-4)
+    with pytest.raises(ValueError, match="sl_ode_ablation"):
+        SPLAMConfig(sl_ode_ablation="gamma-zero")
 
 
 def test_paper_gamma_embedding_is_smooth_at_gamma_one_and_the_codes_is_not():
