@@ -181,7 +181,8 @@ class DMD2Config(DMDConfig):
     max_train_steps: int = 40_000
 
     # toy: r = 5 (r = 10 leaves a 1000-iteration run with 100 generator updates), GAN on (the toy
-    # world has real images; the stage-2 weights)
+    # world has real images; the stage-2 weights). Measured (N = 1000), FID at 1 / 4 steps: 800
+    # steps 17.45 / 4.00 (284 s); 2400 steps 12.94 / 2.48 (1472 s, one thread beside another job).
     toy_max_train_steps: int | None = 800
     toy_generator_update_ratio: int | None = 5
     toy_gan: bool | None = True
