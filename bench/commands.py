@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from bench.errors import UsageError
-from bench.spec import apply_config_overrides, parse_int_list, parse_name_list
+from bench.spec import apply_config_overrides, describe_config_fields, parse_int_list, parse_name_list
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,11 @@ def cmd_list(args: argparse.Namespace) -> int:
         steps = "any" if cls.supported_steps is None else ",".join(map(str, cls.supported_steps))
         kind = "trains a student" if cls.trains else "teacher solver"
         lines.append(f"  {name:<12} {cls.summary} [{kind}; steps: {steps}] ({cls.paper})")
+        if args.verbose:
+            lines.extend(f"      {line}" for line in describe_config_fields(cls().config))
+    if args.verbose:
+        lines.append("  (fields: set with --config K=V,... on any teacher; \"toy: v\" is the value the toy "
+                     "and random-weight teachers use instead, set with --config toy_K=V)")
     lines.append("teachers:")
     for name, spec in TEACHER_SPECS.items():
         lines.append(f"  {name:<12} {spec.summary}")

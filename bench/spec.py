@@ -53,7 +53,8 @@ def _convert(raw: str, annotation: Any, key: str) -> Any:
 
 
 def apply_config_overrides(config: Any, overrides: str | None) -> Any:
-    """``"eta=0.5,noise_scale=sde"`` applied to a config dataclass instance (tuples: ``a:b:c``)."""
+    """``"eta=0.5,noise_scale=sde"`` applied to a config dataclass instance (tuples: ``a:b:c``).
+    Setting a field that has a ``toy_`` twin also applies on toy teachers (the twin is cleared)."""
     if not overrides:
         return config
     fields = {f.name: f for f in dataclasses.fields(config)}
@@ -69,7 +70,27 @@ def apply_config_overrides(config: Any, overrides: str | None) -> Any:
             known = ", ".join(sorted(fields))
             raise UsageError(f"--config: {type(config).__name__} has no field {key!r}; fields: {known}")
         changes[key] = _convert(raw, hints.get(key, str), key)
+    # An explicit X wins on every teacher: its toy_X (the toy schedule's replacement for X,
+    # bench.training.toy_overrides) is cleared unless it was set explicitly too.
+    for key in list(changes):
+        toy_key = "toy_" + key
+        if toy_key in fields and toy_key not in changes:
+            changes[toy_key] = None
     try:
         return dataclasses.replace(config, **changes)
     except (TypeError, ValueError) as err:
         raise UsageError(f"--config {overrides}: {err}") from None
+
+
+def describe_config_fields(config: Any) -> list[str]:
+    """``name = value`` per field of a method config, for ``bench list --verbose``. A field with a
+    ``toy_`` twin (its value on toy teachers) shows it as ``(toy: value)``; the twins themselves
+    are not listed again."""
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    lines = []
+    for name, value in values.items():
+        if name.startswith("toy_") and name[len("toy_"):] in values:
+            continue
+        toy = values.get("toy_" + name)
+        lines.append(f"{name} = {value!r}" + (f"  (toy: {toy!r})" if toy is not None else ""))
+    return lines

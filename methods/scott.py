@@ -152,6 +152,11 @@ class SCottConfig(LCMConfig):
     # The reference's random cond_proj, not LCM's toy "zero": measured (N = 1000, 400 steps), FID
     # at 1/2/4/8 steps 20.39/5.70/2.86/2.83 with "default", 41.12/19.25/9.57/5.16 with "zero".
     toy_cond_proj_init: str | None = "default"
+    # The paper's w ~ U[2, 14] on the toy too, not LCM's toy w = 2 (methods.consistency): measured
+    # (400 steps, N = 1000, FID at 1/2/4/8 steps) 20.39/5.70/2.86/2.83 over U[2, 14] against
+    # 23.98/7.98/4.17/3.97 at w = 2 (31.52/12.77/5.31 at 1/2/4 with w = 2 and the zero cond_proj).
+    toy_w_min: float | None = None
+    toy_w_max: float | None = None
 
     def __post_init__(self):
         super().__post_init__()

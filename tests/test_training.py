@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from bench.cli import main
 from bench.errors import BenchError, UsageError
 from bench.train_data import ImageCaptionFolder, SyntheticPairs, ToyWorldPairs, batch_seed, training_data_for
 from bench.training import (
@@ -17,7 +18,14 @@ from bench.training import (
     apply_toy_schedule,
     toy_overrides,
 )
+from bench.spec import apply_config_overrides
+from bench.teachers import TEACHER_SPECS
+from methods.diffusion_math import lcm_w_from_guidance_scale
+from methods.dmd import DMD2Config, DMDConfig
 from methods.lcm import LCM, LCMConfig, LCMLoRA, LCMLoRAConfig
+from methods.mcm import MCMConfig
+from methods.scott import SCottConfig
+from methods.splam import SPLAMConfig
 from training_helpers import Killed, KilledAt  # tests/ is on sys.path
 
 
@@ -42,12 +50,43 @@ def test_schedule_from_config_and_toy_override():
     assert (paper.max_train_steps, paper.train_batch_size, paper.learning_rate) == (100_000, 72, 8e-6)
     toy = apply_toy_schedule(config)
     assert toy_overrides(config) == {"checkpointing_steps": 250, "ema_decay": 0.95, "learning_rate": 1e-4,
-                                     "max_train_steps": 1000, "train_batch_size": 32, "cond_proj_init": "zero"}
+                                     "max_train_steps": 1000, "train_batch_size": 32, "cond_proj_init": "zero",
+                                     "w_min": 2.0, "w_max": 2.0}
     assert (toy.max_train_steps, toy.train_batch_size, toy.learning_rate, toy.ema_decay) == (1000, 32, 1e-4, 0.95)
-    assert toy.w_min == config.w_min and toy.loss_type == "l2"        # only the toy_* fields change
+    assert toy.loss_type == "l2" and toy.time_cond_proj_dim == 256    # only the toy_* fields change
     assert TrainSchedule.from_config(toy, max_train_steps=7).max_train_steps == 7
     # a toy_* field set to None means "no override"
     assert "ema_decay" not in toy_overrides(dataclasses.replace(config, toy_ema_decay=None))
+
+
+def test_toy_students_distil_the_guidance_the_toy_suite_scores_at():
+    """On a toy teacher each student targets the teacher's DDIM at the suite's guidance, the
+    baseline the toy leaderboard compares it with (methods.consistency, toy_w_min)."""
+    g = TEACHER_SPECS["toy"].default_guidance_scale
+    for config in (LCMConfig(), LCMLoRAConfig(), SPLAMConfig()):
+        toy = apply_toy_schedule(config.resolved())
+        assert toy.w_min == toy.w_max == lcm_w_from_guidance_scale(g), type(config).__name__
+    scott = apply_toy_schedule(SCottConfig().resolved())      # the paper's range: measured better on the toy
+    assert scott.w_min == lcm_w_from_guidance_scale(g) and scott.w_max == 14.0
+    assert apply_toy_schedule(MCMConfig()).guidance_scale is None        # None: the teacher's default
+    assert apply_toy_schedule(DMDConfig()).real_guidance_scale == g
+
+
+def test_an_explicit_config_value_wins_over_its_toy_twin():
+    config = apply_config_overrides(LCMConfig(), "w_min=5,w_max=15,learning_rate=3e-4")
+    toy = apply_toy_schedule(config.resolved())
+    assert (toy.w_min, toy.w_max, toy.learning_rate) == (5.0, 15.0, 3e-4)
+    assert toy.max_train_steps == 1000                   # fields not given keep their toy value
+    both = apply_toy_schedule(apply_config_overrides(LCMConfig(), "learning_rate=3e-4,toy_learning_rate=2e-4"))
+    assert both.learning_rate == 2e-4                    # both given: the toy twin applies on a toy
+
+
+def test_list_verbose_shows_each_field_with_its_toy_value(capsys):
+    assert main(["list", "--verbose"]) == 0
+    out = capsys.readouterr().out
+    lcm = out[out.index("  lcm "):out.index("  lcm-lora ")]
+    assert "      w_max = 14.0  (toy: 2.0)\n" in lcm and "      loss_type = 'l2'\n" in lcm
+    assert "toy_w_max" not in out and "--config toy_K=V" in out
 
 
 def test_synthetic_pairs_are_a_function_of_seed_and_index():
