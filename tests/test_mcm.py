@@ -363,6 +363,40 @@ def test_loss_follows_algorithm_1_within_a_segment(teacher):
     assert math.isclose(loss, float(expected.mean()), rel_tol=1e-4)
 
 
+def test_a_zero_length_pull_back_targets_the_teacher_x0(teacher, monkeypatch):
+    """Once the teacher grid reaches every timestep (annealing to 1280 teacher steps, S * N >= 667
+    of 1000) some draws have t = 0 in the first segment, whose start is the final point, abar_0 for
+    SD-1.5 (set_alpha_to_one=False): Eq. 5 pulls back over a zero span, 0/0. The target is its
+    s -> t limit, the teacher's guided x_0, and the loss is the closed form of the N = 1 test
+    (it was NaN, and stopped training, before)."""
+    schedule = teacher.schedule
+    assert schedule.final_alphas_cumprod == float(schedule.abar(0))
+    data = SyntheticPairs(resolution=teacher.resolution)
+    S, guidance = 4, 3.0
+    # aDDIM with x_var from data; Huber epsilon 1e-3: at t = 0, where r2 ~ 1e-5, epsilon = 1 leaves
+    # the float32 loss sqrt(r2 + 1) - 1 only 3 significant digits
+    method = MultistepCM(MCMConfig(teacher_steps=1000, guidance_scale=guidance, huber_epsilon=1e-3))
+    trainer = _trainer()
+    state = method.init_training_state(teacher, trainer, S)
+    batch = trainer.make_batch(teacher, data, 0, 0)
+    B = batch.latents.shape[0]
+    zeros = torch.zeros(B, dtype=torch.long)
+    monkeypatch.setattr("methods.mcm.sample_segment_times", lambda *args: (zeros, zeros - 1, zeros - 1))
+    with torch.no_grad():
+        loss = float(mcm_training_step(state, batch))
+
+    eps = torch.randn(batch.latents.shape, generator=trainer.make_batch(teacher, data, 0, 0).generator)
+    abar = float(schedule.abar(0))
+    z_t = math.sqrt(abar) * batch.latents + math.sqrt(1 - abar) * eps
+    with torch.no_grad():
+        e_c = teacher.unet(z_t, zeros, encoder_hidden_states=batch.cond).sample
+        e_u = teacher.unet(z_t, zeros, encoder_hidden_states=batch.uncond).sample
+    x_c, x_u = ((z_t - math.sqrt(1 - abar) * e) / math.sqrt(abar) for e in (e_c, e_u))
+    r2 = (cfg_imagen(x_u, x_c, guidance) - x_c).flatten(1).pow(2).mean(1).double()
+    expected = float((((r2 + 1e-6).sqrt() - 1e-3) / (1 - abar)).mean())
+    assert expected > 1e-4 and math.isclose(loss, expected, rel_tol=1e-4)
+
+
 def _held_out_loss(state, trainer, teacher, data, batches: int = 8) -> float:
     """The MCM loss on fixed held-out batches with fixed draws (segments, sub-steps, noise)."""
     with torch.no_grad():
