@@ -121,6 +121,8 @@ class ConsistencyDistillationConfig:
     toy_w_max: float | None = 2.0
 
     # -- sampling --------------------------------------------------------------------------------
+    # LCM_TIMESTEP_SPACINGS. Toy, measured (same students, N = 1000, FID at 4 / 8 steps): "original"
+    # gives LCM 2.51 / 1.67 and LCM-LoRA 1.94 / 1.18 against 2.44 / 1.64 and 1.96 / 1.18.
     timestep_spacing: str = "diffusers-2023-11"
     original_inference_steps: int = 50      # LCMScheduler default; LCM-Dreamshaper uses 50 (notes §1.3)
 
