@@ -28,7 +28,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks and debug logging")
-    parser.add_argument("--verbose", action="store_true", help="log what each stage does (INFO level); with `list`, also each method's config fields")
+    parser.add_argument("--verbose", action="store_true",
+                        help="log what each stage does (INFO level); with `list`, also each method's config fields")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

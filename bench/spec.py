@@ -6,6 +6,7 @@ import typing
 from typing import Any
 
 from bench.errors import UsageError
+from bench.training import TOY_PREFIX, toy_overrides
 
 
 def parse_int_list(text: str, flag: str) -> list[int]:
@@ -73,7 +74,7 @@ def apply_config_overrides(config: Any, overrides: str | None) -> Any:
     # An explicit X wins on every teacher: its toy_X (the toy schedule's replacement for X,
     # bench.training.toy_overrides) is cleared unless it was set explicitly too.
     for key in list(changes):
-        toy_key = "toy_" + key
+        toy_key = TOY_PREFIX + key
         if toy_key in fields and toy_key not in changes:
             changes[toy_key] = None
     try:
@@ -84,13 +85,10 @@ def apply_config_overrides(config: Any, overrides: str | None) -> Any:
 
 def describe_config_fields(config: Any) -> list[str]:
     """``name = value`` per field of a method config, for ``bench list --verbose``. A field with a
-    ``toy_`` twin (its value on toy teachers) shows it as ``(toy: value)``; the twins themselves
-    are not listed again."""
-    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-    lines = []
-    for name, value in values.items():
-        if name.startswith("toy_") and name[len("toy_"):] in values:
-            continue
-        toy = values.get("toy_" + name)
-        lines.append(f"{name} = {value!r}" + (f"  (toy: {toy!r})" if toy is not None else ""))
-    return lines
+    ``toy_`` twin (its value on toy teachers, :func:`bench.training.toy_overrides`) shows it as
+    ``(toy: value)``; the twins themselves are not listed again."""
+    names = {f.name for f in dataclasses.fields(config)}
+    toy = toy_overrides(config)
+    return [f"{f.name} = {getattr(config, f.name)!r}" + (f"  (toy: {toy[f.name]!r})" if f.name in toy else "")
+            for f in dataclasses.fields(config)
+            if not (f.name.startswith(TOY_PREFIX) and f.name[len(TOY_PREFIX):] in names)]
