@@ -267,6 +267,8 @@ def train_student(method: Method, teacher: Any, data: TrainingData, schedule: Tr
         "final_loss": report.final_loss if report else None,
         "resumed_from_step": report.resumed_from if report else None,
         "device": str(device),
+        # not in the fingerprint, but CPU training is bit-reproducible only at one thread count
+        "torch_threads": torch.get_num_threads(),
         "metadata": student.metadata,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

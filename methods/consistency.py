@@ -113,12 +113,15 @@ class ConsistencyDistillationConfig:
     # g - 1 = 2, since every toy comparison is with the teacher's DDIM at g = 3 and DDIM's FID
     # depends on g (toy, N = 1000, 4 steps: 2.46 at g = 1.75, 1.98 at 3, 9.33 at 8.5). A
     # 1000-step CPU run spread over the paper's w ~ U[2, 14] (or LCM-LoRA's w = 7.5) learns the
-    # edge of its range least. Measured (1000 steps, N = 1000, FID at 1/2/4/8 steps): LCM
+    # edge of its range least. Measured (1000 steps, L2 loss, N = 1000, FID at 1/2/4/8 steps): LCM
     # 15.86/7.35/3.46/2.37 over U[2, 14] -> 11.62/4.77/2.44/1.64 at w = 2 (training seed 1:
     # 13.96/5.36/2.49/1.41); LCM-LoRA 15.24/6.42/3.36/2.55 at w = 7.5 -> 13.70/4.44/1.96/1.18 at
     # w = 2 (training seed 1: 14.16/5.81/3.65/2.33, so its 4-step figure is mostly the seed).
     toy_w_min: float | None = 2.0
     toy_w_max: float | None = 2.0
+    # The loss on the toy; None keeps the preset's. Set where measured better on the toy (LCM and
+    # SCott: the official LCM code's pseudo-Huber; LCM-LoRA keeps L2; methods/lcm.py, scott.py).
+    toy_loss_type: str | None = None
 
     # -- sampling --------------------------------------------------------------------------------
     # LCM_TIMESTEP_SPACINGS. Toy, measured (same students, N = 1000, FID at 4 / 8 steps): "original"
@@ -136,8 +139,9 @@ class ConsistencyDistillationConfig:
             raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
         if self.timestep_spacing not in LCM_TIMESTEP_SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {LCM_TIMESTEP_SPACINGS}, got {self.timestep_spacing!r}")
-        if self.loss_type is not None and self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
+        for name in ("loss_type", "toy_loss_type"):
+            if getattr(self, name) is not None and getattr(self, name) not in LOSS_TYPES:
+                raise ValueError(f"{name} must be one of {LOSS_TYPES}, got {getattr(self, name)!r}")
         if self.w_min is not None and self.w_max is not None and self.w_min > self.w_max:
             raise ValueError(f"w_min {self.w_min} > w_max {self.w_max}")
 

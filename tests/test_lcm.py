@@ -97,6 +97,7 @@ def test_registered_and_presets():
 
 def test_config_overrides_from_the_command_line():
     from bench.commands import load_method
+    from bench.errors import UsageError
 
     method = load_method("lcm", "preset=official-code,w_min=3,timestep_spacing=original")
     assert (method.config.w_min, method.config.w_max, method.config.ema_decay) == (3.0, 15.0, 0.95)
@@ -104,6 +105,9 @@ def test_config_overrides_from_the_command_line():
     # the sampling-only fields are not part of what changes the student
     assert "timestep_spacing" not in method.training_identity()
     assert "w_min" in method.training_identity()
+    for name in ("loss_type", "toy_loss_type"):                     # one clear error for each
+        with pytest.raises(UsageError, match=f"{name} must be one of"):
+            load_method("lcm", f"{name}=l1")
 
 
 def test_timestep_schedules_match_the_notes():

@@ -51,9 +51,10 @@ def test_schedule_from_config_and_toy_override():
     toy = apply_toy_schedule(config)
     assert toy_overrides(config) == {"checkpointing_steps": 250, "ema_decay": 0.95, "learning_rate": 1e-4,
                                      "max_train_steps": 1000, "train_batch_size": 32, "cond_proj_init": "zero",
-                                     "w_min": 2.0, "w_max": 2.0}
+                                     "w_min": 2.0, "w_max": 2.0, "loss_type": "huber"}
     assert (toy.max_train_steps, toy.train_batch_size, toy.learning_rate, toy.ema_decay) == (1000, 32, 1e-4, 0.95)
-    assert toy.loss_type == "l2" and toy.time_cond_proj_dim == 256    # only the toy_* fields change
+    assert toy.loss_type == "huber" and config.loss_type == "l2"
+    assert toy.time_cond_proj_dim == 256 and toy.sigma_data == 0.5      # only the toy_* fields change
     assert TrainSchedule.from_config(toy, max_train_steps=7).max_train_steps == 7
     # a toy_* field set to None means "no override"
     assert "ema_decay" not in toy_overrides(dataclasses.replace(config, toy_ema_decay=None))
@@ -72,6 +73,14 @@ def test_toy_students_distil_the_guidance_the_toy_suite_scores_at():
     assert apply_toy_schedule(DMDConfig()).real_guidance_scale == g
 
 
+def test_toy_losses_are_the_measured_ones_and_real_teachers_keep_the_papers():
+    configs = {"lcm": LCMConfig(), "lcm-lora": LCMLoRAConfig(), "scott": SCottConfig(), "splam": SPLAMConfig()}
+    toy = {name: apply_toy_schedule(config.resolved()).loss_type for name, config in configs.items()}
+    paper = {name: config.resolved().loss_type for name, config in configs.items()}
+    assert toy == {"lcm": "huber", "lcm-lora": "l2", "scott": "huber", "splam": "huber"}
+    assert paper == {"lcm": "l2", "lcm-lora": "l2", "scott": "l2", "splam": "huber"}
+
+
 def test_an_explicit_config_value_wins_over_its_toy_twin():
     config = apply_config_overrides(LCMConfig(), "w_min=5,w_max=15,learning_rate=3e-4")
     toy = apply_toy_schedule(config.resolved())
@@ -85,7 +94,8 @@ def test_list_verbose_shows_each_field_with_its_toy_value(capsys):
     assert main(["list", "--verbose"]) == 0
     out = capsys.readouterr().out
     lcm = out[out.index("  lcm "):out.index("  lcm-lora ")]
-    assert "      w_max = 14.0  (toy: 2.0)\n" in lcm and "      loss_type = 'l2'\n" in lcm
+    assert "      w_max = 14.0  (toy: 2.0)\n" in lcm and "      loss_type = 'l2'  (toy: 'huber')\n" in lcm
+    assert "      time_cond_proj_dim = 256\n" in lcm
     assert "toy_w_max" not in out and "--config toy_K=V" in out
 
 
@@ -280,6 +290,7 @@ def test_load_student_trains_once_saves_and_exports(teacher, tmp_path, monkeypat
     assert info["fingerprint"] == first.fingerprint and info["trained_steps"] == 2
     assert info["schedule"]["train_batch_size"] == 2 and info["schedule"]["learning_rate"] == 1e-4
     assert info["final_loss"] is not None and info["training_seconds"] > 0
+    assert info["torch_threads"] == torch.get_num_threads()
     assert (first.path / ("unet" if name == "lcm" else "pytorch_lora_weights.safetensors")).exists()
     assert not any(p.name.endswith(".work") for p in first.path.parent.iterdir())   # checkpoints removed
 
