@@ -116,7 +116,8 @@ class ConsistencyDistillationConfig:
     # edge of its range least. Measured (1000 steps, L2 loss, N = 1000, FID at 1/2/4/8 steps): LCM
     # 15.86/7.35/3.46/2.37 over U[2, 14] -> 11.62/4.77/2.44/1.64 at w = 2 (training seed 1:
     # 13.96/5.36/2.49/1.41); LCM-LoRA 15.24/6.42/3.36/2.55 at w = 7.5 -> 13.70/4.44/1.96/1.18 at
-    # w = 2 (training seed 1: 14.16/5.81/3.65/2.33, so its 4-step figure is mostly the seed).
+    # w = 2 (training seeds 1 and 2: 14.16/5.81/3.65/2.33 and 12.77/6.00/3.82/2.43, so its 4-step
+    # figure is mostly the seed).
     toy_w_min: float | None = 2.0
     toy_w_max: float | None = 2.0
     # The loss on the toy; None keeps the preset's. Set where measured better on the toy (LCM and
