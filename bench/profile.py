@@ -35,6 +35,12 @@ holds the networks that sample (student U-Net, text encoder, VAE) and not an idl
 Precision: fp16/bf16 are measured on a GPU only; on the CPU those cells are written as skipped
 with a note (the harness runs fp32 there; half-precision CPU kernels say nothing about GPU speed).
 
+Parts: ``--no-sampling`` / ``--no-train`` measure one part only; ``--speedup`` adds the make-it-fast
+study of ``bench.speedup`` (profiler, per-component times, eager / channels-last / half-vae /
+compile / cuda-graphs). The report is rewritten after every method (``"complete": false`` until the
+end), so a run cut short keeps what it finished; ``--merge`` joins the reports of several runs on one
+device, teacher and library versions.
+
 Output: ``<out>/<device-name-slug>.md`` (tables, the exact command, library versions, the device)
 and ``.json`` beside it (every number, raw timings included), both written atomically, with the
 latencies printed in SCott Table 2 (a single A100) and DMD Table 3 (batch 1; GPU not stated)
@@ -52,6 +58,7 @@ import logging
 import platform
 import re
 import shlex
+import statistics
 import time
 import types
 from dataclasses import dataclass, field
@@ -71,6 +78,7 @@ DEFAULT_GPU_DTYPES = "fp16,bf16"
 DEFAULT_CPU_DTYPES = "fp32,fp16,bf16"
 DEFAULT_PROMPT = "a photograph of an astronaut riding a horse"
 DEFAULT_OUT = "reports/perf"
+THROUGHPUT_WARMUP = 1
 #: largest batch tried by the doubling search for the largest training batch that fits (GPU)
 MAX_SEARCH_BATCH = 4096
 #: the printed latencies shown beside ours: (paper id, table) in bench/data/reported.json
@@ -139,6 +147,7 @@ class TrainRow:
     largest_batch_note: str = ""
     timings_ms: list[float] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)   # of every step (same with and without checkpointing)
+    skipped_steps: int = 0      # fp16 loss scaling: steps GradScaler skipped on overflow (timed like the others)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -147,7 +156,7 @@ class TrainRow:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--methods", required=True, metavar="A,B", help="comma-separated method names")
+    parser.add_argument("--methods", default=None, metavar="A,B", help="comma-separated method names (required)")
     parser.add_argument("--steps", default="1,2,4", metavar="1,2,4", help="comma-separated step counts (default 1,2,4)")
     parser.add_argument("--teacher", default=None,
                         help=f"teacher name (default: {DEFAULT_GPU_TEACHER} on CUDA, the SD-1.5 architecture at "
@@ -159,7 +168,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "cells are skipped with a note")
     parser.add_argument("--batches", default="16,32", metavar="16,32",
                         help="batch sizes of the throughput measurement (default 16,32)")
-    parser.add_argument("--runs", type=int, default=20, metavar="N", help="timed runs per measurement (>= 20)")
+    parser.add_argument("--runs", type=int, default=20, metavar="N",
+                        help="timed batch-1 runs per latency measurement (>= 20)")
+    parser.add_argument("--throughput-runs", type=int, default=5, metavar="N",
+                        help=f"timed runs per throughput batch size, after {THROUGHPUT_WARMUP} warm-up (default 5: "
+                             "a rate over whole batches needs fewer runs than a batch-1 median)")
     parser.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed warm-up runs (default 3)")
     parser.add_argument("--guidance", type=float, default=None, metavar="G",
                         help="classifier-free guidance scale, diffusers convention (default: the method's, "
@@ -174,6 +187,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-warmup", type=int, default=2, metavar="N",
                         help="untimed training steps first (default 2: the first allocates optimizer state)")
     parser.add_argument("--no-train", action="store_true", help="skip the training measurements")
+    parser.add_argument("--no-sampling", action="store_true",
+                        help="skip the sampling measurements (latency, throughput, the diffusers pipeline)")
+    parser.add_argument("--speedup", action="store_true",
+                        help="also run the make-it-fast study (bench/speedup.py): the torch profiler's top "
+                             "operators, then end-to-end and per-component batch-1 latency under each variant "
+                             "(eager, channels-last, half-vae, compile, cuda-graphs)")
+    parser.add_argument("--speedup-at", default=None, metavar="METHOD:STEPS",
+                        help="the method and step count of the study (default: the first method of --methods "
+                             "at its first supported step count of --steps)")
+    parser.add_argument("--speedup-variants", default=None, metavar="A,B",
+                        help="variants of the study (default: all on CUDA; eager,channels-last on the CPU)")
+    parser.add_argument("--merge", default=None, metavar="A.json,B.json",
+                        help="measure nothing: merge reports of earlier runs on one device and teacher (e.g. "
+                             "runs cut to fit a GPU lease) into <out>/<device>.md and .json")
+    parser.add_argument("--config", default=None, metavar="K=V,...",
+                        help="method config overrides, applied to every method of --methods (e.g. for dmd on "
+                             "sd15-arch offline: regression_distance=l2,num_regression_pairs=64)")
     parser.add_argument("--no-batch-search", action="store_true",
                         help="GPU: skip the search for the largest training batch that fits")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
@@ -191,12 +221,17 @@ class ProfileSpec:
     dtypes: tuple[str, ...]
     batches: tuple[int, ...]
     runs: int
+    throughput_runs: int
     warmup: int
     guidance: float | None
     seed: int
     prompt: str
     out: Path
     train: bool
+    sampling: bool
+    config: str | None
+    speedup_at: tuple[Any, int] | None       # (method, steps) of the make-it-fast study, or None
+    speedup_variants: tuple[str, ...]
     train_batch: int
     train_steps: int
     train_warmup: int
@@ -208,6 +243,7 @@ class ProfileSpec:
                  "--methods", ",".join(m.name for m in self.methods), "--steps", ",".join(map(str, self.steps)),
                  "--teacher", self.teacher, "--device", str(self.device), "--dtypes", ",".join(self.dtypes),
                  "--batches", ",".join(map(str, self.batches)), "--runs", str(self.runs),
+                 "--throughput-runs", str(self.throughput_runs),
                  "--warmup", str(self.warmup), "--seed", str(self.seed), "--prompt", self.prompt,
                  "--out", str(self.out), "--train-batch", str(self.train_batch),
                  "--train-steps", str(self.train_steps), "--train-warmup", str(self.train_warmup)]
@@ -215,6 +251,13 @@ class ProfileSpec:
             parts += ["--guidance", repr(self.guidance)]
         if not self.train:
             parts.append("--no-train")
+        if not self.sampling:
+            parts.append("--no-sampling")
+        if self.config:
+            parts += ["--config", self.config]
+        if self.speedup_at:
+            parts += ["--speedup", "--speedup-at", f"{self.speedup_at[0].name}:{self.speedup_at[1]}",
+                      "--speedup-variants", ",".join(self.speedup_variants)]
         if not self.batch_search:
             parts.append("--no-batch-search")
         return " ".join(shlex.quote(p) for p in parts)
@@ -227,7 +270,7 @@ def parse_spec(args: argparse.Namespace) -> ProfileSpec:
     from bench.spec import parse_int_list, parse_name_list
     from bench.teachers import teacher_names
 
-    methods = tuple(load_method(name) for name in parse_name_list(args.methods, "--methods"))
+    methods = tuple(load_method(name, args.config) for name in parse_name_list(args.methods, "--methods"))
     steps = tuple(parse_int_list(args.steps, "--steps"))
     batches = tuple(parse_int_list(args.batches, "--batches"))
     device = resolve_device(args.device)
@@ -241,6 +284,8 @@ def parse_spec(args: argparse.Namespace) -> ProfileSpec:
         raise UsageError(f"--dtypes takes a comma-separated subset of {','.join(PRECISIONS)}; got {args.dtypes!r}")
     if args.runs < MIN_RUNS:
         raise UsageError(f"--runs must be >= {MIN_RUNS} for a stable median, got {args.runs}")
+    if args.throughput_runs < 1:
+        raise UsageError(f"--throughput-runs must be >= 1, got {args.throughput_runs}")
     if args.warmup < MIN_WARMUP:
         raise UsageError(f"--warmup must be >= {MIN_WARMUP}, got {args.warmup}")
     for flag, value in (("--train-batch", args.train_batch), ("--train-steps", args.train_steps)):
@@ -248,27 +293,48 @@ def parse_spec(args: argparse.Namespace) -> ProfileSpec:
             raise UsageError(f"{flag} must be >= 1, got {value}")
     if args.train_warmup < 0:
         raise UsageError(f"--train-warmup must be >= 0, got {args.train_warmup}")
+    if args.no_train and args.no_sampling and not args.speedup:
+        raise UsageError("--no-train with --no-sampling leaves nothing to measure; drop one of them")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    from bench.speedup import parse_speedup_at, parse_variants
+
+    speedup_at, variants = None, ()
+    if args.speedup:
+        speedup_at = parse_speedup_at(args.speedup_at, methods, steps)
+        variants = parse_variants(args.speedup_variants, device)
+    elif args.speedup_at or args.speedup_variants:
+        raise UsageError("--speedup-at and --speedup-variants configure the study of --speedup; add --speedup")
     return ProfileSpec(methods=methods, steps=steps, teacher=teacher, device=device,
                        dtypes=tuple(dict.fromkeys(dtypes)), batches=tuple(dict.fromkeys(batches)), runs=args.runs,
+                       throughput_runs=args.throughput_runs,
                        warmup=args.warmup, guidance=args.guidance, seed=args.seed, prompt=args.prompt,
-                       out=Path(args.out), train=not args.no_train, train_batch=args.train_batch,
+                       out=Path(args.out), train=not args.no_train,
+                       sampling=not args.no_sampling, config=args.config, speedup_at=speedup_at,
+                       speedup_variants=variants, train_batch=args.train_batch,
                        train_steps=args.train_steps, train_warmup=args.train_warmup,
                        batch_search=not args.no_batch_search)
 
 
 def command(args: argparse.Namespace) -> int:
+    if args.merge:
+        if args.methods:
+            raise UsageError("--merge measures nothing; drop --methods (or --merge)")
+        md_path, json_path = write_report(merge_reports(args.merge.split(","), args.out), args.out)
+        print(f"report: {md_path} (and {json_path.name})")
+        return 0
+    if not args.methods:
+        raise UsageError("--methods is required (comma-separated method names; `python -m bench list` shows them)")
     spec = parse_spec(args)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    report = run_profile(spec, progress=not args.quiet)
+    report = run_profile(spec, progress=not args.quiet, partial=lambda so_far: write_report(so_far, spec.out))
     md_path, json_path = write_report(report, spec.out)
-    print(render_speed_table(report["latency"]))
+    if report["latency"]:
+        print(render_speed_table(report["latency"]) + "\n")
     if report["training"]:
-        print()
-        print(render_train_table(report["training"]))
-    print(f"\nreport: {md_path} (and {json_path.name})")
+        print(render_train_table(report["training"]) + "\n")
+    print(f"report: {md_path} (and {json_path.name})")
     return 0
 
 
@@ -277,20 +343,28 @@ def command(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------------------------------------
 
 
-def run_profile(spec: ProfileSpec, progress: bool = True) -> dict:
-    """Every measurement of ``spec``; returns the report (JSON-serialisable)."""
+def run_profile(spec: ProfileSpec, progress: bool = True, partial: Callable[[dict], None] | None = None) -> dict:
+    """Every measurement of ``spec``; returns the report (JSON-serialisable). ``partial`` is given
+    the report so far (``"complete": False``) after each method and after the study, so a run
+    stopped midway keeps what it measured."""
     from bench.sampling import PRECISIONS
     from bench.teachers import load_teacher
 
     speed: list[SpeedRow] = []
     training: list[TrainRow] = []
+    speedup: list[dict] = []
     teacher_info: dict[str, Any] = {"name": spec.teacher}
     started = time.perf_counter()
+
+    def report(complete: bool) -> dict:
+        return _report(spec, started, teacher_info, speed, training, speedup, complete)
+
     for dtype in spec.dtypes:
         if spec.device.type == "cpu" and dtype != "fp32":
             note = HALF_ON_CPU_NOTE.format(dtype=dtype)
-            speed += [SpeedRow(m.name, s, dtype, p, status="skipped", note=note)
-                      for m in spec.methods for s in spec.steps for p in ("ours", "diffusers")]
+            if spec.sampling:
+                speed += [SpeedRow(m.name, s, dtype, p, status="skipped", note=note)
+                          for m in spec.methods for s in spec.steps for p in ("ours", "diffusers")]
             if spec.train:
                 training += [TrainRow(m.name, dtype, spec.train_batch, ckpt, status="skipped", note=note)
                              for m in spec.methods for ckpt in (False, True)]
@@ -299,30 +373,93 @@ def run_profile(spec: ProfileSpec, progress: bool = True) -> dict:
         teacher_info.update(identity=teacher.identity, resolution=teacher.resolution,
                             latent_shape=list(teacher.latent_shape), codec=type(teacher.codec).__name__,
                             vae_dtype=_vae_dtype(teacher))
-        for method in spec.methods:
-            speed += profile_method_latency(spec, teacher, method, dtype, progress)
+        if spec.sampling:
+            for method in spec.methods:
+                speed += profile_method_latency(spec, teacher, method, dtype, progress)
+                if partial:
+                    partial(report(False))
+        if spec.speedup_at:
+            speedup.append(dataclasses.asdict(speedup_study(spec, teacher, dtype, progress)))
+            if partial:
+                partial(report(False))
         if spec.train:
             for method in spec.methods:
                 training += profile_method_training(spec, teacher, method, dtype, progress)
+                if partial:
+                    partial(report(False))
         del teacher
         _free(spec.device)
+    return report(True)
+
+
+def _report(spec: ProfileSpec, started: float, teacher_info: dict, speed: list[SpeedRow], training: list[TrainRow],
+            speedup: list[dict], complete: bool) -> dict:
     return {
         "format": 1,
+        "complete": complete,
         "command": spec.command(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "seconds": time.perf_counter() - started,
         "device": device_info(spec.device),
         "versions": versions(),
         "teacher": teacher_info,
-        "settings": {"runs": spec.runs, "warmup": spec.warmup, "batches": list(spec.batches), "seed": spec.seed,
+        "settings": {"runs": spec.runs, "throughput_runs": spec.throughput_runs, "warmup": spec.warmup,
+                     "batches": list(spec.batches), "seed": spec.seed,
                      "prompt": spec.prompt, "guidance": spec.guidance, "train_batch": spec.train_batch,
                      "train_steps": spec.train_steps, "train_warmup": spec.train_warmup,
                      "threads": torch.get_num_threads()},
         "latency": [dataclasses.asdict(r) for r in speed],
         "training": [dataclasses.asdict(r) for r in training],
+        "speedup": speedup,
         "reported": reported_latencies(),
         "notes": report_notes(spec),
     }
+
+
+def speedup_study(spec: ProfileSpec, teacher, dtype: str, progress: bool = True):
+    """The make-it-fast study (bench/speedup.py) of ``spec.speedup_at`` in ``dtype``."""
+    from bench.run import guidance_for
+    from bench.speedup import run_study
+
+    method, steps = spec.speedup_at
+    guidance = guidance_for(types.SimpleNamespace(guidance=spec.guidance), method, teacher)
+    student = profile_student(method, teacher)
+    with sampling_teacher(teacher, student.denoiser.unet) as sampler_teacher:
+        study = run_study(spec, sampler_teacher, method, student, steps, guidance, dtype, spec.speedup_variants,
+                          progress)
+    del student
+    _free(spec.device)
+    return study
+
+
+def merge_reports(paths: list[str], out: str | Path = DEFAULT_OUT) -> dict:
+    """One report from several of one device, teacher and library versions: their rows in order,
+    each run's command listed (``runs``)."""
+    import json
+
+    reports = []
+    for path in paths:
+        try:
+            reports.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as err:
+            raise UsageError(f"--merge: cannot read report {path}: {err}") from None
+    for key, what in (("device", "device names"), ("teacher", "teachers")):
+        names = sorted({r[key]["name"] for r in reports})
+        if len(names) > 1:
+            raise UsageError(f"--merge: the reports have different {what} ({', '.join(names)}); merge the reports "
+                             "of one device and teacher at a time")
+    if any(r["versions"] != reports[0]["versions"] for r in reports):
+        raise UsageError("--merge: the reports were made with different library versions; their timings do not "
+                         "belong in one table")
+    notes = list(dict.fromkeys(note for r in reports for note in r["notes"]))
+    return dict(reports[0], complete=all(r.get("complete", True) for r in reports),
+                command=f"python -m bench profile --merge {','.join(paths)} --out {out}",
+                created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), seconds=sum(r["seconds"] for r in reports),
+                runs=[{k: r.get(k, True) for k in ("command", "created", "seconds", "complete")} for r in reports],
+                latency=[row for r in reports for row in r["latency"]],
+                training=[row for r in reports for row in r["training"]],
+                speedup=[study for r in reports for study in r.get("speedup", [])],
+                reported=reported_latencies(), notes=notes)
 
 
 def _vae_dtype(teacher) -> str | None:
@@ -443,7 +580,7 @@ def measure_ours(spec: ProfileSpec, teacher, method, student, steps: int, guidan
 def _measure_into(row: SpeedRow, spec: ProfileSpec, end_to_end: Callable, denoiser_only: Callable,
                   batch_fns: dict[int, Callable]) -> SpeedRow:
     """Batch 1 (end to end + denoiser only), then each batch size on its own, all by measure_latency."""
-    from bench.metrics.latency import measure_latency
+    from bench.metrics.latency import _time_runs, measure_latency
 
     result = measure_latency(end_to_end, denoiser_only, warmup=spec.warmup, runs=spec.runs, device=spec.device,
                              dtype=row.dtype)
@@ -451,12 +588,15 @@ def _measure_into(row: SpeedRow, spec: ProfileSpec, end_to_end: Callable, denois
     row.denoiser_median_ms, row.denoiser_share = result.denoiser_median_ms, result.denoiser_share
     row.peak_memory_mb, row.peak_memory_kind = result.peak_memory_mb, result.peak_memory_kind
     row.latency = result.as_dict()
-    for batch, fn in batch_fns.items():
-        timed = measure_latency(fn, None, warmup=spec.warmup, runs=spec.runs, device=spec.device, dtype=row.dtype)
-        row.batch_median_ms[str(batch)] = timed.median_ms
-        row.throughput[str(batch)] = batch / (timed.median_ms / 1000.0)
-        if timed.peak_memory_mb is not None:
-            row.batch_peak_memory_mb[str(batch)] = timed.peak_memory_mb
+    for batch, fn in batch_fns.items():       # a rate over whole batches: fewer, longer runs than batch 1
+        reset_ok = _reset_peak(spec.device)
+        timings = _time_runs(fn, THROUGHPUT_WARMUP, spec.throughput_runs, spec.device)
+        median_ms = statistics.median(timings)
+        row.batch_median_ms[str(batch)] = median_ms
+        row.throughput[str(batch)] = batch / (median_ms / 1000.0)
+        peak, _ = _read_peak(spec.device, reset_ok)
+        if peak is not None:
+            row.batch_peak_memory_mb[str(batch)] = peak
     return row
 
 
@@ -720,6 +860,7 @@ def measure_training_step(method, teacher, data, batch: int, gradient_checkpoint
         report = trainer.fit(state, train_method.training_step, _TickingData(data, clock), teacher)
         clock.tick()
         row.losses = list(report.losses)
+        row.skipped_steps = report.skipped_steps
         row.peak_memory_mb, row.peak_memory_kind = _read_peak(device, reset_ok)
     finally:
         trainer.accelerator.free_memory()
@@ -840,7 +981,8 @@ def report_notes(spec: ProfileSpec) -> list[str]:
         "Latency: batch 1, text encoder + every denoiser evaluation + VAE decode (no PIL/PNG encoding), median "
         f"and p90 of {spec.runs} timed runs after {spec.warmup} warm-up runs; "
         + ("CUDA events." if spec.device.type == "cuda" else "time.perf_counter (CPU)."),
-        "Throughput: images/s at each batch size, whole batch per network call, decoded.",
+        f"Throughput: images/s at each batch size, whole batch per network call, decoded; batch size over the "
+        f"median of {spec.throughput_runs} timed batches after {THROUGHPUT_WARMUP} warm-up.",
         "Peak memory: cuda_max_allocated = torch.cuda.max_memory_allocated over the timed runs (weights "
         "included); cpu_peak_rss = the process's peak resident set (everything the process holds).",
         "Distilled methods are timed with an untrained student of the exact architecture (speed does not depend "
@@ -905,7 +1047,9 @@ def render_train_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in _collapse_unmeasured_dtypes(rows, method="all", batch="-", gradient_checkpointing="-"):
         largest = str(r["largest_batch"]) if r["largest_batch"] else "-"
-        note = "; ".join(n for n in (r["note"], r["largest_batch_note"]) if n)
+        skipped = (f"{r['skipped_steps']} of {r['warmup_steps'] + r['timed_steps']} steps skipped by fp16 loss "
+                   "scaling" if r.get("skipped_steps") else "")
+        note = "; ".join(n for n in (r["note"], skipped, r["largest_batch_note"]) if n)
         lines.append("| " + " | ".join([r["method"], r["dtype"], r["mixed_precision"] or "-", str(r["batch"]),
                                         _yes_no(r["gradient_checkpointing"]), _fmt(r["step_median_ms"], ".1f"),
                                         _fmt(r["step_p90_ms"], ".1f"), _fmt(r["peak_memory_mb"], ".0f"), largest,
@@ -932,6 +1076,18 @@ def render_reported_table(reported: list[dict], latency: list[dict], beside: boo
     return "\n".join(lines)
 
 
+def _render_commands(report: dict) -> list[str]:
+    partial = "**Partial report**: the run stopped before its end; what follows is what it measured."
+    if "runs" not in report:
+        return ["Command:", "", "```", report["command"], "```", "",
+                *([] if report.get("complete", True) else [partial, ""])]
+    lines = [f"Merged by `{report['command']}` from these {len(report['runs'])} runs on this device (a run "
+             "marked partial stopped before its end; its rows are those it finished):", ""]
+    for run in report["runs"]:
+        lines += ["```", run["command"] + ("" if run["complete"] else "   # partial"), "```", ""]
+    return lines
+
+
 def render_markdown(report: dict) -> str:
     device, teacher = report["device"], report["teacher"]
     sd15 = teacher["name"] in SD15_ARCHITECTURE_TEACHERS
@@ -940,11 +1096,22 @@ def render_markdown(report: dict) -> str:
              f"{'x'.join(map(str, teacher.get('latent_shape', []))) or '?'}, VAE dtype "
              f"{teacher.get('vae_dtype') or 'none'}), generated by `python -m bench profile` on {report['created']} "
              f"in {report['seconds']:.0f} s.", "",
-             "Command:", "", "```", report["command"], "```", "",
+             *_render_commands(report),
              "Device: " + ", ".join(f"{k} {v}" for k, v in device.items()) + ".", "",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".", "",
-             "## Sampling: batch-1 latency, throughput, peak memory", "",
-             render_speed_table(report["latency"]), ""]
+             ]
+    if report["latency"]:
+        lines += ["## Sampling: batch-1 latency, throughput, peak memory", "",
+                  render_speed_table(report["latency"]), ""]
+    if report.get("speedup"):
+        from bench.speedup import render_study
+
+        lines += ["## Making it fast: where batch-1 time goes, and what each switch buys", "",
+                  "Each variant runs on its own copies of the networks; `bench run` samples as "
+                  "`eager`. Components are measured in isolation; `/ best components` is the end-to-end median "
+                  "over the sum of each component's fastest isolated time (target <= 1.2).", ""]
+        for study in report["speedup"]:
+            lines += [render_study(study), ""]
     if report["training"]:
         lines += ["## Training: step time and peak memory", "", render_train_table(report["training"]), ""]
     lines += ["## Reported in the papers: another GPU", "",

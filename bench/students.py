@@ -266,6 +266,7 @@ def train_student(method: Method, teacher: Any, data: TrainingData, schedule: Tr
         "training_seconds": report.seconds if report else None,
         "final_loss": report.final_loss if report else None,
         "resumed_from_step": report.resumed_from if report else None,
+        "fp16_skipped_steps": report.skipped_steps if report else None,
         "device": str(device),
         # not in the fingerprint, but CPU training is bit-reproducible only at one thread count
         "torch_threads": torch.get_num_threads(),

@@ -32,7 +32,13 @@ ints, step counters); accelerate 1.15 loads them with ``torch.load(weights_only=
 arbitrary objects. Everything the harness adds is safetensors or JSON.
 
 A non-finite loss or gradient norm stops training with a :class:`BenchError` naming the step and
-the last good checkpoint; nothing of the bad step is saved, so rerunning resumes from there.
+the last good checkpoint; nothing of the bad step is saved, so rerunning resumes from there. The one
+exception is fp16 mixed precision, whose dynamic loss scaling (``torch.amp.GradScaler``, through
+accelerate) overflows by design: it starts at a scale of 2**16, and a step whose scaled gradients
+are Inf/NaN is skipped while the scale is halved (the diffusers training scripts rely on the same
+thing). Such steps are counted (``TrainReport.skipped_steps``); only ``MAX_SKIPPED_IN_A_ROW``
+skipped steps in a row, when the scale has fallen far below 1 and the gradients themselves are
+non-finite, stop training.
 """
 from __future__ import annotations
 
@@ -62,6 +68,9 @@ CHECKPOINT_PATTERN = re.compile(r"^step-(\d{8})$")
 EXTRA_STATE_FILE = "extra_state.safetensors"
 TRAINER_STATE_FILE = "trainer_state.json"
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+#: fp16 loss scaling: this many skipped (overflowing) optimizer steps in a row stop training; from
+#: GradScaler's initial 2**16 the scale is then 2**-16, so the unscaled gradients are non-finite
+MAX_SKIPPED_IN_A_ROW = 32
 
 
 class NonFiniteLossError(BenchError):
@@ -169,6 +178,7 @@ class TrainReport:
     losses: list[float]                  # mean loss of every optimizer step, the resumed ones included
     seconds: float                       # training time, summed over resumes
     resumed_from: int | None             # step of the checkpoint this run started from
+    skipped_steps: int = 0               # fp16 loss scaling: steps skipped on overflow (this run, not resumed ones)
 
     @property
     def final_loss(self) -> float | None:
@@ -208,6 +218,8 @@ class Trainer:
         self._seconds_before = 0.0
         self._last_checkpoint: Path | None = None
         self._uncond: torch.Tensor | None = None
+        self.skipped_steps = 0               # fp16 loss scaling: optimizer steps skipped on overflow
+        self._skipped_in_a_row: dict[str, int] = {}
 
     # -- accelerate pass-throughs -----------------------------------------------------------------
     @property
@@ -277,11 +289,12 @@ class Trainer:
             self.accelerator.backward(loss)
         synced = self.accelerator.sync_gradients
         if synced and self.schedule.max_grad_norm > 0:
-            norm = self.accelerator.clip_grad_norm_(params, self.schedule.max_grad_norm)
+            norm = self.accelerator.clip_grad_norm_(params, self.schedule.max_grad_norm)   # unscales first
             if norm is not None and not math.isfinite(float(norm)):
-                optimizer.zero_grad(set_to_none=True)
-                self._non_finite(f"{what} gradient norm".strip(), float(norm))
-        optimizer.step()
+                self._overflowed(optimizer, what, float(norm))
+            else:
+                self._skipped_in_a_row[what] = 0
+        optimizer.step()          # under fp16 loss scaling: skipped when the gradients overflowed
         if lr_scheduler is not None:
             lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -291,6 +304,19 @@ class Trainer:
         """True after optimizer step ``step`` (1-based) when a checkpoint is due."""
         every = self.schedule.checkpointing_steps
         return self.checkpoint_dir is not None and every > 0 and step % every == 0
+
+    def _overflowed(self, optimizer: Any, what: str, norm: float) -> None:
+        """A non-finite gradient norm: fatal, except under fp16 loss scaling, where GradScaler skips
+        the step and halves the scale (module docstring) up to ``MAX_SKIPPED_IN_A_ROW`` times in a row."""
+        in_a_row = self._skipped_in_a_row.get(what, 0) + 1
+        if self.accelerator.scaler is None or in_a_row > MAX_SKIPPED_IN_A_ROW:
+            optimizer.zero_grad(set_to_none=True)
+            suffix = f" after {in_a_row - 1} skipped fp16 steps in a row" if self.accelerator.scaler else ""
+            self._non_finite(f"{what} gradient norm".strip() + suffix, norm)
+        self._skipped_in_a_row[what] = in_a_row
+        self.skipped_steps += 1
+        log.info("%s: fp16 gradients overflowed at step %d (%s); GradScaler skips the step and lowers the scale",
+                 self.description, self._step + 1, what or "update")
 
     def _non_finite(self, what: str, value: float) -> None:
         total = self.schedule.max_train_steps
@@ -368,7 +394,7 @@ class Trainer:
         finally:
             bar.close()
         self.report = TrainReport(self._step, list(self._losses),
-                                  self._seconds_before + time.perf_counter() - began, resumed)
+                                  self._seconds_before + time.perf_counter() - began, resumed, self.skipped_steps)
         return self.report
 
     def step_updates(self, losses: Mapping[str, torch.Tensor], updates: Sequence[Update]) -> torch.Tensor:

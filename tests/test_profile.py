@@ -176,6 +176,15 @@ def test_unsupported_step_counts_are_skipped_with_the_reason(tiny_teacher):
     (["--methods", "ddim", "--runs", "5"], "--runs must be >= 20"),
     (["--methods", "ddim", "--dtypes", "fp8"], "--dtypes takes a comma-separated subset"),
     (["--methods", "ddim", "--batches", "0"], "--batches takes positive integers"),
+    (["--methods", "ddim", "--throughput-runs", "0"], "--throughput-runs must be >= 1"),
+    (["--methods", "ddim", "--no-train", "--no-sampling"], "leaves nothing to measure"),
+    (["--methods", "ddim", "--speedup-at", "ddim:1"], "add --speedup"),
+    (["--methods", "ddim", "--speedup", "--speedup-at", "lcm:1"], "--speedup-at takes METHOD:STEPS"),
+    (["--methods", "ddim", "--speedup", "--speedup-variants", "eager,turbo"], "unknown turbo"),
+    (["--methods", "lcm", "--speedup", "--speedup-at", "lcm:51"], "at most original_inference_steps=50"),
+    (["--methods", "ddim", "--config", "no_such_field=1"], "has no field 'no_such_field'"),
+    (["--steps", "1"], "--methods is required"),
+    (["--merge", "missing.json"], "cannot read report missing.json"),
 ])
 def test_bad_input_is_one_clear_error_with_exit_code_2(tmp_path, capsys, argv, message):
     assert _run(tmp_path, *argv) == 2
@@ -209,8 +218,11 @@ def test_device_slug():
 def test_profile_on_gpu(tmp_path):
     assert main(["profile", "--device", "cuda", "--teacher", "tiny", "--out", str(tmp_path), "--quiet",
                  "--methods", "ddim,lcm-lora", "--steps", "1", "--dtypes", "fp16,bf16", "--batches", "4",
-                 "--train-batch", "2", "--train-steps", "2", "--train-warmup", "1"]) == 0
+                 "--train-batch", "2", "--train-steps", "2", "--train-warmup", "1",
+                 "--speedup", "--speedup-variants", "eager,half-vae"]) == 0
     report, _ = _report(tmp_path)
+    for study in report["speedup"]:
+        assert study["gpu_busy_fraction"] is not None and all(r["status"] == "measured" for r in study["variants"])
     for row in report["latency"]:
         assert row["status"] == "measured" and row["peak_memory_kind"] == "cuda_max_allocated"
     for row in report["training"]:
@@ -271,3 +283,91 @@ def test_pixel_space_teacher_has_no_pipeline_row(tiny_teacher):
     assert plan is None and "pixel-space (no VAE)" in reason
     plan, reason = diffusers_plan(load_method("er-sde"), tiny_teacher, 2)
     assert plan is None and "no stock diffusers scheduler runs er-sde" in reason
+
+
+# ------------------------------------------------------------------------------------------------
+# Sections on their own, partial reports, merging, the make-it-fast study
+# ------------------------------------------------------------------------------------------------
+
+
+def test_no_sampling_measures_training_only_with_the_config_override(tmp_path):
+    assert _run(tmp_path, "--methods", "dmd", "--steps", "1", "--dtypes", "fp32", "--no-sampling", "--train-batch", "2",
+                "--train-steps", "1", "--train-warmup", "1",
+                "--config", "regression_distance=l2,num_regression_pairs=4") == 0
+    report, markdown = _report(tmp_path)
+    assert report["latency"] == [] and "## Sampling" not in markdown
+    assert [(r["method"], r["gradient_checkpointing"], r["status"]) for r in report["training"]] == [
+        ("dmd", False, "measured"), ("dmd", True, "measured")]
+    assert "--no-sampling --config regression_distance=l2,num_regression_pairs=4" in report["command"]
+
+
+def test_a_run_that_stops_midway_keeps_the_methods_it_finished(tmp_path, monkeypatch):
+    from bench import profile
+
+    measured = profile.profile_method_latency
+
+    def second_method_fails(spec, teacher, method, dtype, progress=True):
+        if method.name == "lcm":
+            raise KeyboardInterrupt          # a kill between methods
+        return measured(spec, teacher, method, dtype, progress)
+
+    monkeypatch.setattr(profile, "profile_method_latency", second_method_fails)
+    code = _run(tmp_path, "--methods", "ddim,lcm", "--steps", "1", "--dtypes", "fp32", "--batches", "2",
+                "--throughput-runs", "1", "--no-train")
+    assert code == 130
+    report, markdown = _report(tmp_path)
+    assert report["complete"] is False and "**Partial report**" in markdown
+    assert {(r["method"], r["pipeline"]) for r in report["latency"]} == {("ddim", "ours"), ("ddim", "diffusers")}
+
+
+def _fake_report(device: str, method: str, complete: bool = True) -> dict:
+    return {"format": 1, "complete": complete, "command": f"python -m bench profile --methods {method}",
+            "created": "2026-11-24T00:00:00+0000", "seconds": 2.0, "device": {"name": device, "type": "cuda"},
+            "versions": {"torch": "2.11.0"}, "teacher": {"name": "sd15-arch"}, "settings": {},
+            "latency": [{"method": method}], "training": [{"method": method}], "speedup": [],
+            "reported": [], "notes": [f"note {method}", "shared note"]}
+
+
+def test_merge_puts_the_runs_of_one_device_in_one_report(tmp_path):
+    from bench.profile import merge_reports
+
+    paths = []
+    for i, (method, complete) in enumerate([("lcm", False), ("mcm", True)]):
+        paths.append(tmp_path / f"{i}.json")
+        paths[-1].write_text(json.dumps(_fake_report("NVIDIA H100", method, complete)))
+    merged = merge_reports([str(p) for p in paths])
+    assert [r["method"] for r in merged["latency"]] == [r["method"] for r in merged["training"]] == ["lcm", "mcm"]
+    assert [(r["command"], r["complete"]) for r in merged["runs"]] == [
+        ("python -m bench profile --methods lcm", False), ("python -m bench profile --methods mcm", True)]
+    assert merged["seconds"] == 4.0 and merged["complete"] is False
+    assert merged["notes"] == ["note lcm", "shared note", "note mcm"]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(_fake_report("NVIDIA A100", "dmd")))
+    from bench.errors import UsageError
+
+    with pytest.raises(UsageError, match="different device names"):
+        merge_reports([str(paths[0]), str(other)])
+
+
+def test_speedup_study_components_ratios_and_the_half_vae_check(tmp_path):
+    """On the CPU in fp32 'half-vae' decodes in fp32 too, so its decode equals the reference exactly;
+    every ratio is the one its columns give."""
+    assert _run(tmp_path, "--methods", "lcm", "--steps", "1", "--dtypes", "fp32", "--no-sampling", "--no-train",
+                "--speedup", "--speedup-variants", "eager,channels-last,half-vae") == 0
+    report, markdown = _report(tmp_path)
+    (study,) = report["speedup"]
+    assert (study["method"], study["steps"]) == ("lcm", 1)
+    rows = {r["variant"]: r for r in study["variants"]}
+    assert list(rows) == ["eager", "channels-last", "half-vae"]
+    assert all(r["status"] == "measured" for r in rows.values())
+    components = ("text_encoder_ms", "denoiser_ms", "vae_decode_ms")
+    for r in rows.values():
+        assert r["components_sum_ms"] == pytest.approx(sum(r[c] for c in components))
+        assert r["speedup_vs_eager"] == pytest.approx(rows["eager"]["end_to_end_ms"] / r["end_to_end_ms"])
+        assert r["ratio_to_best_components"] == pytest.approx(r["end_to_end_ms"] / study["best_components_sum_ms"])
+    for c in components:
+        assert study["best_components_ms"][c] == min(r[c] for r in rows.values())
+    assert rows["half-vae"]["vae_finite"] is True and rows["half-vae"]["vae_max_abs_diff"] == 0.0
+    shares = [o["share"] for o in study["top_operators"]]
+    assert shares and shares == sorted(shares, reverse=True) and sum(shares) <= 1.0 + 1e-9
+    assert "## Making it fast" in markdown and "| half-vae |" in markdown

@@ -270,6 +270,56 @@ def test_non_finite_gradient_is_caught_before_the_update(teacher, tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(before, state.params))
 
 
+def _loss_scaled_trainer(max_train_steps: int) -> Trainer:
+    """A Trainer with fp16-style dynamic loss scaling on the CPU: accelerate creates its GradScaler
+    only for fp16 on CUDA, so one is put where ``prepare`` picks it up (the optimizer's scaler)."""
+    trainer = Trainer(_schedule(max_train_steps=max_train_steps, gradient_accumulation_steps=1,
+                                checkpointing_steps=0), None, device="cpu", progress=False)
+    trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    return trainer
+
+
+def test_fp16_loss_scaling_overflow_skips_the_step_and_lowers_the_scale(teacher):
+    """The first gradients overflow (as fp16 AMP's do at a scale of 2**16): GradScaler skips those
+    steps and halves the scale each time; training goes on and counts them."""
+    method = _method("lcm-lora")
+    trainer = _loss_scaled_trainer(max_train_steps=5)
+    state = method.init_training_state(teacher, trainer)
+    backward_calls = []
+
+    def overflow_three_times(grad):
+        backward_calls.append(1)
+        return grad * float("inf") if len(backward_calls) <= 3 else grad
+
+    state.params[0].register_hook(overflow_three_times)
+    before = [p.detach().clone() for p in state.params]
+    updated_at = []
+    step = method.training_step
+
+    def watch(state, batch):
+        updated_at.append(not all(torch.equal(a, b) for a, b in zip(before, state.params)))
+        return step(state, batch)
+
+    report = trainer.fit(state, watch, SyntheticPairs(resolution=teacher.resolution), teacher)
+    assert report.steps == 5 and report.skipped_steps == 3 == trainer.skipped_steps
+    assert trainer.accelerator.scaler.get_scale() == 2.0**13
+    assert updated_at == [False, False, False, False, True]   # steps 1-3 skipped, step 4 updated
+
+
+def test_fp16_loss_scaling_stops_when_the_gradients_stay_non_finite(teacher, monkeypatch):
+    from bench import training
+
+    monkeypatch.setattr(training, "MAX_SKIPPED_IN_A_ROW", 3)
+    method = _method("lcm-lora")
+    trainer = _loss_scaled_trainer(max_train_steps=10)
+    state = method.init_training_state(teacher, trainer)
+    state.params[0].register_hook(lambda grad: grad * float("inf"))
+    with pytest.raises(NonFiniteLossError,
+                       match=r"gradient norm after 3 skipped fp16 steps in a row is (inf|nan) at training step 4 of"):
+        trainer.fit(state, method.training_step, SyntheticPairs(resolution=teacher.resolution), teacher)
+    assert trainer.skipped_steps == 3
+
+
 # ------------------------------------------------------------------------------------------------
 # The student cache
 # ------------------------------------------------------------------------------------------------
