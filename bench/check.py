@@ -46,7 +46,7 @@ CI job (GitHub Actions; the toy world runs offline on a CPU)::
             run: python -m bench check --baseline leaderboards/toy.json --results runs/results --methods ddim,dpmpp,er-sde
           - name: Keep the new leaderboard for review
             if: always()
-            run: python -m bench leaderboard --results runs/results --out leaderboards-new
+            run: python -m bench leaderboard --base leaderboards/toy.json --results runs/results --out leaderboards-new
           - uses: actions/upload-artifact@v4
             if: always()
             with:
@@ -54,7 +54,8 @@ CI job (GitHub Actions; the toy world runs offline on a CPU)::
               path: leaderboards-new/
 
 To accept an intended change of the numbers, regenerate the baseline and commit it:
-``python -m bench leaderboard --results runs/results --suite toy`` (writes ``leaderboards/toy.json``).
+``python -m bench leaderboard --base leaderboards/toy.json --results runs/results --suite toy`` (writes
+``leaderboards/toy.json``; ``--base`` keeps the committed rows the new run did not measure).
 """
 from __future__ import annotations
 

@@ -1,8 +1,11 @@
 """Leaderboards: the result rows of every run, turned into one markdown page and one JSON file per suite.
 
-    python -m bench leaderboard [--results runs/results] [--out leaderboards] [--suite S]
+    python -m bench leaderboard [--results runs/results] [--base leaderboards/toy.json] [--out leaderboards] [--suite S]
 
 writes ``leaderboards/<suite>.md`` (for people) and ``leaderboards/<suite>.json`` (for ``bench check``).
+With ``--base leaderboards/<suite>.json`` the rows of a published leaderboard come first and the
+results folder's rows are added to them, so a new method's row joins the committed table without
+the results folder the table was built from (``rows_from_leaderboard``).
 
 How a cell is chosen
     A cell is one (suite, teacher, method, steps, guidance, metric). Rows with different fingerprints
@@ -511,11 +514,11 @@ def render_markdown(suite: str, sections: Mapping[str, Sequence[Entry]], reporte
 def suite_json(suite: str, sections: Mapping[str, Sequence[Entry]], generated_at: str | None = None) -> dict:
     """The machine-readable leaderboard of one suite (what ``bench check`` compares)."""
     rows = []
-    all_cells: list[Cell] = []
+    all_cells = [c for entries in sections.values() for e in entries for c in e.cells.values()]
+    suite_protocol = merge_protocols(c.protocol for c in all_cells)
     for teacher, entries in sections.items():
         for entry in entries:
             cells = entry.cells
-            all_cells.extend(cells.values())
             rows.append({
                 "teacher": teacher,
                 "method": entry.method,
@@ -530,12 +533,18 @@ def suite_json(suite: str, sections: Mapping[str, Sequence[Entry]], generated_at
                 "runs": {m: c.run_id for m, c in cells.items()},
                 "superseded": {m: [fp for fp, _ in c.superseded] for m, c in cells.items() if c.superseded},
                 "device": {m: c.device for m, c in cells.items() if m in SPEED_METRICS and c.device},
+                # What `--base` needs to rebuild the rows (see rows_from_leaderboard):
+                "seed": entry.seed,
+                "times": {m: c.time for m, c in cells.items()},
+                "superseded_runs": {m: [run for _, run in c.superseded] for m, c in cells.items() if c.superseded},
+                "protocols": {m: p for m, c in cells.items()
+                              if (p := merge_protocols([c.protocol])) != suite_protocol},
             })
     metrics_present = sorted({c.metric for c in all_cells})
     document: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "suite": suite,
-        "protocol": merge_protocols(c.protocol for c in all_cells),
+        "protocol": suite_protocol,
         "metrics": {m: {"label": metric_spec(m).label, "higher_is_better": metric_spec(m).higher_is_better}
                     for m in metrics_present},
         "rows": rows,
@@ -543,6 +552,63 @@ def suite_json(suite: str, sections: Mapping[str, Sequence[Entry]], generated_at
     if generated_at:
         document["generated_at"] = generated_at
     return document
+
+
+def _time_of_run(run_id: str) -> str:
+    """The ISO time encoded in a run id (``20250101T120000123456Z-a1b2c3`` -> ``2025-01-01T12:00:00.123456Z``)."""
+    stamp = run_id.split("-", 1)[0]
+    if len(stamp) != 22 or not stamp.endswith("Z"):
+        return ""
+    return f"{stamp[0:4]}-{stamp[4:6]}-{stamp[6:8]}T{stamp[9:11]}:{stamp[11:13]}:{stamp[13:15]}.{stamp[15:21]}Z"
+
+
+def rows_from_leaderboard(document: Mapping[str, Any], where: str = "base leaderboard") -> pd.DataFrame:
+    """The result rows a leaderboard JSON was built from, as far as it recorded them.
+
+    ``bench leaderboard --base leaderboards/toy.json --results runs/results`` uses this to add new
+    runs to a published leaderboard without the results folder it came from: every shown cell comes
+    back as one row (value, note, fingerprint, run, time, device, protocol), every superseded
+    fingerprint as a row without a value that is older than the cell it lost to. Rebuilding a
+    leaderboard from its own JSON reproduces it byte for byte (tested). Library versions are not in the
+    JSON and come back empty; files written before ``times`` was recorded take each cell's time
+    from its run id (the time the run started).
+    """
+    from bench.check import index_rows
+
+    index_rows(document, where)
+    suite = document.get("suite")
+    if not isinstance(suite, str) or not suite:
+        raise UsageError(f"{where}: no 'suite' name; pass a leaderboard JSON written by `python -m bench leaderboard`")
+    suite_protocol = document.get("protocol") or {}
+    records: list[dict[str, Any]] = []
+    for number, row in enumerate(document["rows"]):
+        fingerprints = row.get("fingerprints") or {}
+        runs = row.get("runs") or {}
+        missing = sorted(set(fingerprints) ^ set(runs))
+        if not fingerprints or missing:
+            raise UsageError(f"{where}: rows[{number}] ({row.get('method')}, {row.get('steps')} steps) lacks "
+                             "'fingerprints' or 'runs' for some metric; regenerate it from its results folder")
+        common = dict(suite=suite, teacher=row["teacher"], method=row["method"], steps=row["steps"],
+                      nfe=row.get("nfe"), guidance=row["guidance"], seed=row.get("seed"), num_images=None,
+                      versions="{}")
+        for metric, fingerprint in fingerprints.items():
+            run_id = runs[metric]
+            time = (row.get("times") or {}).get(metric) or _time_of_run(run_id)
+            protocol = (row.get("protocols") or {}).get(metric, suite_protocol)
+            skipped_note = (row.get("skipped") or {}).get(metric)
+            note = skipped_note if skipped_note is not None else (row.get("notes") or {}).get(metric, "")
+            value = None if skipped_note is not None else (row.get("metrics") or {}).get(metric)
+            cell = dict(common, metric=metric, protocol=json.dumps(protocol, sort_keys=True),
+                        device=(row.get("device") or {}).get(metric, ""))
+            older = (row.get("superseded") or {}).get(metric, [])
+            older_runs = (row.get("superseded_runs") or {}).get(metric, ["?"] * len(older))
+            # Newest first in the JSON. Their times sort before any real time ("0000" < "2025"), in
+            # the recorded order, so they stay older than the shown cell and than any new run.
+            for rank, (old_fp, old_run) in enumerate(reversed(list(zip(older, older_runs)))):
+                records.append(dict(cell, value=None, note="", fingerprint=old_fp, run_id=old_run,
+                                    time=f"0000-superseded-{rank:04d}"))
+            records.append(dict(cell, value=value, note=note, fingerprint=fingerprint, run_id=run_id, time=time))
+    return normalize_frame(pd.DataFrame.from_records(records))
 
 
 def build(results: pd.DataFrame, suites: Sequence[str] | None = None) -> dict[str, dict[str, list[Entry]]]:
@@ -589,8 +655,13 @@ def write_leaderboards(results: pd.DataFrame, out_dir: str | Path = "leaderboard
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--results", type=Path, default=Path("runs/results"),
-                        help="folder of <run_id>.jsonl result files (default: runs/results)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="folder of <run_id>.jsonl result files (default: runs/results; with --base it "
+                             "may be left out or not exist yet)")
+    parser.add_argument("--base", type=Path, action="append", default=None, metavar="LEADERBOARD_JSON",
+                        help="start from a published leaderboard JSON (e.g. leaderboards/toy.json) and add the "
+                             "rows of --results to it: a newer run of the same cell replaces it, the old "
+                             "fingerprint is listed in the notes (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("leaderboards"),
                         help="output folder for <suite>.md and <suite>.json (default: leaderboards)")
     parser.add_argument("--suite", action="append", default=None,
@@ -605,10 +676,16 @@ def command(args: argparse.Namespace, out: Any = None) -> int:
     import sys
 
     out = sys.stdout if out is None else out
-    results_dir = Path(args.results)
-    if not results_dir.is_dir():
-        raise UsageError(f"results folder not found: {results_dir} (pass --results DIR)")
-    frame = load_all(results_dir)
+    from bench.check import load_leaderboard_json
+
+    frames = [rows_from_leaderboard(load_leaderboard_json(path, "base leaderboard"), f"base leaderboard {path}")
+              for path in args.base or []]
+    results_dir = Path(args.results) if args.results is not None else Path("runs/results")
+    if results_dir.is_dir():
+        frames.append(load_all(results_dir))
+    elif args.results is not None or not frames:
+        raise UsageError(f"results folder not found: {results_dir} (pass --results DIR, or --base LEADERBOARD_JSON)")
+    frame = pd.concat(frames, ignore_index=True)
     if frame.empty:
         raise UsageError(f"no result rows in {results_dir}; run `python -m bench run` first")
     paths = write_leaderboards(frame, args.out, suites=args.suite, generated_at=args.generated_at,

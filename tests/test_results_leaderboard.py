@@ -19,6 +19,7 @@ from bench.leaderboard import (
     build,
     load_reported,
     render_markdown,
+    rows_from_leaderboard,
     select_cells,
     suite_json,
     write_leaderboards,
@@ -394,6 +395,63 @@ def test_pareto_front():
     # (latency, fid): b dominates d; a and c trade off; e duplicates c exactly.
     points = [(1.0, 30.0), (2.0, 20.0), (3.0, 10.0), (2.5, 25.0), (3.0, 10.0), (0.5, 40.0)]
     assert pareto_front(points) == [5, 0, 1, 2, 4]
+
+
+def test_a_leaderboard_rebuilds_from_its_own_json_byte_for_byte(tmp_path):
+    other_protocol = row(method="dpmpp", steps=1, fingerprint="dpmpp1-fid", protocol={**PROTOCOL, "N": 32})
+    write_leaderboards(rows_to_frame(smoke_rows() + [other_protocol]), tmp_path / "a")
+    doc = json.loads((tmp_path / "a" / "smoke.json").read_text(encoding="utf-8"))
+    assert doc["protocol"]["N"] == ["32", "64"]  # the protocol varies, so every cell records its own
+    assert [r["protocols"] for r in doc["rows"] if r["method"] == "dpmpp"] == [{"fid": {**PROTOCOL, "N": 32}}]
+    write_leaderboards(rows_from_leaderboard(doc), tmp_path / "b")
+    for name in ("smoke.md", "smoke.json"):
+        assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "a" / name).read_bytes(), name
+    # The committed toy leaderboard too (175 rows, superseded fingerprints with their runs).
+    committed = Path(__file__).resolve().parent.parent / "leaderboards"
+    doc = json.loads((committed / "toy.json").read_text(encoding="utf-8"))
+    write_leaderboards(rows_from_leaderboard(doc), tmp_path / "toy", suites=["toy"])
+    assert (tmp_path / "toy" / "toy.md").read_text(encoding="utf-8") == (committed / "toy.md").read_text(encoding="utf-8")
+    assert json.loads((tmp_path / "toy" / "toy.json").read_text(encoding="utf-8")) == doc
+
+
+def test_base_leaderboard_plus_new_results_equals_the_leaderboard_of_all_rows(tmp_path, monkeypatch):
+    old_rows = [r for r in smoke_rows() if r.method != "scott"]
+    newer = "2025-01-03T00:00:00.000000Z"
+    new_rows = [r for r in smoke_rows() if r.method == "scott"]            # a new method
+    new_rows += [row(method="lcm", steps=2, metric="fid", value=30.5, fingerprint="lcm2-fid-v2",
+                     run_id="20250103T000000000000Z-cccccc", time=newer)]  # a re-measured cell
+    write_leaderboards(rows_to_frame(old_rows), tmp_path / "published")
+    results = tmp_path / "results"
+    ResultsStore(results, "20250103T000000000000Z-cccccc").append(new_rows)
+    parser = argparse.ArgumentParser()
+    lb_add_arguments(parser)
+
+    class Sink(list):
+        write = list.append
+
+    args = ["--base", str(tmp_path / "published" / "smoke.json"), "--results", str(results), "--out", str(tmp_path / "merged")]
+    assert lb_command(parser.parse_args(args), Sink()) == 0
+    write_leaderboards(rows_to_frame(old_rows + new_rows), tmp_path / "direct")
+    for name in ("smoke.md", "smoke.json"):
+        assert (tmp_path / "merged" / name).read_bytes() == (tmp_path / "direct" / name).read_bytes(), name
+    md = (tmp_path / "merged" / "smoke.md").read_text(encoding="utf-8")
+    table = _table_rows(md, "| Method | Steps | NFE | CFG | FID")
+    assert table[("lcm", "2")][4] == "30.50" and table[("scott", "4")][4] == "**21.00**"
+    assert "`lcm2-fid` (run 20250102T000000000000Z-bbbbbb)" in md and "`old-lcm2-fid` (run 20250101T" in md
+
+    # --base alone (no results folder yet) rebuilds the published table; bad input is one clear error.
+    monkeypatch.chdir(tmp_path)
+    alone = ["--base", "published/smoke.json", "--out", "alone"]
+    assert lb_command(parser.parse_args(alone), Sink()) == 0
+    assert (tmp_path / "alone" / "smoke.md").read_bytes() == (tmp_path / "published" / "smoke.md").read_bytes()
+    with pytest.raises(UsageError, match="results folder not found"):
+        lb_command(parser.parse_args(alone + ["--results", "nowhere"]), Sink())
+    with pytest.raises(UsageError, match="base leaderboard file not found"):
+        lb_command(parser.parse_args(["--base", "missing.json"]), Sink())
+    (tmp_path / "broken.json").write_text('{"suite": "smoke", "rows": [{"method": "lcm"}]}')
+    with pytest.raises(UsageError, match=r"broken.json: rows\[0\]: row has no 'teacher' field"):
+        lb_command(parser.parse_args(["--base", "broken.json"]), Sink())
+    assert not (tmp_path / "leaderboards").exists()
 
 
 def test_one_section_per_teacher_and_one_file_pair_per_suite(tmp_path):
