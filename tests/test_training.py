@@ -79,6 +79,10 @@ def test_toy_losses_are_the_measured_ones_and_real_teachers_keep_the_papers():
     paper = {name: config.resolved().loss_type for name, config in configs.items()}
     assert toy == {"lcm": "huber", "lcm-lora": "l2", "scott": "huber", "splam": "huber"}
     assert paper == {"lcm": "l2", "lcm-lora": "l2", "scott": "l2", "splam": "huber"}
+    # MCM's toy schedule (methods/mcm.py, measured): 4000 steps with a cosine lr; the paper's stays.
+    mcm_toy, mcm_paper = apply_toy_schedule(MCMConfig()), MCMConfig()
+    assert (mcm_toy.lr_scheduler, mcm_toy.max_train_steps) == ("cosine", 4000)
+    assert (mcm_paper.lr_scheduler, mcm_paper.max_train_steps) == ("constant", 30_000)
 
 
 def test_an_explicit_config_value_wins_over_its_toy_twin():
