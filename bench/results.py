@@ -314,9 +314,12 @@ class ResultsStore:
         log.debug("appended %d row(s) to %s", len(rows), self.path)
         return rows
 
-    def reuse(self, row: Row) -> Row:
-        """Record a row found by :meth:`find` (computed in an earlier run) in this run, stamped now."""
-        copy = dataclasses.replace(row, run_id=self.run_id, time=utc_now_iso())
+    def reuse(self, row: Row, **labels: Any) -> Row:
+        """Record a row found by :meth:`find` (computed in an earlier run) in this run, stamped now.
+
+        ``labels`` (``method``, ``steps``, ``teacher``, ...) are this run's names for the cell: the
+        same fingerprint may have been scored under another label (``bench eval --method X``)."""
+        copy = dataclasses.replace(row, run_id=self.run_id, time=utc_now_iso(), **labels)
         self.append([copy])
         return copy
 

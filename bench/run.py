@@ -99,7 +99,7 @@ def score_real_image_cells(ctx, evaluator, store, suite, progress: bool) -> list
                                   "prompts": list(real.prompts)})
         cell = {"teacher": ctx.teacher_name, "method": real.method, "steps": 0, "nfe": 0, "guidance": 0.0,
                 "seed": 0}
-        values = _reuse(store, evaluator, samples_fp, names)
+        values = _reuse(store, evaluator, samples_fp, names, cell)
         if values is None:
             values = evaluator.score_folder(real.folder, progress=progress, prompts=real.prompts,
                                             metrics=real.metrics)
@@ -127,7 +127,7 @@ def score_cell(args, ctx, evaluator, store, method, steps: int, guidance: float,
     values: dict[str, float] = {}
     image_metrics = [m for m in evaluator.metrics if m in IMAGE_METRICS]
     if image_metrics:
-        found = _reuse(store, evaluator, samples_fp, _expected_image_metrics(evaluator))
+        found = _reuse(store, evaluator, samples_fp, _expected_image_metrics(evaluator), cell)
         if found is None:
             found = evaluator.score_folder(out_dir, progress=progress)
             store.append(make_rows(found, evaluator=evaluator, cell=cell, samples_fingerprint=samples_fp,
@@ -136,7 +136,7 @@ def score_cell(args, ctx, evaluator, store, method, steps: int, guidance: float,
     if "latency" in evaluator.metrics:
         latency_fp = fingerprint({"samples": samples_fp, "device": _device_name(ctx.device),
                                   "runs": args.latency_runs, "throughput_batch": args.throughput_batch})
-        found = _reuse(store, evaluator, latency_fp, tuple(LATENCY_ROWS))
+        found = _reuse(store, evaluator, latency_fp, tuple(LATENCY_ROWS), cell)
         if found is None:
             found = measure_cell_latency(args, ctx, method, steps, guidance, evaluator.suite.prompts[0])
             store.append(make_rows(found, evaluator=evaluator, cell=cell, samples_fingerprint=latency_fp,
@@ -157,15 +157,16 @@ def _expected_image_metrics(evaluator, metrics: tuple[str, ...] | None = None) -
     return tuple(names)
 
 
-def _reuse(store, evaluator, samples_fp: str, names: tuple[str, ...]) -> dict | None:
-    """Values of rows already measured with the same fingerprints (copied into this run), or None."""
+def _reuse(store, evaluator, samples_fp: str, names: tuple[str, ...], cell: dict) -> dict | None:
+    """Values of rows already measured with the same fingerprints (copied into this run under this
+    cell's labels: ``bench eval`` may have scored the same samples as another method name), or None."""
     from bench.evaluate import row_fingerprint
 
     rows = [store.find(row_fingerprint(samples_fp, name, evaluator.protocol()), name) for name in names]
     if not names or any(r is None for r in rows):
         return None
     for row in rows:
-        store.reuse(row)
+        store.reuse(row, suite=evaluator.suite.name, **cell)
     log.info("reusing %d result rows for %s", len(rows), samples_fp)
     return {row.metric: row.value for row in rows}
 

@@ -107,7 +107,7 @@ def test_registered_with_the_papers_values():
     assert DMD().nfe(1, 1.0) == 1 and DMD().default_guidance_scale == 1.0
     # the toy schedule: only the toy_* fields change
     toy = apply_toy_schedule(DMD2Config())
-    assert (toy.generator_update_ratio, toy.gan, toy.max_train_steps, toy.real_guidance_scale) == (5, True, 800, 1.75)
+    assert (toy.generator_update_ratio, toy.gan, toy.max_train_steps, toy.real_guidance_scale) == (5, True, 2400, 1.75)
     assert apply_toy_schedule(DMDConfig()).regression_distance == "l2"
 
 

@@ -55,6 +55,23 @@ def test_run_scores_cells_writes_rows_and_leaderboard_and_reuses_rows(tmp_path, 
     assert set(both.groupby("run_id")["fingerprint"].apply(frozenset)) == {frozenset(first["fingerprint"])}
 
 
+def test_reused_rows_take_this_runs_labels(tmp_path):
+    """A run that finds its cell's rows already measured under another label (``bench eval --method
+    X`` on the same samples) records them under its own method name, not X."""
+    out = tmp_path / "run"
+    assert _run(out, "--metrics", "fid") == 0
+    (first,) = (out / "results").glob("*.jsonl")
+    relabelled = [dict(json.loads(line), method="ddim-as-evaluated") for line in first.read_text().splitlines()]
+    first.write_text("".join(json.dumps(row) + "\n" for row in relabelled))
+    assert _run(out, "--metrics", "fid") == 0
+    rows = load_all(out / "results")
+    second = rows[rows["run_id"] != relabelled[0]["run_id"]]
+    assert len(second) == 1 and second["method"].tolist() == ["ddim"]
+    assert second["fingerprint"].tolist() == [relabelled[0]["fingerprint"]]      # reused, not re-measured
+    board = (out / "leaderboards" / "smoke.md").read_text()
+    assert "| ddim | 1 | 2 | 3 |" in board
+
+
 def test_run_latency_rows(tmp_path):
     out = tmp_path / "run"
     assert _run(out, "--metrics", "latency", "--throughput-batch", "2") == 0
