@@ -181,10 +181,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median(fn: Callable, spec, device: torch.device, dtype: str):
+def _timed(fn: Callable, spec, dtype: str):
+    """``fn`` timed by ``measure_latency`` with the run's warm-up and runs (a LatencyResult)."""
     from bench.metrics.latency import measure_latency
 
-    return measure_latency(fn, None, warmup=spec.warmup, runs=spec.runs, device=device, dtype=dtype)
+    return measure_latency(fn, None, warmup=spec.warmup, runs=spec.runs, device=spec.device, dtype=dtype)
 
 
 def measure_variant(spec, teacher, method, student, steps: int, guidance: float, dtype: str, variant: Variant,
@@ -192,7 +193,6 @@ def measure_variant(spec, teacher, method, student, steps: int, guidance: float,
     """One variant: first call, end to end, each component in isolation; for a half-precision VAE,
     its decode of ``latents`` against ``reference`` (the fp32 decode of the same latents)."""
     from bench.evaluate import latency_closures
-    from bench.metrics.latency import measure_latency
     from bench.teachers import VaeCodec
 
     row = VariantRow(variant.name, variant.what, dtype)
@@ -210,7 +210,7 @@ def measure_variant(spec, teacher, method, student, steps: int, guidance: float,
         end_to_end()
         _sync(device)
         row.first_call_s = time.perf_counter() - started
-        e2e = measure_latency(end_to_end, None, warmup=spec.warmup, runs=spec.runs, device=device, dtype=dtype)
+        e2e = _timed(end_to_end, spec, dtype)
         row.end_to_end_ms, row.end_to_end_p90_ms, row.peak_memory_mb = e2e.median_ms, e2e.p90_ms, e2e.peak_memory_mb
 
         def text_encoder():
@@ -221,9 +221,9 @@ def measure_variant(spec, teacher, method, student, steps: int, guidance: float,
             with torch.inference_mode():
                 return v_teacher.codec.decode(latents)
 
-        row.text_encoder_ms = _median(text_encoder, spec, device, dtype).median_ms
-        row.denoiser_ms = _median(denoiser_only, spec, device, dtype).median_ms
-        row.vae_decode_ms = _median(vae_decode, spec, device, dtype).median_ms
+        row.text_encoder_ms = _timed(text_encoder, spec, dtype).median_ms
+        row.denoiser_ms = _timed(denoiser_only, spec, dtype).median_ms
+        row.vae_decode_ms = _timed(vae_decode, spec, dtype).median_ms
         row.components_sum_ms = row.text_encoder_ms + row.denoiser_ms + row.vae_decode_ms
         if variant.half_vae:
             decoded = vae_decode().float()
