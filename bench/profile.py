@@ -589,8 +589,9 @@ def _measure_into(row: SpeedRow, spec: ProfileSpec, end_to_end: Callable, denois
     row.peak_memory_mb, row.peak_memory_kind = result.peak_memory_mb, result.peak_memory_kind
     row.latency = result.as_dict()
     for batch, fn in batch_fns.items():       # a rate over whole batches: fewer, longer runs than batch 1
-        reset_ok = _reset_peak(spec.device)
-        timings = _time_runs(fn, THROUGHPUT_WARMUP, spec.throughput_runs, spec.device)
+        _time_runs(fn, THROUGHPUT_WARMUP, 0, spec.device)
+        reset_ok = _reset_peak(spec.device)   # after the warm-up, as in measure_latency
+        timings = _time_runs(fn, 0, spec.throughput_runs, spec.device)
         median_ms = statistics.median(timings)
         row.batch_median_ms[str(batch)] = median_ms
         row.throughput[str(batch)] = batch / (median_ms / 1000.0)

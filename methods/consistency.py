@@ -123,6 +123,9 @@ class ConsistencyDistillationConfig:
     # The loss on the toy; None keeps the preset's. Set where measured better on the toy (LCM and
     # SCott: the official LCM code's pseudo-Huber; LCM-LoRA keeps L2; methods/lcm.py, scott.py).
     toy_loss_type: str | None = None
+    # The lr schedule on the toy; None keeps the code's constant lr (LCM and SCott: cosine, methods/lcm.py).
+    toy_lr_scheduler: str | None = None
+    toy_lr_warmup_steps: int | None = None
 
     # -- sampling --------------------------------------------------------------------------------
     # LCM_TIMESTEP_SPACINGS. Toy, measured (same students, N = 1000, FID at 4 / 8 steps): "original"

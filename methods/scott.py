@@ -139,9 +139,16 @@ class SCottConfig(LCMConfig):
     # through D and one batched real/fake D pass) and the toy budget (README) holds three
     # methods' training to 15 minutes; the discriminator keeps the paper's 2.5x learning-rate
     # ratio; LoRA rank 3 gives the toy U-Net a trainable fraction of 4.0%, the nearest to the
-    # paper's 3.6% (rank 4: 5.3%). Longer is not better on the toy (N = 1000, FID at 1/2/4/8
-    # steps): 1000 steps 33.20/10.09/4.22/4.13 against 20.39/5.70/2.86/2.83 at 400.
+    # paper's 3.6% (rank 4: 5.3%). At a constant lr longer was worse (N = 1000, L2 loss, FID at
+    # 1/2/4/8 steps): 1000 steps 33.20/10.09/4.22/4.13 against 20.39/5.70/2.86/2.83 at 400.
     toy_max_train_steps: int | None = 400
+    # LCM's toy cosine decay of both lrs (20 warm-up steps), measured (Huber loss, one thread, N = 1000,
+    # FID at 1/2/4/8 steps; teacher DDIM 19.79/5.48/1.98/1.71): 400 steps 16.88/5.14/1.82/1.53
+    # against 14.31/3.53/1.80/1.81 at a constant lr; the constant lr loses to DDIM at 8 steps, the
+    # cosine one beats it at every step count. With the decay, longer is better: 1000 steps (50
+    # warm-up) 13.19/2.23/1.51/1.47, but SCott would then take ~11 of the 15 budget minutes (README).
+    # Without the GAN (use_gan=false, cosine 400): 12.91/3.67/1.09/1.33; on the toy the adversarial
+    # term costs FID at every step count (the paper's Table 7 gains are on SD-1.5).
     toy_train_batch_size: int | None = 32
     toy_learning_rate: float | None = 1e-4
     toy_disc_learning_rate: float | None = 2.5e-4
@@ -151,6 +158,11 @@ class SCottConfig(LCMConfig):
     toy_checkpointing_steps: int | None = 200
     # The reference's random cond_proj, not LCM's toy "zero": measured (N = 1000, 400 steps), FID
     # at 1/2/4/8 steps 20.39/5.70/2.86/2.83 with "default", 41.12/19.25/9.57/5.16 with "zero".
+    # The random init is also what makes a toy run seed-dependent. Measured (cosine 400 steps, one
+    # thread): training seed 1 collapses, 42.48/55.46/19.90/8.19, and still does without the GAN
+    # (37.04/47.37/13.08/3.35) or at adv_weight 0.1 (39.03/48.92/13.87/4.75), not with the zero
+    # init (18.56/6.68/2.82/2.27); but the zero init is worse for seeds 0 and 2 (18.93/7.71/3.46/2.63,
+    # 23.10/11.44/5.52/3.95 against 16.88/5.14/1.82/1.53 and 22.24/7.59/1.91/2.20).
     toy_cond_proj_init: str | None = "default"
     # The paper's w ~ U[2, 14] on the toy too, not LCM's toy w = 2 (methods.consistency): measured
     # (400 steps, N = 1000, FID at 1/2/4/8 steps) 20.39/5.70/2.86/2.83 over U[2, 14] against

@@ -16,6 +16,8 @@ import torch
 from bench.cli import main
 from bench.profile import (
     HALF_ON_CPU_NOTE,
+    SpeedRow,
+    _measure_into,
     device_slug,
     diffusers_closures,
     diffusers_pipeline,
@@ -99,6 +101,27 @@ def test_profile_reports_every_field(profiled):
     for column in ("median ms", "p90 ms", "denoiser share", "peak MiB", "img/s @2", "ours/diffusers",
                    "step median ms", "grad. checkpointing", "largest batch that fits"):
         assert column in markdown
+
+
+def test_throughput_peak_memory_excludes_the_warm_up():
+    """The batch peak is reset after the warm-up, as measure_latency does for batch 1: a 400 MiB
+    buffer that only the first (warm-up) call allocates must not count."""
+    from bench.metrics import latency
+
+    if latency._reset_cpu_peak() is None:
+        pytest.skip("this kernel does not let a process reset its VmHWM (/proc/self/clear_refs)")
+    calls = []
+
+    def batch_fn():
+        calls.append(1)
+        if len(calls) == 1:
+            torch.ones(100 * 2**20, dtype=torch.float32).sum()   # 400 MiB, freed on return
+
+    spec = types.SimpleNamespace(warmup=1, runs=20, device=torch.device("cpu"), throughput_runs=2)
+    rss_mb = latency._proc_status_kib("VmRSS") / 1024.0
+    row = _measure_into(SpeedRow("probe", 1, "fp32", "ours"), spec, lambda: None, lambda: None, {4: batch_fn})
+    assert len(calls) == 1 + 2                                   # THROUGHPUT_WARMUP=1 warm-up, 2 timed
+    assert row.batch_peak_memory_mb["4"] < rss_mb + 200, (row.batch_peak_memory_mb, rss_mb)
 
 
 def test_ratio_is_ours_over_diffusers_medians(profiled):

@@ -51,7 +51,8 @@ def test_schedule_from_config_and_toy_override():
     toy = apply_toy_schedule(config)
     assert toy_overrides(config) == {"checkpointing_steps": 250, "ema_decay": 0.95, "learning_rate": 1e-4,
                                      "max_train_steps": 1000, "train_batch_size": 32, "cond_proj_init": "zero",
-                                     "w_min": 2.0, "w_max": 2.0, "loss_type": "huber"}
+                                     "w_min": 2.0, "w_max": 2.0, "loss_type": "huber", "lr_scheduler": "cosine",
+                                     "lr_warmup_steps": 20}
     assert (toy.max_train_steps, toy.train_batch_size, toy.learning_rate, toy.ema_decay) == (1000, 32, 1e-4, 0.95)
     assert toy.loss_type == "huber" and config.loss_type == "l2"
     assert toy.time_cond_proj_dim == 256 and toy.sigma_data == 0.5      # only the toy_* fields change
@@ -79,6 +80,13 @@ def test_toy_losses_are_the_measured_ones_and_real_teachers_keep_the_papers():
     paper = {name: config.resolved().loss_type for name, config in configs.items()}
     assert toy == {"lcm": "huber", "lcm-lora": "l2", "scott": "huber", "splam": "huber"}
     assert paper == {"lcm": "l2", "lcm-lora": "l2", "scott": "l2", "splam": "huber"}
+    # The lr schedules measured best on the toy (methods/lcm.py, scott.py): a cosine decay for lcm
+    # and scott (which inherits it); lcm-lora and splam keep the code's constant lr everywhere.
+    toy_lr = {name: (c.lr_scheduler, c.lr_warmup_steps)
+              for name, c in ((n, apply_toy_schedule(config.resolved())) for n, config in configs.items())}
+    assert toy_lr == {"lcm": ("cosine", 20), "scott": ("cosine", 20), "lcm-lora": ("constant", 500),
+                      "splam": ("constant", 500)}
+    assert {config.resolved().lr_scheduler for config in configs.values()} == {"constant"}
     # MCM's toy schedule (methods/mcm.py, measured): 4000 steps with a cosine lr; the paper's stays.
     mcm_toy, mcm_paper = apply_toy_schedule(MCMConfig()), MCMConfig()
     assert (mcm_toy.lr_scheduler, mcm_toy.max_train_steps) == ("cosine", 4000)
