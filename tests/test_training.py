@@ -76,17 +76,17 @@ def test_toy_students_distil_the_guidance_the_toy_suite_scores_at():
 
 def test_toy_losses_are_the_measured_ones_and_real_teachers_keep_the_papers():
     configs = {"lcm": LCMConfig(), "lcm-lora": LCMLoRAConfig(), "scott": SCottConfig(), "splam": SPLAMConfig()}
-    toy = {name: apply_toy_schedule(config.resolved()).loss_type for name, config in configs.items()}
-    paper = {name: config.resolved().loss_type for name, config in configs.items()}
-    assert toy == {"lcm": "huber", "lcm-lora": "l2", "scott": "huber", "splam": "huber"}
-    assert paper == {"lcm": "l2", "lcm-lora": "l2", "scott": "l2", "splam": "huber"}
+    toy = {name: apply_toy_schedule(config.resolved()) for name, config in configs.items()}
+    paper = {name: config.resolved() for name, config in configs.items()}
+    assert {name: c.loss_type for name, c in toy.items()} == {"lcm": "huber", "lcm-lora": "l2", "scott": "huber",
+                                                             "splam": "huber"}
+    assert {name: c.loss_type for name, c in paper.items()} == {"lcm": "l2", "lcm-lora": "l2", "scott": "l2",
+                                                               "splam": "huber"}
     # The lr schedules measured best on the toy (methods/lcm.py, scott.py): a cosine decay for lcm
     # and scott (which inherits it); lcm-lora and splam keep the code's constant lr everywhere.
-    toy_lr = {name: (c.lr_scheduler, c.lr_warmup_steps)
-              for name, c in ((n, apply_toy_schedule(config.resolved())) for n, config in configs.items())}
-    assert toy_lr == {"lcm": ("cosine", 20), "scott": ("cosine", 20), "lcm-lora": ("constant", 500),
-                      "splam": ("constant", 500)}
-    assert {config.resolved().lr_scheduler for config in configs.values()} == {"constant"}
+    assert {name: (c.lr_scheduler, c.lr_warmup_steps) for name, c in toy.items()} == {
+        "lcm": ("cosine", 20), "scott": ("cosine", 20), "lcm-lora": ("constant", 500), "splam": ("constant", 500)}
+    assert {c.lr_scheduler for c in paper.values()} == {"constant"}
     # MCM's toy schedule (methods/mcm.py, measured): 4000 steps with a cosine lr; the paper's stays.
     mcm_toy, mcm_paper = apply_toy_schedule(MCMConfig()), MCMConfig()
     assert (mcm_toy.lr_scheduler, mcm_toy.max_train_steps) == ("cosine", 4000)
