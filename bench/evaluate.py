@@ -268,11 +268,17 @@ def row_fingerprint(samples_fingerprint: str, metric: str, protocol: dict) -> st
     return fingerprint({"samples": samples_fingerprint, "metric": metric, "protocol": protocol})
 
 
+def samples_metadata(folder: Path) -> dict[str, Any]:
+    """The metadata.json `bench sample` wrote into ``folder``; {} for a foreign folder."""
+    meta = Path(folder) / "metadata.json"
+    return json.loads(meta.read_text()) if meta.is_file() else {}
+
+
 def samples_fingerprint_of(folder: Path) -> str:
     """The folder fingerprint written by `bench sample`; for foreign folders, a hash of the files."""
-    meta = Path(folder) / "metadata.json"
-    if meta.is_file():
-        return json.loads(meta.read_text())["fingerprint"]
+    meta = samples_metadata(folder)
+    if meta:
+        return meta["fingerprint"]
     from bench.metrics.features import list_images
 
     return fingerprint([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in list_images(folder)])
@@ -323,7 +329,9 @@ def command(args: argparse.Namespace) -> int:
         from bench.results import ResultsStore
 
         store = ResultsStore(Path(args.results))
-        cell = {"teacher": args.teacher, "method": args.method, "steps": args.steps, "nfe": args.steps,
+        # the NFE `bench sample` recorded (CFG doubles a teacher solver's); a foreign folder: one per step
+        nfe = samples_metadata(Path(args.samples)).get("nfe", args.steps)
+        cell = {"teacher": args.teacher, "method": args.method, "steps": args.steps, "nfe": nfe,
                 "guidance": args.guidance, "seed": args.seed}
         store.append(make_rows(values, evaluator=evaluator, cell=cell,
                                samples_fingerprint=samples_fingerprint_of(Path(args.samples)),

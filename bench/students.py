@@ -95,13 +95,17 @@ def _mixed_precision(teacher: Any) -> str:
     return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "no")
 
 
-def training_plan(method: Method, teacher: Any, max_train_steps: int | None = None) -> tuple[Method, TrainSchedule]:
-    """The method instance to train (its config with the toy schedule applied on toy teachers) and
-    the schedule. Mixed precision follows the teacher's dtype (fp16 teacher: fp16 autocast with
-    fp32 master weights)."""
+def training_plan(method: Method, teacher: Any, max_train_steps: int | None = None,
+                  steps: int | None = None) -> tuple[Method, TrainSchedule]:
+    """The method instance to train (its config with the toy schedule applied on toy teachers; for
+    a method with one student per step count, the toy schedule of the ``steps`` student) and the
+    schedule. Mixed precision follows the teacher's dtype (fp16 teacher: fp16 autocast with fp32
+    master weights)."""
     config = method.config
     if is_toy_teacher(teacher):
         config = apply_toy_schedule(config)
+        if method.student_per_step_count and steps is not None:
+            config = method.toy_config_for_steps(config, steps)
     train_method = method if config is method.config else type(method)(config)
     schedule = TrainSchedule.from_config(config, max_train_steps=max_train_steps,
                                          mixed_precision=_mixed_precision(teacher))
@@ -292,7 +296,7 @@ def load_student(method: Method, teacher: Any, steps: int, batching: str = "exac
         denoiser = Denoiser(teacher.unet, teacher.schedule, images_per_call=images_per_call,
                             scheduler_config=teacher.scheduler_config)
         return LoadedStudent(denoiser, "teacher")
-    train_method, schedule = training_plan(method, teacher, max_train_steps)
+    train_method, schedule = training_plan(method, teacher, max_train_steps, steps)
     if data is None:
         data = training_data_for(teacher, seed=schedule.seed)
     fp = student_fingerprint(train_method, teacher, schedule, data, steps)

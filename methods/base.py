@@ -183,6 +183,11 @@ class Method(ABC):
     def config_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
 
+    def toy_config_for_steps(self, config: Any, steps: int) -> Any:
+        """The toy-scheduled ``config`` (``bench.training.apply_toy_schedule``) for the student of
+        ``steps`` sampling steps; only methods with one student per step count override it."""
+        return config
+
 
 class TeacherSolver(Method):
     """A teacher solver: no training, any step count, timesteps from the config's ``spacing``

@@ -183,10 +183,12 @@ class DMD2Config(DMDConfig):
     # toy: r = 5 (r = 10 leaves a 1000-iteration run with 100 generator updates), GAN on (the toy
     # world has real images; the stage-2 weights). Measured (N = 1000), FID at 1 / 4 steps: 800
     # steps (the toy default before 2026-11-25) 17.45 / 4.00 (284 s); 2400 steps (default)
-    # 12.94 / 2.48 (1472 s, one thread beside another job; retrained from scratch: the same FIDs).
+    # 12.94 / 2.48 (1472 s, one thread beside another job; retrained from scratch: the same FIDs);
+    # 4800 steps 25.29 / 2.88 (2149 s), worse at both.
     # The real guidance stays the paper's 1.75, unlike the consistency students' toy w
     # (methods.consistency): at the toy suite's g = 3 the 2400-step student gives 15.21 / 10.29.
-    # (The teacher's DDIM at g = 1.75 gives 2.46 at 4 steps.)
+    # (The teacher's DDIM at g = 1.75 gives 2.46 at 4 steps and 1.72 at 25: the distribution dmd2
+    # distils scores below the g = 3 DDIM's 1.98 at 4 steps only close to its converged sampler.)
     toy_max_train_steps: int | None = 2400
     toy_generator_update_ratio: int | None = 5
     toy_gan: bool | None = True

@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -137,9 +137,17 @@ class MCMConfig:
     #     4000 steps, constant                                         -    / 6.94 / 4.16 /  -
     #     2000 steps, cosine                                          11.74 / 4.82 / 2.41 / 1.74
     #     4000 steps, cosine (default)                                10.45 / 4.17 / 2.20 / 1.73
-    # A constant lr stops improving by 2000 steps; decaying it keeps improving every S up to 4000.
-    # The cost: one student per S, ~20 min each on one thread of this project's 2-core machine
-    # (`bench run --methods mcm --steps 1,2,4,8` trains four). S = 8 was best at 500 steps.
+    # A constant lr stops improving by 2000 steps; decaying it keeps improving S = 1, 2 and 4 up to
+    # 4000, at ~20 min per student on one thread of this project's 2-core machine. S = 8 is the
+    # exception: its segments span 125 timesteps, and the short schedule is better (FID, S = 8: 500
+    # steps constant 1.47, training seed 1: 1.56; 1000 cosine 1.89; 4000 cosine 1.73, against the
+    # DDIM's 1.71), so from S = toy_short_schedule_from_segments on the toy schedule is
+    # toy_short_max_train_steps at toy_short_lr_scheduler (MultistepCM.toy_config_for_steps; it
+    # stands aside when --config sets the schedule: lr_scheduler, max_train_steps or their toy_
+    # twins; pass toy_short_schedule_from_segments=none to train every S on the long schedule).
+    # S = 4 stays above the DDIM's 1.98; none of these moved it (FID at S = 4): toy_teacher_steps 32
+    # 2.29 (1000 steps 2.81, 500 constant 7.92), and at 1000 steps (default 2.81) xvar_frac 0
+    # 2.82, uniform loss weighting 2.73, teacher guidance 2.25 2.96.
     # Annealing (off by default; toy_anneal_iterations kept at the 250 it had with 500 steps, pass
     # toy_anneal_iterations=2000 for the paper's first half) measured at FID S = 2 / 4: 500 steps
     # 15.10 / 3.03 against 8.20 / 6.22 at a fixed 64; 2000 steps constant (annealing over 1000)
@@ -154,6 +162,9 @@ class MCMConfig:
     toy_teacher_steps: int | None = 64
     toy_anneal_iterations: int | None = 250
     toy_checkpointing_steps: int | None = 100
+    toy_short_schedule_from_segments: int | None = 8
+    toy_short_max_train_steps: int = 500
+    toy_short_lr_scheduler: str = "constant"
 
     def __post_init__(self):
         if self.x_var_estimate not in X_VAR_ESTIMATES:
@@ -164,6 +175,9 @@ class MCMConfig:
             raise ValueError("teacher step counts must be >= 1")
         if self.xvar_frac < 0 or self.huber_epsilon < 0:
             raise ValueError("xvar_frac and huber_epsilon must be >= 0")
+        if (self.toy_short_schedule_from_segments is not None and self.toy_short_schedule_from_segments < 1) \
+                or self.toy_short_max_train_steps < 1:
+            raise ValueError("toy_short_schedule_from_segments (or none) and toy_short_max_train_steps must be >= 1")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -370,6 +384,18 @@ class MultistepCM(Method):
         state = self.init_training_state(teacher, trainer, steps)
         trainer.fit(state, self.training_step, data, teacher)
         return self.student_from_state(state, trainer)
+
+    def toy_config_for_steps(self, config: MCMConfig, steps: int) -> MCMConfig:
+        """The toy schedule of the S = ``steps`` student: the short one from S =
+        ``toy_short_schedule_from_segments`` on (see MCMConfig), unless this method's config
+        changed the toy schedule (``--config`` lr_scheduler, max_train_steps or a toy_ twin)."""
+        own, default = self.config, type(self.config)()
+        schedule_fields = ("max_train_steps", "lr_scheduler", "toy_max_train_steps", "toy_lr_scheduler")
+        if (config.toy_short_schedule_from_segments is None or steps < config.toy_short_schedule_from_segments
+                or any(getattr(own, f) != getattr(default, f) for f in schedule_fields)):
+            return config
+        return replace(config, max_train_steps=config.toy_short_max_train_steps,
+                       lr_scheduler=config.toy_short_lr_scheduler)
 
     # -- sampling ------------------------------------------------------------------------------
     def timesteps(self, denoiser: Denoiser, steps: int) -> list[int]:

@@ -96,6 +96,12 @@ def test_eval_scores_a_foreign_folder_and_rejects_bad_ones(tmp_path, capsys):
     rows = load_all(tmp_path / "results").set_index("metric")["value"]
     assert float(printed["fid"]) == pytest.approx(rows["fid"], rel=1e-5)
     assert 0.0 <= rows["coverage"] <= 1.0 and not math.isnan(rows["fid"])
+    # the NFE is the one bench sample recorded (CFG: two calls per step); a foreign folder: --steps (default 0)
+    recorded = json.loads((samples / "metadata.json").read_text())["nfe"]
+    assert main(["eval", "--samples", str(samples), "--suite", "smoke", "--num-images", "7", "--steps", "1",
+                 "--metrics", "fid", "--results", str(tmp_path / "results-own"), "--quiet"]) == 0
+    assert recorded == 2 and load_all(tmp_path / "results-own")["nfe"].tolist() == [2]
+    assert set(load_all(tmp_path / "results")["nfe"]) == {0}
 
     empty = tmp_path / "empty"
     empty.mkdir()

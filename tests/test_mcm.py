@@ -527,3 +527,29 @@ def test_one_student_per_step_count(teacher, tmp_path, monkeypatch):
     # a cached student is loaded, not retrained
     monkeypatch.setattr(MultistepCM, "train", lambda *a, **k: pytest.fail("retrained a cached student"))
     assert students.load_student(method, teacher, steps=2, max_train_steps=1, progress=False).path == two.path
+
+
+def test_toy_schedule_per_step_count(teacher):
+    """S >= 8 trains on the short toy schedule (MCMConfig), S < 8 on the long one; the short one is
+    the student an explicit --config of the same schedule names, and any explicit schedule wins."""
+    from bench import students
+    from bench.spec import apply_config_overrides
+    from bench.train_data import training_data_for
+
+    data = training_data_for(teacher)
+
+    def plan(overrides, S):
+        method = MultistepCM(apply_config_overrides(MCMConfig(), overrides))
+        train_method, schedule = students.training_plan(method, teacher, steps=S)
+        fp = students.student_fingerprint(train_method, teacher, schedule, data, S)
+        return schedule.max_train_steps, train_method.config.lr_scheduler, fp
+
+    assert [plan(None, S)[:2] for S in (1, 2, 4)] == [(4000, "cosine")] * 3
+    assert plan(None, 8)[:2] == plan(None, 16)[:2] == (500, "constant")
+    assert plan(None, 8) == plan("lr_scheduler=constant,toy_max_train_steps=500", 8)
+    assert plan("lr_scheduler=cosine,toy_max_train_steps=1000", 8)[:2] == (1000, "cosine")
+    assert plan("toy_max_train_steps=2000", 8)[:2] == (2000, "cosine")
+    assert plan("toy_short_schedule_from_segments=none", 8)[:2] == (4000, "cosine")
+    assert plan("toy_short_schedule_from_segments=4", 4)[:2] == (500, "constant")
+    # without a step count (bench profile's training cost) the long toy schedule applies
+    assert students.training_plan(MultistepCM(), teacher)[1].max_train_steps == 4000
