@@ -170,8 +170,8 @@ def sample_one(ctx: SamplingContext, method, suite, steps: int, guidance: float,
                         teacher=ctx.teacher.identity, resolution=ctx.teacher.resolution, steps=steps,
                         guidance_scale=guidance, seed=seed, precision=ctx.precision, batching=batching)
     extra = {"suite": suite.name, "teacher": ctx.teacher_name, "nfe": method.nfe(steps, guidance)}
-    return sample_to_folder(ctx.teacher, student.denoiser, method, suite.prompts, spec, out_dir,
-                            batch_size=batch_size, suite_fingerprint=suite.fingerprint, progress=progress,
+    return sample_to_folder(ctx.teacher, student.denoiser, student.sampling_method(method), suite.prompts, spec,
+                            out_dir, batch_size=batch_size, suite_fingerprint=suite.fingerprint, progress=progress,
                             extra_metadata=extra)
 
 

@@ -347,7 +347,7 @@ def latency_closures(ctx, method, student, suite_prompt: str, steps: int, guidan
     from bench.sampling import generate_latents, initial_noise, make_generators
     from methods.base import SampleRequest
 
-    teacher = ctx.teacher
+    teacher, method = ctx.teacher, student.sampling_method(method)
     uncond = teacher.encode_prompts([""])
 
     def end_to_end():

@@ -514,14 +514,14 @@ def profile_method_latency(spec: ProfileSpec, teacher, method, dtype: str, progr
 def profile_student(method, teacher):
     """What ``method`` samples with, for timing: the teacher for teacher solvers
     (``load_student``), else an untrained student of the exact architecture."""
-    from bench.students import LoadedStudent, load_student
+    from bench.students import LoadedStudent, load_student, training_plan
     from methods.base import Denoiser
 
     if not method.trains:
         return load_student(method, teacher, 1, batching="fast", progress=False)
     unet = untrained_student_unet(method, teacher)
     denoiser = Denoiser(unet, teacher.schedule, images_per_call=None, scheduler_config=teacher.scheduler_config)
-    return LoadedStudent(denoiser, f"untrained:{method.name}")
+    return LoadedStudent(denoiser, f"untrained:{method.name}", sampler=training_plan(method, teacher)[0])
 
 
 def untrained_student_unet(method, teacher) -> nn.Module:

@@ -202,7 +202,7 @@ def _throughput_closure(ctx, method, student, prompt: str, steps: int, guidance:
 
     from bench.sampling import generate_latents
 
-    uncond = ctx.teacher.encode_prompts([""])
+    uncond, method = ctx.teacher.encode_prompts([""]), student.sampling_method(method)
 
     def run_batch():
         with torch.inference_mode():

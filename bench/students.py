@@ -67,6 +67,13 @@ class LoadedStudent:
     fingerprint: str            # "teacher" for teacher solvers
     path: Path | None = None    # folder of a trained student
     info: dict = field(default_factory=dict)  # its student.json
+    # the method instance to sample with: the config the student was trained with (on toy
+    # teachers the toy schedule's values, e.g. dmd's toy denoising_step_list); None: the caller's
+    sampler: Method | None = None
+
+    def sampling_method(self, method: Method) -> Method:
+        """What samples this student: ``self.sampler`` when set, else ``method``."""
+        return self.sampler if self.sampler is not None else method
 
 
 def students_dir() -> Path:
@@ -308,7 +315,7 @@ def load_student(method: Method, teacher: Any, steps: int, batching: str = "exac
     unet = load_student_unet(folder, teacher)
     denoiser = Denoiser(unet, teacher.schedule, images_per_call=images_per_call,
                         scheduler_config=teacher.scheduler_config)
-    return LoadedStudent(denoiser, fp, folder, read_student_info(folder) or {})
+    return LoadedStudent(denoiser, fp, folder, read_student_info(folder) or {}, sampler=train_method)
 
 
 def export_student(student: LoadedStudent, out: str | os.PathLike) -> Path:

@@ -28,11 +28,13 @@ Sampling: ``x = noise; for t_i in the step list: x0 = G(x, t_i, c); x = alpha x0
 with (whose boundary scalings at t >= 249 differ from the identity by < 1e-7).
 
 Step counts. A student is trained on one ``denoising_step_list`` and serves every count in
-``step_counts`` by taking every (len / S)-th entry: DMD's list is [999] (1 step); DMD2's default is
-the 4-step list [999, 749, 499, 249], which serves S = 4 exactly and S = 1 exactly too (the first
-hop of backward simulation starts from pure noise at 999, as one-step inference does). S = 2
-([999, 499]) can be enabled (``step_counts=1:2:4``): the 499 hop is trained on inputs simulated
-through 749 rather than straight from 999, the one mismatch. Other counts are skipped with a note.
+``step_counts`` by taking every (len / S)-th entry: DMD's list is [999] (1 step; on toy teachers
+[399], ``toy_denoising_step_list``, and the sampler uses the list the student was trained with);
+DMD2's default is the 4-step list [999, 749, 499, 249] ([399, 299, 199, 99] on toy teachers), which
+serves S = 4 exactly and S = 1 exactly too (the first hop of backward simulation starts from pure
+noise at 999, as one-step inference does). S = 2 ([999, 499]) can be enabled
+(``step_counts=1:2:4``): the 499 hop is trained on inputs simulated through 749 rather than
+straight from 999, the one mismatch. Other counts are skipped with a note.
 One student per list, not per count: the counts share every trained timestep.
 
 Paper values are the defaults (SD-1.5 recipes); ``toy_*`` fields replace them on toy teachers.
@@ -50,6 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from methods.base import Denoiser, Method, SampleRequest, Student, Update, per_sample_randn
+from methods.consistency import ema_update
 from methods.diffusion_math import NoiseSchedule, _as_column, add_noise, cfg_imagen, model_output_to_x0_eps, v_from_x0_eps
 
 Tensor = torch.Tensor
@@ -115,6 +118,10 @@ class DMDConfig:
     generator_update_ratio: int = 1          # DMD2's TTUR r; DMD updates both every iteration
     learning_rate: float = 1e-5
     fake_learning_rate: float | None = None  # None: learning_rate (both 1e-5 in DMD and DMD2)
+    # CHOICE, not in either paper's SD-1.5 recipe: an EMA copy of the generator, updated after each
+    # generator update (theta_ema <- mu theta_ema + (1 - mu) theta), saved as the student. None:
+    # the online generator is the student (the papers). Measured worse on the toy (see below).
+    generator_ema_decay: float | None = None
     train_batch_size: int = 32
     max_train_steps: int = 20_000
     gradient_accumulation_steps: int = 1
@@ -132,9 +139,30 @@ class DMDConfig:
     gradient_checkpointing: bool = True
     real_score_half_precision: bool = True   # bf16 autocast on CUDA when the teacher is fp32
 
-    # -- toy schedule (not from the papers; sized for ~2-3 min on 2 CPU cores, pairs included).
-    # Longer runs need a faster fake score (measured, 1-step FID, N = 1000): 400 steps 11.25;
-    # 1200 steps 17.28 at fake_learning_rate = learning_rate, 11.41 at fake_learning_rate=2e-4.
+    # -- toy schedule (not from the papers; sized for ~3-5 min on 2 CPU cores, pairs included).
+    # The generator's timestep (toy_denoising_step_list): pure noise enters at t = 399, not 999, as
+    # in the DMD2 code's one-step SDXL model (sampled at timesteps=[399]; PixArt-DMD calls this
+    # start timestep "very important"). Why it matters on the toy: the generator is the teacher's
+    # eps prediction read as x0 = (z - sigma_t eps)/alpha_t, and at t = 999 1/alpha_t = 14.7 (SD-1.5
+    # schedule), so the small toy teacher's eps error comes out as pixel noise: its own 1-step x0
+    # is noise-covered (DDIM 1-step FID 19.79) and 400 DMD steps do not clean it (FID 11.25,
+    # precision 0.41; 2000 steps oscillate between 7 and 17). At t = 399, 1/alpha_t = 1.9.
+    # Measured (N = 1000, one thread, 1-step FID / precision; training seeds 0 / 1 / 2):
+    #   t = 999, fake lr = lr (the toy default until 2026-12-04)     11.25 / 0.41
+    #   t = 399, fake lr = lr                                        3.26 (then 9.63 at 800 steps, 2.69 at 2000)
+    #   t = 399, fake lr 2e-4 (4x lr, default)                       2.47 / 3.05 / 5.09, precision 0.79-0.80
+    #   t = 399, fake lr 5e-4                                        3.24 / 4.42 / 3.42
+    #   t = 399, fake lr 2e-4, generator lr 2e-5: 4.26 at 400 steps, 2.93 at 600, 3.04 at 800
+    #   t = 399, fake lr 2e-4, cosine lr decay: 4.87 (400 steps), 3.66 (600)
+    #   t = 399, fake lr 2e-4, the student an EMA of the generator (toy_generator_ema_decay=0.99): 4.91
+    #   t = 399, fake lr 2e-4, regression_weight 1 / 4 (the paper's 0.25 with LPIPS): 3.85 / 5.38
+    #   t = 399, fake lr 2e-4, 800 steps: 3.98
+    # A faster fake score also damps the oscillation at t = 999 (1200 steps: 17.28 at
+    # fake_learning_rate = learning_rate, 11.41 at 2e-4). Still above the teacher's 4-step DDIM
+    # (1.98): the snapshot FID swings by +-1 between checkpoints 100 steps apart.
+    toy_denoising_step_list: tuple[int, ...] | None = (399,)
+    toy_fake_learning_rate: float | None = 2e-4
+    toy_generator_ema_decay: float | None = None
     toy_max_train_steps: int | None = 400
     toy_train_batch_size: int | None = 32
     toy_learning_rate: float | None = 5e-5
@@ -146,12 +174,19 @@ class DMDConfig:
     toy_checkpointing_steps: int | None = 100
 
     def __post_init__(self):
-        steps = self.denoising_step_list
-        if not steps or list(steps) != sorted(set(steps), reverse=True):
-            raise ValueError(f"denoising_step_list must be strictly decreasing, got {steps}")
-        for s in self.step_counts:
-            if s < 1 or len(steps) % s:
-                raise ValueError(f"step count {s} does not divide the {len(steps)}-step denoising_step_list")
+        for name in ("denoising_step_list", "toy_denoising_step_list"):
+            steps = getattr(self, name)
+            if steps is None and name.startswith("toy_"):
+                continue
+            if not steps or list(steps) != sorted(set(steps), reverse=True):
+                raise ValueError(f"{name} must be strictly decreasing, got {steps}")
+            for s in self.step_counts:
+                if s < 1 or len(steps) % s:
+                    raise ValueError(f"step count {s} does not divide the {len(steps)}-step {name}")
+        for name in ("generator_ema_decay", "toy_generator_ema_decay"):
+            decay = getattr(self, name)
+            if decay is not None and not 0.0 <= decay < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {decay}")
         if self.regression_distance not in REGRESSION_DISTANCES:
             raise ValueError(f"regression_distance must be one of {REGRESSION_DISTANCES}, got {self.regression_distance!r}")
         if self.dm_gradient_form not in DM_GRADIENT_FORMS:
@@ -182,17 +217,21 @@ class DMD2Config(DMDConfig):
 
     # toy: r = 5 (r = 10 leaves a 1000-iteration run with 100 generator updates), GAN on (the toy
     # world has real images; the stage-2 weights). Measured (N = 1000), FID at 1 / 4 steps: 800
-    # steps (the toy default before 2026-11-25) 17.45 / 4.00 (284 s); 2400 steps (default)
-    # 12.94 / 2.48 (1472 s, one thread beside another job; retrained from scratch: the same FIDs);
-    # 4800 steps 25.29 / 2.88 (2149 s), worse at both.
+    # steps (the toy default before 2026-11-25) 17.45 / 4.00 (284 s); 2400 steps 12.94 / 2.48
+    # (1472 s, one thread beside another job; retrained from scratch: the same FIDs); 4800 steps
+    # 25.29 / 2.88 (2149 s), worse at both; all three at the paper's list [999, 749, 499, 249].
+    # The toy list [399, 299, 199, 99] (toy_denoising_step_list; why: DMDConfig's toy comment) at
+    # 2400 steps (the default since 2026-12-04): 4.83 / 1.24 (1083 s, one thread); training seeds
+    # 1 / 2: 5.79 / 1.86 and 6.04 / 1.74, below the teacher's DDIM (19.79 / 1.98) at both counts.
     # The real guidance stays the paper's 1.75, unlike the consistency students' toy w
     # (methods.consistency): at the toy suite's g = 3 the 2400-step student gives 15.21 / 10.29.
-    # (The teacher's DDIM at g = 1.75 gives 2.46 at 4 steps and 1.72 at 25: the distribution dmd2
-    # distils scores below the g = 3 DDIM's 1.98 at 4 steps only close to its converged sampler.)
+    # (The teacher's DDIM at g = 1.75 gives 2.46 at 4 steps and 1.72 at 25.)
     toy_max_train_steps: int | None = 2400
     toy_generator_update_ratio: int | None = 5
     toy_gan: bool | None = True
     toy_num_regression_pairs: int | None = None
+    toy_denoising_step_list: tuple[int, ...] | None = (399, 299, 199, 99)
+    toy_fake_learning_rate: float | None = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -341,6 +380,8 @@ class DMDState:
     unwrap: Callable[[nn.Module], nn.Module]
     optimizer: Any = None                    # (several optimizers: see updates)
     lr_scheduler: Any = None
+    generator_ema: nn.Module | None = None   # generator_ema_decay's copy (unprepared)
+    generator_updated: bool = False          # set by the training step: was G updated?
 
     @property
     def models(self) -> list[nn.Module]:
@@ -350,13 +391,19 @@ class DMDState:
         return [p for u in self.updates for p in u.params]
 
     def after_optimizer_step(self) -> None:
-        pass
+        if self.generator_ema is not None and self.generator_updated:
+            ema_update(self.generator_ema.parameters(), self.unwrap(self.generator).parameters(),
+                       self.config.generator_ema_decay)
 
     def extra_state_dict(self) -> dict[str, Tensor]:
-        return {}
+        if self.generator_ema is None:
+            return {}
+        return {f"generator_ema.{k}": v for k, v in self.generator_ema.state_dict().items()}
 
     def load_extra_state_dict(self, state: dict[str, Tensor]) -> None:
-        pass
+        if self.generator_ema is not None:
+            prefix = "generator_ema."
+            self.generator_ema.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
 
 
 def _randn(shape, g: torch.Generator, like: Tensor) -> Tensor:
@@ -438,6 +485,7 @@ def dmd_training_step(state: DMDState, batch: Any) -> dict[str, Tensor]:
     cfg, g = state.config, batch.generator
     cond, uncond = batch.cond, batch.uncond
     update_g = is_generator_step(batch.step, cfg.generator_update_ratio)
+    state.generator_updated = update_g
     noise = _randn(batch.latents.shape, g, batch.latents)
     # 1. x = G(z): with grad only when G is updated (the code skips G's backward otherwise)
     x = generate(state, noise, cond, g, with_grad=update_g)
@@ -505,8 +553,12 @@ class DMD(Method):
         if steps in self.config.step_counts:
             return None
         counts = ", ".join(map(str, self.config.step_counts))
-        return (f"{self.name} samples with the {counts}-step schedule(s) of its trained step list "
-                f"{list(self.config.denoising_step_list)}; {steps} steps skipped")
+        trained = str(list(self.config.denoising_step_list))
+        toy = self.config.toy_denoising_step_list
+        if toy is not None and tuple(toy) != tuple(self.config.denoising_step_list):
+            trained += f" (on toy teachers {list(toy)})"
+        return f"{self.name} samples with the {counts}-step schedule(s) of its trained step list {trained}; " \
+               f"{steps} steps skipped"
 
     # -- training --------------------------------------------------------------------------------
     def init_training_state(self, teacher: Any, trainer: Any, data: Any = None) -> DMDState:
@@ -521,6 +573,9 @@ class DMD(Method):
                 raise ValueError(f"{self.name}: the regression loss needs the training data (its captions)")
             pairs = trainer.regression_pairs(teacher, data, cfg.pair_spec())
         generator = _copy_unet(teacher.unet, cfg.gradient_checkpointing).to(trainer.device)
+        ema = None
+        if cfg.generator_ema_decay is not None:
+            ema = copy.deepcopy(generator).requires_grad_(False)
         fake = FakeScore(_copy_unet(teacher.unet, cfg.gradient_checkpointing), cfg.gan, trainer.seed).to(trainer.device)
         steps, n = trainer.schedule.max_train_steps, trainer.num_processes
         g_opt, g_sched = _make_optimizer(list(generator.parameters()), cfg, trainer.schedule.learning_rate,
@@ -534,13 +589,14 @@ class DMD(Method):
         return DMDState(generator=generator, fake=fake, real=real, schedule=teacher.schedule, config=cfg,
                         updates=updates, pairs=pairs, distance=distance,
                         real_autocast=lambda: _half_autocast(real, cfg.real_score_half_precision),
-                        unwrap=trainer.unwrap)
+                        unwrap=trainer.unwrap, generator_ema=ema)
 
     def training_step(self, state: DMDState, batch: Any) -> dict[str, Tensor]:
         return dmd_training_step(state, batch)
 
     def student_from_state(self, state: DMDState, trainer: Any) -> Student:
-        unet = trainer.unwrap(state.generator).eval().requires_grad_(False)
+        online = trainer.unwrap(state.generator)
+        unet = (state.generator_ema if state.generator_ema is not None else online).eval().requires_grad_(False)
         if getattr(unet, "is_gradient_checkpointing", False):
             unet.disable_gradient_checkpointing()
         return Student(unet=unet, kind="unet",

@@ -126,6 +126,8 @@ class SPLAMConfig(ConsistencyDistillationConfig):
     # 6000 steps 15.91/11.70/13.22/14.51, 67 min on one thread of this project's 2-core machine
     # (a SPLAM step, 5 teacher sub-steps of 2 calls, costs ~2x an LCM step). Still worse than the
     # DDIM from 2 steps on, and than "gamma-one" (LCM with Multiple Estimation) at 500: see (d).
+    # LCM's toy cosine decay (toy_lr_scheduler=cosine, toy_lr_warmup_steps=20) does not carry over:
+    # 2000 steps give 32.07/30.06/33.64/36.18, and 25.73/27.55/38.40/46.63 with toy_loss_type=l2.
     toy_max_train_steps: int | None = 6000
     toy_train_batch_size: int | None = 32
     toy_learning_rate: float | None = 1e-4

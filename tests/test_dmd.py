@@ -5,6 +5,7 @@ pipeline, the two time-scale schedule, a measured fake-score improvement, exact 
 sampler against LCMScheduler, and the skip reasons."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -108,7 +109,16 @@ def test_registered_with_the_papers_values():
     # the toy schedule: only the toy_* fields change
     toy = apply_toy_schedule(DMD2Config())
     assert (toy.generator_update_ratio, toy.gan, toy.max_train_steps, toy.real_guidance_scale) == (5, True, 2400, 1.75)
-    assert apply_toy_schedule(DMDConfig()).regression_distance == "l2"
+    assert (toy.denoising_step_list, toy.fake_learning_rate) == ((399, 299, 199, 99), None)
+    toy = apply_toy_schedule(DMDConfig())
+    assert (toy.regression_distance, toy.denoising_step_list, toy.fake_learning_rate) == ("l2", (399,), 2e-4)
+    with pytest.raises(ValueError, match="toy_denoising_step_list must be strictly decreasing"):
+        DMDConfig(toy_denoising_step_list=(249, 999))
+    with pytest.raises(ValueError, match="does not divide the 1-step toy_denoising_step_list"):
+        DMD2Config(toy_denoising_step_list=(399,))
+    assert dmd.generator_ema_decay is None and dmd2.generator_ema_decay is None     # the papers: no EMA
+    with pytest.raises(ValueError, match=r"generator_ema_decay must be in \[0, 1\), got 1.0"):
+        DMDConfig(generator_ema_decay=1.0)
 
 
 def test_unsupported_steps_give_a_clear_reason():
@@ -117,6 +127,7 @@ def test_unsupported_steps_give_a_clear_reason():
     for steps in (2, 4, 8):
         reason = dmd.unsupported_steps_reason(steps)
         assert reason.startswith("dmd ") and f"{steps} steps skipped" in reason and "[999]" in reason
+    assert "[999] (on toy teachers [399])" in dmd.unsupported_steps_reason(2)
     assert dmd2.unsupported_steps_reason(1) is None and dmd2.unsupported_steps_reason(4) is None
     assert "2 steps skipped" in dmd2.unsupported_steps_reason(2)
     assert "8 steps skipped" in dmd2.unsupported_steps_reason(8)
@@ -266,26 +277,26 @@ def test_latent_space_distances():
 
 def test_generator_and_fake_updates_follow_the_ratio(teacher, data):
     """r = 3 over 7 iterations: the generator is updated at steps 0, 3, 6 (and its forward runs
-    without autograd on the others); the fake score is updated every step."""
-    method = small_dmd2(generator_update_ratio=3, gan=True, lr_warmup_steps=0)
+    without autograd on the others); the fake score is updated every step; the generator's EMA
+    (mu = 0.5) moves after generator updates only, to mu ema + (1 - mu) G, and is the student."""
+    method = small_dmd2(generator_update_ratio=3, gan=True, lr_warmup_steps=0, generator_ema_decay=0.5)
     tr = trainer(max_train_steps=7)
     state = method.init_training_state(teacher, tr)
     snapshots, grad_modes, keys = [], {}, []
-    gen, fake = tr.unwrap(state.generator), tr.unwrap(state.fake)
+    gen, fake, ema = tr.unwrap(state.generator), tr.unwrap(state.fake), state.generator_ema
+    flat = lambda net: torch.cat([p.detach().flatten() for p in net.parameters()]).clone()  # noqa: E731
     gen.register_forward_hook(lambda *a: grad_modes.setdefault(current[0], set()).add(torch.is_grad_enabled()))
     current = [0]
 
     def step(state, batch):
         current[0] = batch.step
-        snapshots.append((torch.cat([p.detach().flatten() for p in gen.parameters()]).clone(),
-                          torch.cat([p.detach().flatten() for p in fake.parameters()]).clone()))
+        snapshots.append((flat(gen), flat(fake), flat(ema)))
         losses = method.training_step(state, batch)
         keys.append(sorted(losses))
         return losses
 
     tr.fit(state, step, data, teacher)
-    snapshots.append((torch.cat([p.detach().flatten() for p in gen.parameters()]),
-                      torch.cat([p.detach().flatten() for p in fake.parameters()])))
+    snapshots.append((flat(gen), flat(fake), flat(ema)))
     assert [("generator" in k) for k in keys] == [True, False, False, True, False, False, True]
     assert all("fake_score" in k for k in keys)
     for s in range(7):
@@ -294,6 +305,11 @@ def test_generator_and_fake_updates_follow_the_ratio(teacher, data):
         assert g_moved == (s % 3 == 0), s
         assert f_moved, s
         assert (True in grad_modes[s]) == (s % 3 == 0), (s, grad_modes[s])
+        expected_ema = 0.5 * snapshots[s][2] + 0.5 * snapshots[s + 1][0] if s % 3 == 0 else snapshots[s][2]
+        assert_close(snapshots[s + 1][2], expected_ema, tol=1e-6)
+    assert not torch.equal(snapshots[-1][2], snapshots[-1][0])
+    student = method.student_from_state(state, tr)
+    assert torch.equal(flat(student.unet), snapshots[-1][2])
 
 
 def _held_out_fake_loss(state, tr, teacher, data, batches: int = 4) -> float:
@@ -323,9 +339,11 @@ def test_a_few_steps_reduce_the_fake_score_loss(teacher, data):
 @pytest.mark.parametrize("name", ["dmd", "dmd2"])
 def test_resume_reproduces_the_uninterrupted_run(teacher, data, tmp_path, name):
     """4 iterations, checkpoint every 2; killed in iteration 3 and resumed by a fresh trainer and
-    state: the generator, the fake score (with its GAN head for dmd2) and the loss history are
-    bit-identical to an uninterrupted run. dmd: regression pairs; dmd2: r = 2, GAN, 4-step list."""
-    method = small_dmd() if name == "dmd" else small_dmd2(generator_update_ratio=2, gan=True, lr_warmup_steps=1)
+    state: the generator, the fake score (with its GAN head for dmd2), the generator's EMA and the
+    loss history are bit-identical to an uninterrupted run. dmd: regression pairs; dmd2: r = 2,
+    GAN, 4-step list, EMA."""
+    method = small_dmd() if name == "dmd" else small_dmd2(generator_update_ratio=2, gan=True, lr_warmup_steps=1,
+                                                          generator_ema_decay=0.9)
     straight = trainer(tmp_path / "a", checkpointing_steps=2)
     state_a = method.init_training_state(teacher, straight, data)
     straight.fit(state_a, method.training_step, data, teacher)
@@ -344,6 +362,11 @@ def test_resume_reproduces_the_uninterrupted_run(teacher, data, tmp_path, name):
         assert a.keys() == b.keys()
         for key in a:
             assert torch.equal(a[key], b[key]), (net, key)
+    assert (state_a.generator_ema is None) == (name == "dmd")
+    if state_a.generator_ema is not None:
+        a, b = state_a.generator_ema.state_dict(), state_b.generator_ema.state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+        assert not torch.equal(a["conv_in.weight"], teacher.unet.conv_in.weight)
     assert not torch.equal(straight.unwrap(state_a.generator).conv_in.weight, teacher.unet.conv_in.weight)
 
 
@@ -390,3 +413,31 @@ def test_load_student_trains_saves_and_samples(teacher, tmp_path):
     assert again.path == loaded.path
     dmd2 = DMD2(DMD2Config(step_counts=(1, 2, 4)))
     assert "step_counts" not in dmd2.training_identity() and "denoising_step_list" in dmd2.training_identity()
+
+
+def test_the_student_samples_at_the_timestep_it_was_trained_at(teacher, monkeypatch, tmp_path):
+    """On a toy (here: random-weight) teacher dmd trains its generator at the toy step list [399];
+    `bench sample` must sample it there too (load_student's sampler), not at the paper's [999],
+    while the sampling fingerprint keeps the config the user asked for."""
+    from bench import students
+    from bench.commands import SamplingContext, sample_one
+    from bench.suites import load_suite
+    import methods.dmd as dmd_module
+
+    method = DMD(DMDConfig(toy_num_regression_pairs=4, toy_train_batch_size=2, toy_regression_batch_size=2,
+                           regression_solver_steps=3, regression_chunk_size=2, toy_max_train_steps=1))
+    loaded = students.load_student(method, teacher, steps=1, progress=False)
+    assert method.config.denoising_step_list == (999,)
+    assert loaded.sampling_method(method).config.denoising_step_list == (399,)
+    assert loaded.sampling_method(method) is loaded.sampler and students.LoadedStudent(None, "x").sampling_method(
+        method) is method
+    lists = []
+    real = dmd_module.sampling_timesteps
+    monkeypatch.setattr(dmd_module, "sampling_timesteps", lambda step_list, steps: lists.append(step_list) or
+                        real(step_list, steps))
+    ctx = SamplingContext(teacher, "tiny", torch.device("cpu"), "fp32")
+    suite = load_suite("smoke").subset(2)
+    summary = sample_one(ctx, method, suite, 1, 1.0, 0, tmp_path / "samples", 2, "fast", progress=False)
+    assert summary.written == 2 and lists == [(399,)]
+    spec = json.loads((tmp_path / "samples" / "metadata.json").read_text())["spec"]
+    assert spec["method_config"]["denoising_step_list"] == [999] and spec["student"] == loaded.fingerprint
