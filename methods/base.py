@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -113,6 +113,28 @@ def per_sample_randn(generators: Sequence[torch.Generator], like: Tensor) -> Ten
     (on the CPU, so the numbers do not depend on the device or on the batch composition)."""
     rows = [torch.randn(like.shape[1:], generator=g, dtype=torch.float32) for g in generators]
     return torch.stack(rows).to(device=like.device, dtype=like.dtype)
+
+
+@torch.no_grad()
+def ema_update(target: Iterable[nn.Parameter], online: Iterable[nn.Parameter], decay: float) -> None:
+    """theta- <- mu theta- + (1 - mu) theta (the reference's ``update_ema``)."""
+    for t, s in zip(target, online):
+        t.detach().mul_(decay).add_(s.detach(), alpha=1.0 - decay)
+
+
+def prefixed_state_dict(module: nn.Module | None, prefix: str) -> dict[str, Tensor]:
+    """``module``'s state dict with keys ``prefix.<key>`` (a training state's ``extra_state_dict``
+    for an extra network such as an EMA copy); empty for None."""
+    if module is None:
+        return {}
+    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+
+
+def load_prefixed_state_dict(module: nn.Module | None, state: dict[str, Tensor], prefix: str) -> None:
+    """The inverse of ``prefixed_state_dict``: loads the ``prefix.`` entries of ``state``."""
+    if module is not None:
+        start = f"{prefix}."
+        module.load_state_dict({k[len(start):]: v for k, v in state.items() if k.startswith(start)})
 
 
 @dataclass

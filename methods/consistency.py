@@ -31,14 +31,15 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Iterable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Denoiser, SampleRequest, per_sample_randn
+from methods.base import (Denoiser, SampleRequest, ema_update, load_prefixed_state_dict, per_sample_randn,
+                          prefixed_state_dict)
 from methods.diffusion_math import (
     ER_SDE_NOISE_SCALES,
     NoiseSchedule,
@@ -361,13 +362,6 @@ def consistency_loss(pred: Tensor, target: Tensor, loss_type: str = "l2", huber_
     raise ValueError(f"unknown loss_type {loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
 
 
-@torch.no_grad()
-def ema_update(target: Iterable[nn.Parameter], online: Iterable[nn.Parameter], decay: float) -> None:
-    """theta- <- mu theta- + (1 - mu) theta (the reference's ``update_ema``)."""
-    for t, s in zip(target, online):
-        t.detach().mul_(decay).add_(s.detach(), alpha=1.0 - decay)
-
-
 # ------------------------------------------------------------------------------------------------
 # Training state and step
 # ------------------------------------------------------------------------------------------------
@@ -405,13 +399,10 @@ class LCDState:
             ema_update(self.target.parameters(), self.unwrap(self.student).parameters(), self.ema_decay)
 
     def extra_state_dict(self) -> dict[str, Tensor]:
-        if self.target is None:
-            return {}
-        return {f"target.{k}": v for k, v in self.target.state_dict().items()}
+        return prefixed_state_dict(self.target, "target")
 
     def load_extra_state_dict(self, state: dict[str, Tensor]) -> None:
-        if self.target is not None:
-            self.target.load_state_dict({k[len("target."):]: v for k, v in state.items() if k.startswith("target.")})
+        load_prefixed_state_dict(self.target, state, "target")
 
 
 def _x0_eps(out: Tensor, x_t: Tensor, t: Tensor, schedule: NoiseSchedule) -> tuple[Tensor, Tensor]:

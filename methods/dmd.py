@@ -51,8 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import Denoiser, Method, SampleRequest, Student, Update, per_sample_randn
-from methods.consistency import ema_update
+from methods.base import (Denoiser, Method, SampleRequest, Student, Update, ema_update, load_prefixed_state_dict,
+                          per_sample_randn, prefixed_state_dict)
 from methods.diffusion_math import NoiseSchedule, _as_column, add_noise, cfg_imagen, model_output_to_x0_eps, v_from_x0_eps
 
 Tensor = torch.Tensor
@@ -396,14 +396,10 @@ class DMDState:
                        self.config.generator_ema_decay)
 
     def extra_state_dict(self) -> dict[str, Tensor]:
-        if self.generator_ema is None:
-            return {}
-        return {f"generator_ema.{k}": v for k, v in self.generator_ema.state_dict().items()}
+        return prefixed_state_dict(self.generator_ema, "generator_ema")
 
     def load_extra_state_dict(self, state: dict[str, Tensor]) -> None:
-        if self.generator_ema is not None:
-            prefix = "generator_ema."
-            self.generator_ema.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        load_prefixed_state_dict(self.generator_ema, state, "generator_ema")
 
 
 def _randn(shape, g: torch.Generator, like: Tensor) -> Tensor:
