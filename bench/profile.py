@@ -37,8 +37,8 @@ with a note (the harness runs fp32 there; half-precision CPU kernels say nothing
 
 Parts: ``--no-sampling`` / ``--no-train`` measure one part only; ``--speedup`` adds the make-it-fast
 study of ``bench.speedup`` (profiler, per-component times, eager / channels-last / half-vae /
-compile / cuda-graphs). The report is rewritten after every method (``"complete": false`` until the
-end), so a run cut short keeps what it finished; ``--merge`` joins the reports of several runs on one
+compile / cuda-graphs / cuda-graphs-all). The report is rewritten after every method and every
+variant of the study (``"complete": false`` until the end), so a run cut short keeps what it finished; ``--merge`` joins the reports of several runs on one
 device, teacher and library versions.
 
 Output: ``<out>/<device-name-slug>.md`` (tables, the exact command, library versions, the device)
@@ -192,7 +192,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--speedup", action="store_true",
                         help="also run the make-it-fast study (bench/speedup.py): the torch profiler's top "
                              "operators, then end-to-end and per-component batch-1 latency under each variant "
-                             "(eager, channels-last, half-vae, compile, cuda-graphs)")
+                             "(eager, channels-last, half-vae, compile, cuda-graphs, cuda-graphs-all)")
     parser.add_argument("--speedup-at", default=None, metavar="METHOD:STEPS",
                         help="the method and step count of the study (default: the first method of --methods "
                              "at its first supported step count of --steps)")
@@ -379,7 +379,12 @@ def run_profile(spec: ProfileSpec, progress: bool = True, partial: Callable[[dic
                 if partial:
                     partial(report(False))
         if spec.speedup_at:
-            speedup.append(dataclasses.asdict(speedup_study(spec, teacher, dtype, progress)))
+            def study_so_far(study):
+                if partial:
+                    partial(_report(spec, started, teacher_info, speed, training,
+                                    speedup + [dataclasses.asdict(study)], False))
+
+            speedup.append(dataclasses.asdict(speedup_study(spec, teacher, dtype, progress, study_so_far)))
             if partial:
                 partial(report(False))
         if spec.train:
@@ -416,8 +421,10 @@ def _report(spec: ProfileSpec, started: float, teacher_info: dict, speed: list[S
     }
 
 
-def speedup_study(spec: ProfileSpec, teacher, dtype: str, progress: bool = True):
-    """The make-it-fast study (bench/speedup.py) of ``spec.speedup_at`` in ``dtype``."""
+def speedup_study(spec: ProfileSpec, teacher, dtype: str, progress: bool = True,
+                  on_variant: Callable | None = None):
+    """The make-it-fast study (bench/speedup.py) of ``spec.speedup_at`` in ``dtype``; ``on_variant``
+    as in ``run_study``."""
     from bench.run import guidance_for
     from bench.speedup import run_study
 
@@ -426,7 +433,7 @@ def speedup_study(spec: ProfileSpec, teacher, dtype: str, progress: bool = True)
     student = profile_student(method, teacher)
     with sampling_teacher(teacher, student.denoiser.unet) as sampler_teacher:
         study = run_study(spec, sampler_teacher, method, student, steps, guidance, dtype, spec.speedup_variants,
-                          progress)
+                          progress, on_variant)
     del student
     _free(spec.device)
     return study
@@ -653,7 +660,8 @@ def _lcm_plan(method, teacher, steps: int) -> DiffusersPlan:
 
 #: method name -> the diffusers scheduler its sampler equals (tests/test_baselines.py, test_lcm.py)
 DIFFUSERS_SCHEDULERS: dict[str, Callable[..., DiffusersPlan]] = {
-    "ddim": _ddim_plan, "dpmpp": _dpmpp_plan, "lcm": _lcm_plan, "lcm-lora": _lcm_plan,
+    "ddim": _ddim_plan, "dpmpp": _dpmpp_plan, "lcm": _lcm_plan, "lcm-lora": _lcm_plan, "scott": _lcm_plan,
+    "splam": _lcm_plan,
 }
 
 
@@ -842,11 +850,12 @@ def measure_training_step(method, teacher, data, batch: int, gradient_checkpoint
 
     device = next(teacher.unet.parameters()).device
     train_method, schedule = training_plan(method, teacher)
+    train_method, pairs_note = regression_pairs_for_timing(train_method)
     schedule = dataclasses.replace(schedule, max_train_steps=warmup_steps + timed_steps, train_batch_size=batch,
                                    gradient_accumulation_steps=1, checkpointing_steps=0)
     trainer = new_trainer(schedule, device, f"profile {method.name}")
     row = TrainRow(method.name, "", batch, gradient_checkpointing, mixed_precision=trainer.schedule.mixed_precision,
-                   warmup_steps=warmup_steps, timed_steps=timed_steps)
+                   warmup_steps=warmup_steps, timed_steps=timed_steps, note=pairs_note)
     state = init_training_state(train_method, teacher, trainer, data)
     try:
         if gradient_checkpointing:
@@ -871,6 +880,19 @@ def measure_training_step(method, teacher, data, batch: int, gradient_checkpoint
     row.timings_ms = clock.intervals_ms()[warmup_steps:]
     row.step_median_ms, row.step_p90_ms, row.step_mean_ms = summarize_timings(row.timings_ms)
     return row
+
+
+def regression_pairs_for_timing(train_method):
+    """(method, note): DMD's regression pairs (Eq. 9), made before training by a 50-step solver
+    under CFG, cut to one regression batch. A training step draws its regression batch from the
+    pairs with replacement, so its cost does not depend on how many exist, and making the toy
+    schedule's 512 at 512 px took the whole of a 150 s profile section on an H200."""
+    cfg = train_method.config
+    pairs, batch = getattr(cfg, "num_regression_pairs", None), getattr(cfg, "regression_batch_size", None)
+    if not pairs or not batch or not getattr(cfg, "regression_weight", 0.0) or pairs <= batch:
+        return train_method, ""
+    note = f"{batch} regression pairs made for timing (the config's {pairs}: a step's cost does not depend on it)"
+    return type(train_method)(dataclasses.replace(cfg, num_regression_pairs=batch)), note
 
 
 def largest_training_batch(method, teacher, data, start: int, gradient_checkpointing: bool) -> int | None:

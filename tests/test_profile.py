@@ -150,7 +150,7 @@ def test_half_precision_is_skipped_on_cpu_with_a_note(profiled):
         assert markdown.count(HALF_ON_CPU_NOTE.format(dtype=dtype)) == 2   # once per table, not once per cell
 
 
-@pytest.mark.parametrize("method_name", ["ddim", "dpmpp", "lcm", "lcm-lora"])
+@pytest.mark.parametrize("method_name", ["ddim", "dpmpp", "lcm", "lcm-lora", "scott", "splam"])
 def test_diffusers_pipeline_makes_the_same_images_as_the_harness(tiny_teacher, one_thread, method_name):
     """The pipeline being timed generates what our harness generates: same decoded images at batch 1
     and at batch 3, and the same denoiser-only latents (DDIM 2 steps is the reference case)."""
@@ -242,7 +242,7 @@ def test_profile_on_gpu(tmp_path):
     assert main(["profile", "--device", "cuda", "--teacher", "tiny", "--out", str(tmp_path), "--quiet",
                  "--methods", "ddim,lcm-lora", "--steps", "1", "--dtypes", "fp16,bf16", "--batches", "4",
                  "--train-batch", "2", "--train-steps", "2", "--train-warmup", "1",
-                 "--speedup", "--speedup-variants", "eager,half-vae"]) == 0
+                 "--speedup", "--speedup-variants", "eager,half-vae,cuda-graphs-all"]) == 0
     report, _ = _report(tmp_path)
     for study in report["speedup"]:
         assert study["gpu_busy_fraction"] is not None and all(r["status"] == "measured" for r in study["variants"])
@@ -324,6 +324,24 @@ def test_no_sampling_measures_training_only_with_the_config_override(tmp_path):
     assert "--no-sampling --config regression_distance=l2,num_regression_pairs=4" in report["command"]
 
 
+def test_dmd_is_timed_on_one_regression_batch_of_pairs(tiny_teacher):
+    """The toy schedule's 512 regression pairs (the paper's 500K) are cut to one regression batch for
+    timing; a config that asks for fewer keeps its own."""
+    from bench.commands import load_method
+    from bench.profile import regression_pairs_for_timing
+    from bench.students import training_plan
+
+    method, _ = training_plan(load_method("dmd"), tiny_teacher)
+    assert (method.config.num_regression_pairs, method.config.regression_batch_size) == (512, 16)
+    timed, note = regression_pairs_for_timing(method)
+    assert timed.config.num_regression_pairs == 16 and note.startswith("16 regression pairs made for timing")
+    assert dataclasses.replace(timed.config, num_regression_pairs=512) == method.config
+    few = type(method)(dataclasses.replace(method.config, num_regression_pairs=4))
+    assert regression_pairs_for_timing(few) == (few, "")
+    unused = type(method)(dataclasses.replace(method.config, regression_weight=0.0))
+    assert regression_pairs_for_timing(unused) == (unused, "")
+
+
 def test_a_run_that_stops_midway_keeps_the_methods_it_finished(tmp_path, monkeypatch):
     from bench import profile
 
@@ -394,3 +412,52 @@ def test_speedup_study_components_ratios_and_the_half_vae_check(tmp_path):
     shares = [o["share"] for o in study["top_operators"]]
     assert shares and shares == sorted(shares, reverse=True) and sum(shares) <= 1.0 + 1e-9
     assert "## Making it fast" in markdown and "| half-vae |" in markdown
+
+
+def test_a_graphed_text_encoder_returns_copies_the_teacher_may_keep(tiny_teacher):
+    """cuda-graphs-all: a replay overwrites the graph's output memory; the text encoder's outputs
+    are copied out first, so an embedding kept across calls (the empty prompt's) stays intact, and
+    the embedding is the plain text encoder's."""
+    import copy
+
+    from bench.speedup import outputs_copied
+
+    graph_memory = torch.zeros(2, 3)
+
+    def replay(input_ids, return_dict=True):
+        assert return_dict is False
+        graph_memory.copy_(input_ids)
+        return (graph_memory,)
+
+    encode = outputs_copied(replay)
+    kept = encode(torch.ones(2, 3))[0]
+    encode(torch.full((2, 3), 5.0))
+    assert torch.equal(kept, torch.ones(2, 3)) and torch.equal(graph_memory, torch.full((2, 3), 5.0))
+
+    text_encoder = copy.deepcopy(tiny_teacher.text_encoder)
+    text_encoder.forward = outputs_copied(text_encoder.forward)
+    copied = dataclasses.replace(tiny_teacher, text_encoder=text_encoder)
+    assert torch.equal(copied.encode_prompts(["a red cube", ""]), tiny_teacher.encode_prompts(["a red cube", ""]))
+
+
+def test_a_study_that_stops_midway_keeps_the_variants_it_finished(tmp_path, monkeypatch):
+    """A GPU lease can end inside a variant's compilation: the variants before it are in the report."""
+    from bench import speedup
+
+    measured = speedup.measure_variant
+
+    def second_variant_killed(spec, teacher, method, student, steps, guidance, dtype, variant, *rest):
+        if variant.name == "channels-last":
+            raise KeyboardInterrupt
+        return measured(spec, teacher, method, student, steps, guidance, dtype, variant, *rest)
+
+    monkeypatch.setattr(speedup, "measure_variant", second_variant_killed)
+    assert _run(tmp_path, "--methods", "lcm", "--steps", "1", "--dtypes", "fp32", "--no-sampling", "--no-train",
+                "--speedup", "--speedup-variants", "eager,channels-last") == 130
+    report, markdown = _report(tmp_path)
+    (study,) = report["speedup"]
+    assert report["complete"] is False and [r["variant"] for r in study["variants"]] == ["eager"]
+    (eager,) = study["variants"]
+    assert eager["status"] == "measured" and eager["ratio_to_best_components"] == pytest.approx(
+        eager["end_to_end_ms"] / eager["components_sum_ms"])
+    assert "| eager |" in markdown
