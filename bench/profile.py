@@ -38,8 +38,8 @@ with a note (the harness runs fp32 there; half-precision CPU kernels say nothing
 Parts: ``--no-sampling`` / ``--no-train`` measure one part only; ``--speedup`` adds the make-it-fast
 study of ``bench.speedup`` (profiler, per-component times, eager / channels-last / half-vae /
 compile / cuda-graphs / cuda-graphs-all). The report is rewritten after every method and every
-variant of the study (``"complete": false`` until the end), so a run cut short keeps what it finished; ``--merge`` joins the reports of several runs on one
-device, teacher and library versions.
+variant of the study (``"complete": false`` until the end), so a run cut short keeps what it
+finished; ``--merge`` joins the reports of several runs on one device, teacher and library versions.
 
 Output: ``<out>/<device-name-slug>.md`` (tables, the exact command, library versions, the device)
 and ``.json`` beside it (every number, raw timings included), both written atomically, with the
