@@ -112,6 +112,7 @@ def test_registered_with_the_papers_values():
     assert (toy.denoising_step_list, toy.fake_learning_rate) == ((399, 299, 199, 99), None)
     toy = apply_toy_schedule(DMDConfig())
     assert (toy.regression_distance, toy.denoising_step_list, toy.fake_learning_rate) == ("l2", (399,), 2e-4)
+    assert (toy.generator_update_ratio, toy.max_train_steps) == (5, 4000)    # DMD2's two time-scale rule
     with pytest.raises(ValueError, match="toy_denoising_step_list must be strictly decreasing"):
         DMDConfig(toy_denoising_step_list=(249, 999))
     with pytest.raises(ValueError, match="does not divide the 1-step toy_denoising_step_list"):
