@@ -158,7 +158,9 @@ class SPLAMConfig(ConsistencyDistillationConfig):
 
 
 def splam_teacher_solver(config: SPLAMConfig, schedule: Any) -> MultistepTeacherSolver:
-    """Multiple Estimation (Eq. 18): t ~ U[k, T] on the grid, k / k_phi deterministic DDIM steps."""
+    """Multiple Estimation (Eq. 18): t ~ U[k, T] on the grid, k / k_phi deterministic DDIM steps.
+    The student never trains at t < k - 1 = 99; LCM's sampler never asks there either (its 1- to
+    8-step timesteps end at 999, 499, 259 and 139)."""
     return MultistepTeacherSolver(schedule, num_points=config.num_ddim_timesteps, span=config.skip,
                                   substeps=config.skip // config.skip_phi, kind="ddim", eta=0.0,
                                   min_start=config.skip - 1)
