@@ -174,13 +174,13 @@ def variant_networks(teacher, unet: nn.Module, variant: Variant):
     if variant.half_vae:
         nn.Module.to(vae, dtype=next(unet.parameters()).dtype)   # as VaeCodec does (diffusers' .to warns)
     codec = VaeCodec(vae, upcast=not variant.half_vae)
-    if variant.compile_mode and variant.graph_text_encoder:
-        text_encoder.forward = outputs_copied(torch.compile(text_encoder.forward, mode=variant.compile_mode))
-    elif variant.compile_mode:
-        # the empty-prompt embedding is encoded once and kept across calls, which a CUDA-graph
-        # output must not be (the next replay overwrites it): here the text encoder gets no graphs
-        text_encoder.compile(mode="default")
     if variant.compile_mode:
+        if variant.graph_text_encoder:
+            text_encoder.forward = outputs_copied(torch.compile(text_encoder.forward, mode=variant.compile_mode))
+        else:
+            # the empty-prompt embedding is encoded once and kept across calls, which a CUDA-graph
+            # output must not be (the next replay overwrites it): here the text encoder gets no graphs
+            text_encoder.compile(mode="default")
         for module in (unet, vae.decoder):
             module.compile(mode=variant.compile_mode)
     return dataclasses.replace(teacher, unet=unet, text_encoder=text_encoder, codec=codec), unet

@@ -340,6 +340,11 @@ def test_dmd_is_timed_on_one_regression_batch_of_pairs(tiny_teacher):
     assert regression_pairs_for_timing(few) == (few, "")
     unused = type(method)(dataclasses.replace(method.config, regression_weight=0.0))
     assert regression_pairs_for_timing(unused) == (unused, "")
+    # the training measurement uses it: the row says so
+    from bench.profile import measure_training_step, training_source
+
+    row = measure_training_step(load_method("dmd"), tiny_teacher, training_source(tiny_teacher)[0], 2, False, 1, 1)
+    assert row.status == "measured" and row.note == note
 
 
 def test_a_run_that_stops_midway_keeps_the_methods_it_finished(tmp_path, monkeypatch):
