@@ -469,10 +469,15 @@ def lcd_teacher_solve(state: LCDState, draws: LCDDraws, batch: Any) -> Tensor:
 
 
 def lcd_online(state: LCDState, x_t: Tensor, t: Tensor, cond: Tensor, timestep_cond: Tensor | None,
-               sigma: Tensor | None = None) -> Tensor:
-    """Step 4: the online student f_theta(x_t, cond, t) (Eq. 7), with gradient."""
+               sigma: Tensor | None = None, net_input: Tensor | None = None,
+               net_timestep: Tensor | None = None) -> Tensor:
+    """Step 4: the online student f_theta(x_t, cond, t) (Eq. 7), with gradient. ``net_input`` /
+    ``net_timestep``: what the network itself is given, when a method preconditions its input
+    (SPLAM's "noise-level"); the consistency function still reads x_t at t."""
     cfg = state.config
-    out = state.student(x_t, t.to(x_t.device), encoder_hidden_states=cond, timestep_cond=timestep_cond).sample
+    x_in = x_t if net_input is None else net_input
+    t_in = t if net_timestep is None else net_timestep
+    out = state.student(x_in, t_in.to(x_t.device), encoder_hidden_states=cond, timestep_cond=timestep_cond).sample
     return consistency_function(out, x_t, t, state.schedule, cfg.sigma_data, cfg.timestep_scaling, sigma=sigma)
 
 

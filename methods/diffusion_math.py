@@ -58,6 +58,16 @@ class NoiseSchedule:
         abar = self.abar(t)
         return abar.sqrt(), (1.0 - abar).sqrt()
 
+    def timestep_at_log_snr(self, log_snr: Tensor) -> Tensor:
+        """The continuous timestep whose log SNR, log(abar / (1 - abar)), is ``log_snr``: linear
+        interpolation of log SNR between the two neighbouring discrete timesteps (float64,
+        clamped to [0, T - 1]). At a discrete timestep's own log SNR it returns that timestep."""
+        table = (self.alphas_cumprod / (1.0 - self.alphas_cumprod)).log()       # decreasing in t
+        log_snr = torch.as_tensor(log_snr, dtype=torch.float64).clamp(table[-1], table[0])
+        upper = torch.searchsorted(-table, -log_snr, right=False).clamp(1, len(table) - 1)   # table[upper] <= log_snr
+        hi, lo = table[upper - 1], table[upper]
+        return (upper - 1).to(torch.float64) + (hi - log_snr) / (hi - lo)
+
     @classmethod
     def from_scheduler_config(cls, config: dict) -> "NoiseSchedule":
         """Build from a diffusers scheduler config (the teacher's ``scheduler/`` folder), using

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bench.train_data import SyntheticPairs
+from bench.training import apply_toy_schedule
 from methods import SampleRequest, get_method_class
 from methods.base import Denoiser
 from methods.consistency import (
@@ -24,6 +25,7 @@ from methods.splam import (
     SPLAMConfig,
     fold_gamma_embedding,
     gamma_embedding,
+    noise_level_preconditioning,
     sigma_gamma,
     sl_ode_point,
     splam_online,
@@ -58,6 +60,12 @@ def test_registered_with_paper_and_code_presets():
     assert (code.skip, code.w_min, code.sigma_gamma, code.gamma_embedding, code.gamma_embedding_scale) == (
         20, 8.0, "code-sqrt", "code", 10.0)
     assert SPLAM.default_guidance_scale == 1.0 and SPLAM().nfe(4, 1.0) == 4
+    # the paper's Algorithm 1 reading everywhere but on the toy world (SPLAMConfig note (e))
+    assert paper.gamma_preconditioning == code.gamma_preconditioning == "algorithm-1"
+    assert apply_toy_schedule(SPLAMConfig()).gamma_preconditioning == "noise-level"
+    assert apply_toy_schedule(SPLAMConfig(toy_gamma_preconditioning=None)).gamma_preconditioning == "algorithm-1"
+    with pytest.raises(ValueError, match="toy_gamma_preconditioning"):
+        SPLAMConfig(toy_gamma_preconditioning="none")
     with pytest.raises(ValueError):
         SPLAMConfig(skip=90)
     with pytest.raises(ValueError):
@@ -204,6 +212,71 @@ def test_paper_sigma_gamma_is_the_noise_level_of_the_sl_ode_point_after_one_ddim
         torch.testing.assert_close(x_gamma[:1], forward[:1], rtol=1e-5, atol=1e-5)
         assert torch.allclose(x_gamma[inside], forward[inside], rtol=1e-5, atol=1e-5) == exact
     assert (sigma_gamma(gamma, sigma_t, sigma_e, ratio, "paper-linear") < sigma_t).all()
+
+
+def test_continuous_timestep_at_log_snr_inverts_the_schedule():
+    """At a discrete timestep's own log SNR: that timestep exactly; between two: linear in log SNR;
+    outside the table: clamped to [0, T - 1]."""
+    schedule = NoiseSchedule.sd15()
+    table = (schedule.alphas_cumprod / (1 - schedule.alphas_cumprod)).log()
+    t = torch.tensor([0, 1, 139, 500, 998, 999])
+    assert torch.equal(schedule.timestep_at_log_snr(table[t]), t.to(torch.float64))
+    quarter = 0.75 * table[139] + 0.25 * table[140]
+    torch.testing.assert_close(schedule.timestep_at_log_snr(quarter), torch.tensor(139.25, dtype=torch.float64))
+    beyond = schedule.timestep_at_log_snr(torch.tensor([table[0] + 1, table[-1] - 1]))
+    assert beyond.tolist() == [0.0, 999.0]
+
+
+def test_noise_level_preconditioning_end_points():
+    """gamma = 1 (sigma = sigma(t)): the plain student, (1, t) exactly. gamma = 0 with the paper's
+    sigma(gamma, t): c_in z_{0,t} = z^_{t-k} at t' = t - k, the target network's own input."""
+    schedule = NoiseSchedule.sd15()
+    t, k = torch.tensor([999, 499, 139]), 100
+    alpha_t, sigma_t = schedule.alpha_sigma(t)
+    alpha_e, sigma_e = schedule.alpha_sigma(t - k)
+    ratio = alpha_t / alpha_e
+    scale, t_net = noise_level_preconditioning(schedule, alpha_t, sigma_t, t)
+    assert torch.equal(scale, torch.ones(3, dtype=torch.float64)) and torch.equal(t_net, t.to(torch.float64))
+    sigma_zero = sigma_gamma(torch.zeros(3), sigma_t, sigma_e, ratio, "paper-linear")
+    scale, t_net = noise_level_preconditioning(schedule, alpha_t, sigma_zero, t)
+    torch.testing.assert_close(t_net, (t - k).to(torch.float64), rtol=0, atol=1e-9)
+    torch.testing.assert_close(scale * ratio, torch.ones(3, dtype=torch.float64))    # c_in (ratio z^) = z^
+    half = sigma_gamma(torch.full((3,), 0.5), sigma_t, sigma_e, ratio, "paper-linear")
+    _, t_half = noise_level_preconditioning(schedule, alpha_t, half, t)
+    assert ((t_half > t - k) & (t_half < t)).all()
+
+
+@torch.no_grad()
+def test_noise_level_preconditioning_feeds_the_network_the_point_as_a_vp_sample(teacher):
+    """"noise-level": at gamma = 1 the same output as "algorithm-1" (LCM's online branch), bit for
+    bit; inside (0, 1) the network is given c_in z_{gamma,t} at t' and Eq. 14 still reads
+    z_{gamma,t} with sigma(gamma, t) at t."""
+    method = SPLAM(SPLAMConfig(gamma_preconditioning="noise-level"))
+    tr = trainer()
+    state = method.init_training_state(teacher, tr)
+    batch = tr.make_batch(teacher, SyntheticPairs(resolution=teacher.resolution), 0, 0)
+    draws = lcd_draws(state, batch)
+    x_end = lcd_teacher_solve(state, draws, batch)
+    ones, half = torch.ones(2), torch.full((2,), 0.5)
+    plain = SPLAM()
+    state.config, preconditioned_config = plain.config, state.config
+    algorithm_1 = {"one": splam_online(state, draws, x_end, ones, batch.cond),
+                   "half": splam_online(state, draws, x_end, half, batch.cond)}
+    state.config = preconditioned_config
+    assert torch.equal(splam_online(state, draws, x_end, ones, batch.cond), algorithm_1["one"])
+    ours = splam_online(state, draws, x_end, half, batch.cond)
+    alpha_t, sigma_t = state.schedule.alpha_sigma(draws.t_start)
+    alpha_e, sigma_e = state.schedule.alpha_sigma(draws.t_end)
+    ratio = alpha_t / alpha_e
+    x_half = sl_ode_point(draws.x_start, x_end, half, ratio.float())
+    sig = sigma_gamma(half, sigma_t, sigma_e, ratio, "paper-linear")
+    scale, t_net = noise_level_preconditioning(state.schedule, alpha_t, sig, draws.t_start)
+    by_hand = lcd_online(state, x_half, draws.t_start, batch.cond, gamma_embedding(half, 256, "paper-zero", 0.01),
+                         sigma=sig, net_input=x_half * scale.float().reshape(-1, 1, 1, 1), net_timestep=t_net.float())
+    torch.testing.assert_close(ours, by_hand, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(ours, algorithm_1["half"], atol=1e-4)
+    with pytest.raises(ValueError, match="gamma_preconditioning"):
+        SPLAMConfig(gamma_preconditioning="edm")
 
 
 @pytest.mark.parametrize("ablation", ["none", "gamma-one", "embedding-only", "point-only"])
