@@ -254,12 +254,13 @@ def splam_online(state: LCDState, draws: Any, x_end: Tensor, gamma: Tensor, cond
     told = gamma if embedded_gamma is None else embedded_gamma
     emb = gamma_embedding(told, cfg.time_cond_proj_dim, cfg.gamma_embedding, cfg.gamma_embedding_scale)
     emb = emb.to(device, dtype)
+    net_input = net_timestep = None                                 # "algorithm-1": z_{gamma,t} at t
     if cfg.gamma_preconditioning == "noise-level":                  # (e): c_in z_{gamma,t} at t'
         scale, t_net = noise_level_preconditioning(schedule, alpha_t, sig, draws.t_start)
-        return lcd_online(state, x_gamma, draws.t_start, cond, emb, sigma=sig,
-                          net_input=x_gamma * _as_column(scale.to(device, dtype), x_gamma),
-                          net_timestep=t_net.to(device, torch.float32))
-    return lcd_online(state, x_gamma, draws.t_start, cond, emb, sigma=sig)                           # Eq. 14, 16
+        net_input = x_gamma * _as_column(scale.to(device, dtype), x_gamma)
+        net_timestep = t_net.to(device, torch.float32)
+    return lcd_online(state, x_gamma, draws.t_start, cond, emb, sigma=sig,                           # Eq. 14, 16
+                      net_input=net_input, net_timestep=net_timestep)
 
 
 def noise_level_preconditioning(schedule: Any, alpha_t: Tensor, sigma: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
