@@ -82,10 +82,10 @@ def test_toy_losses_are_the_measured_ones_and_real_teachers_keep_the_papers():
                                                              "splam": "huber"}
     assert {name: c.loss_type for name, c in paper.items()} == {"lcm": "l2", "lcm-lora": "l2", "scott": "l2",
                                                                "splam": "huber"}
-    # The lr schedules measured best on the toy (methods/lcm.py, scott.py): a cosine decay for lcm
-    # and scott (which inherits it); lcm-lora and splam keep the code's constant lr everywhere.
+    # The lr schedules measured best on the toy (methods/lcm.py, scott.py, splam.py): a cosine decay
+    # for lcm, scott (which inherits it) and splam; lcm-lora keeps the code's constant lr everywhere.
     assert {name: (c.lr_scheduler, c.lr_warmup_steps) for name, c in toy.items()} == {
-        "lcm": ("cosine", 20), "scott": ("cosine", 20), "lcm-lora": ("constant", 500), "splam": ("constant", 500)}
+        "lcm": ("cosine", 20), "scott": ("cosine", 20), "lcm-lora": ("constant", 500), "splam": ("cosine", 20)}
     assert {c.lr_scheduler for c in paper.values()} == {"constant"}
     # MCM's toy schedule (methods/mcm.py, measured): 4000 steps with a cosine lr; the paper's stays.
     mcm_toy, mcm_paper = apply_toy_schedule(MCMConfig()), MCMConfig()
