@@ -149,8 +149,8 @@ class MCMConfig:
     # 2.29 and 128 2.17 against 2.20 at 64 (4000 steps cosine; 32 at 1000 steps 2.81, 500 constant
     # 7.92), and at 1000 steps (default 2.81) xvar_frac 0 2.82, uniform loss weighting 2.73, teacher
     # guidance 2.25 2.96; at 4000 steps, lr 5e-5: 2.34, toy_train_batch_size 64: 2.25 (45 min), and
-    # toy_teacher_steps 256 (the paper's): 2.41. Training seeds 1 and 2 give 2.32 and 2.22: the seed
-    # spread (2.20 to 2.32) is smaller than the gap.
+    # toy_teacher_steps 256 (the paper's): 2.41, x_var_estimate "analytic" (§3.2): 2.22. Training
+    # seeds 1 and 2 give 2.32 and 2.22: the seed spread (2.20 to 2.32) is smaller than the gap.
     # Annealing (off by default; toy_anneal_iterations kept at the 250 it had with 500 steps, pass
     # toy_anneal_iterations=2000 for the paper's first half) measured at FID S = 2 / 4: 500 steps
     # 15.10 / 3.03 against 8.20 / 6.22 at a fixed 64; 2000 steps constant (annealing over 1000)
