@@ -21,8 +21,9 @@ world it sees the point as the variance-preserving sample it is, at the timestep
 level (``gamma_preconditioning="noise-level"``, SPLAMConfig note (e)); the two agree at gamma = 1.
 At gamma = 1 the step is LCM's online branch exactly (z_{1,t} = z_t, sigma(1, t) = sigma(t)).
 The saved student has the gamma = 1 conditioning folded into the time embedding and no
-``cond_proj`` (§4.2: "no additional parameters beyond the training phase"): a plain ``UNet2DConditionModel`` that stock diffusers pipelines load; it samples with
-LCM's multistep consistency sampler at guidance 1 (the guidance is distilled; released README).
+``cond_proj`` (§4.2: "no additional parameters beyond the training phase"): a plain
+``UNet2DConditionModel`` that stock diffusers pipelines load; it samples with LCM's multistep
+consistency sampler at guidance 1 (the guidance is distilled; released README).
 """
 from __future__ import annotations
 
