@@ -151,6 +151,13 @@ class MCMConfig:
     # guidance 2.25 2.96; at 4000 steps, lr 5e-5: 2.34, toy_train_batch_size 64: 2.25 (45 min), and
     # toy_teacher_steps 256 (the paper's): 2.41, x_var_estimate "analytic" (§3.2): 2.22. Training
     # seeds 1 and 2 give 2.32 and 2.22: the seed spread (2.20 to 2.32) is smaller than the gap.
+    # Also loss_weighting "uniform" 2.28 and toy_learning_rate 2e-4 2.22. Where the gap sits
+    # (reports/diagnostics/README.md, one segment swapped at a time into the teacher's 25-sub-step ODE):
+    # the ODE on all four segments scores 1.59, so a perfect student would beat the DDIM; the
+    # student's 999 -> 749 step alone raises it to 1.99, its other steps by at most 0.09. That step is
+    # 5.5x closer to the ODE than DDIM's (latent MSE 0.0022 against 0.0121) and its targets equal the
+    # ODE there, so the excess is approximation error, while DDIM's one coarse step over 999 -> 749
+    # lowers FID to 1.37: the 4-step DDIM profits from an error that a distilled ODE does not make.
     # Annealing (off by default; toy_anneal_iterations kept at the 250 it had with 500 steps, pass
     # toy_anneal_iterations=2000 for the paper's first half) measured at FID S = 2 / 4: 500 steps
     # 15.10 / 3.03 against 8.20 / 6.22 at a fixed 64; 2000 steps constant (annealing over 1000)

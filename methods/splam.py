@@ -122,6 +122,10 @@ class SPLAMConfig(ConsistencyDistillationConfig):
     same with k = 20 (the paper's SD-2.1 setting, one DDIM step) 14.51/5.95/3.15/2.40; 6000 steps
     (the toy schedule) 10.08/3.83/2.18/1.54. It beats the DDIM at 1, 2 and 8 steps and LCM at 1
     and 2, and neither at 4.
+    At 4 steps the deficit is SPLAM's last step (reports/diagnostics/README.md): LCM's x_0 at
+    t = 259 in place of SPLAM's alone gives 1.57, LCM's x_0 at any earlier step does not help; it
+    is in the covariance term (SPLAM's final x_0 is smoother than LCM's). Sampling with LCM's
+    original spacing (last step at t = 279) gives 2.17.
     Not stated in the paper, taken from the released README (LCM's command): lr 8e-6, EMA 0.95,
     batch 12 per GPU. Training length: "2K to 6K iterations" for k = 100 (§5.2) -> 6000.
     CHOICE the student that is saved: the EMA target (Eq. 19 generates with F_theta-); the
