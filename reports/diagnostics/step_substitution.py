@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import linalg
 
 from bench.commands import load_method
 from bench.metrics.features import extract_features, list_images, protocol_for_suite
+from bench.metrics.fid import feature_statistics, fid_from_stats
 from bench.run import guidance_for
 from bench.sampling import initial_noise, make_generators, to_pil
 from bench.students import load_student
@@ -56,8 +56,8 @@ class FidTerms:
         self.teacher = teacher
         self.extractor, _ = toy_metric_models(("fid",), torch.device("cpu"))
         self.protocol = protocol_for_suite("toy")
-        ref = self._features(list_images(toy_image_folder("reference", num_images)))
-        self.mu_ref, self.cov_ref = ref.mean(0), np.cov(ref, rowvar=False)
+        self.mu_ref, self.cov_ref = feature_statistics(
+            self._features(list_images(toy_image_folder("reference", num_images))))
 
     def _features(self, paths) -> np.ndarray:
         return extract_features(paths, self.extractor, self.protocol, progress=False)
@@ -67,17 +67,17 @@ class FidTerms:
             for i, image in enumerate(to_pil(self.teacher.codec.decode(latents))):
                 image.save(Path(folder) / f"{i:05d}.png")
             feats = self._features(list_images(folder))
-        mu, cov = feats.mean(0), np.cov(feats, rowvar=False)
+        mu, cov = feature_statistics(feats)
+        fid = fid_from_stats(mu, cov, self.mu_ref, self.cov_ref)        # the bench's FID (clean-fid's)
         mean_term = float(((mu - self.mu_ref) ** 2).sum())
-        cov_term = float(np.trace(cov + self.cov_ref - 2 * linalg.sqrtm(cov @ self.cov_ref).real))
-        return mean_term + cov_term, mean_term, cov_term
+        return fid, mean_term, fid - mean_term
 
 
 class Sources:
     """The step sources on one batch of prompts (all images at once, ``batch`` rows per call)."""
 
     def __init__(self, teacher, suite, args):
-        self.teacher, self.schedule, self.batch = teacher, teacher.schedule, args.batch_size
+        self.schedule, self.batch = teacher.schedule, args.batch_size
         self.guidance = float(teacher.default_guidance_scale)
         prompts = list(suite.prompts)
         self.cond = teacher.encode_prompts(prompts)
