@@ -161,8 +161,9 @@ class MCMConfig:
     # Annealing (off by default; toy_anneal_iterations kept at the 250 it had with 500 steps, pass
     # toy_anneal_iterations=2000 for the paper's first half) measured at FID S = 2 / 4: 500 steps
     # 15.10 / 3.03 against 8.20 / 6.22 at a fixed 64; 2000 steps constant (annealing over 1000)
-    # 10.34 / 2.44 against 5.82 / 2.72; 2000 steps cosine, S = 4: 2.76 against 2.41. It helps S = 4
-    # at a constant lr and hurts S = 2 (up to 500 links per segment); with the ImageNet
+    # 10.34 / 2.44 against 5.82 / 2.72; cosine, S = 4: 2000 steps 2.76 against 2.41, 4000 steps
+    # (annealing over the first 2000) 2.40 against 2.20. It helps S = 4 at a constant lr, not with
+    # the cosine decay, and hurts S = 2 (up to 500 links per segment); with the ImageNet
     # huber_epsilon = 1e-4 as well, S = 4 at 2000 steps gives 7.55. huber_epsilon = 1e-4 alone (500
     # steps, no annealing): 8.26 / 5.01 at S = 2 / 4, against 8.20 / 6.22.
     toy_max_train_steps: int | None = 4000
