@@ -218,8 +218,8 @@ def build_lora_unet(teacher_unet: nn.Module, config: LCMLoRAConfig, seed: int) -
 
 
 class _LCDMethod(Method):
-    """What LCM and LCM-LoRA share: config resolution, the training loop plumbing, the sampler's
-    timesteps."""
+    """What the latent consistency methods (LCM, LCM-LoRA, SCott, SPLAM) share: config resolution,
+    the training loop plumbing, the multistep consistency sampler and its timesteps."""
 
     trains: ClassVar[bool] = True
     supported_steps: ClassVar[tuple[int, ...] | None] = None
@@ -244,6 +244,21 @@ class _LCDMethod(Method):
         """The LCM inference timesteps, pinned by ``timestep_spacing`` (notes §0.7)."""
         return lcm_timesteps(steps, denoiser.schedule.num_train_timesteps, self.config.original_inference_steps,
                              self.config.timestep_spacing)
+
+    # -- sampling ------------------------------------------------------------------------------
+    def sample(self, denoiser: Denoiser, request: SampleRequest) -> torch.Tensor:
+        return self.sample_at(denoiser, request, self.timesteps(denoiser, request.steps))
+
+    @torch.no_grad()
+    def sample_at(self, denoiser: Denoiser, request: SampleRequest, timesteps: list[int]) -> torch.Tensor:
+        """LCM's multistep consistency sampler over ``timesteps`` (``[t]``: the x_0 taken at t)."""
+        return lcm_multistep_sample(denoiser, request, timesteps, sigma_data=self.config.sigma_data,
+                                    timestep_scaling=self.config.timestep_scaling,
+                                    timestep_cond=self.timestep_cond(denoiser, request))
+
+    def timestep_cond(self, denoiser: Denoiser, request: SampleRequest) -> torch.Tensor | None:
+        """The extra time-embedding input of the student's U-Net: none (LCM overrides it)."""
+        return None
 
     # -- training ------------------------------------------------------------------------------
     def _state(self, teacher: Any, trainer: Any, student: nn.Module, target: nn.Module | None,
@@ -293,17 +308,14 @@ class LCM(_LCDMethod):
         return Student(unet=unet, kind="unet", metadata={"weights": self.config.student_weights,
                                                          "time_cond_proj_dim": self.config.time_cond_proj_dim})
 
-    @torch.no_grad()
-    def sample(self, denoiser: Denoiser, request: SampleRequest) -> torch.Tensor:
+    def timestep_cond(self, denoiser: Denoiser, request: SampleRequest) -> torch.Tensor:
+        """The w embedding of the request's guidance scale (notes §1.3)."""
         dim = getattr(denoiser.unet.config, "time_cond_proj_dim", None)
         if not dim:
             raise ValueError("lcm samples with its student U-Net (time_cond_proj_dim set); this denoiser's "
                              "U-Net has no w embedding")
         w = torch.full((request.noise.shape[0],), lcm_w_from_guidance_scale(request.guidance_scale))
-        w_emb = guidance_scale_embedding(w, dim).to(request.noise.device, request.noise.dtype)  # notes §1.3
-        return lcm_multistep_sample(denoiser, request, self.timesteps(denoiser, request.steps),
-                                    sigma_data=self.config.sigma_data,
-                                    timestep_scaling=self.config.timestep_scaling, timestep_cond=w_emb)
+        return guidance_scale_embedding(w, dim).to(request.noise.device, request.noise.dtype)
 
 
 class LCMLoRA(_LCDMethod):
@@ -325,12 +337,6 @@ class LCMLoRA(_LCDMethod):
         unet = trainer.unwrap(state.student).eval().requires_grad_(False)
         lora = {k: v for k, v in dataclasses.asdict(self.config).items() if k.startswith("lora_")}
         return Student(unet=unet, kind="lora", metadata={"lora": lora})
-
-    @torch.no_grad()
-    def sample(self, denoiser: Denoiser, request: SampleRequest) -> torch.Tensor:
-        return lcm_multistep_sample(denoiser, request, self.timesteps(denoiser, request.steps),
-                                    sigma_data=self.config.sigma_data,
-                                    timestep_scaling=self.config.timestep_scaling)
 
 
 __all__ = ["LCM", "LCMLoRA", "LCMConfig", "LCMLoRAConfig", "LCM_LORA_TARGET_MODULES", "build_w_conditioned_unet",

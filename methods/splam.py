@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from methods.base import Denoiser, SampleRequest, Student
+from methods.base import Student
 from methods.consistency import (
     ConsistencyDistillationConfig,
     LCDState,
@@ -44,7 +44,6 @@ from methods.consistency import (
     lcd_online,
     lcd_target,
     lcd_teacher_solve,
-    lcm_multistep_sample,
 )
 from methods.diffusion_math import _as_column, guidance_scale_embedding
 from methods.lcm import _LCDMethod, build_w_conditioned_unet, check_cond_proj_init
@@ -375,11 +374,6 @@ class SPLAM(_LCDMethod):
         return Student(unet=plain, kind="unet", metadata={"weights": self.config.student_weights,
                                                           "gamma_embedding": self.config.gamma_embedding,
                                                           "folded": "gamma=1"})
-
-    @torch.no_grad()
-    def sample(self, denoiser: Denoiser, request: SampleRequest) -> Tensor:
-        return lcm_multistep_sample(denoiser, request, self.timesteps(denoiser, request.steps),
-                                    sigma_data=self.config.sigma_data, timestep_scaling=self.config.timestep_scaling)
 
 
 __all__ = ["SPLAM", "SPLAMConfig", "SL_ODE_ABLATIONS", "ablated_gammas", "fold_gamma_embedding", "gamma_embedding",

@@ -41,11 +41,10 @@ from bench.suites import load_suite
 from bench.teachers import load_teacher
 from bench.toy.suite import toy_image_folder, toy_metric_models
 from methods.base import SampleRequest, per_sample_randn
-from methods.consistency import lcm_multistep_sample
-from methods.diffusion_math import add_noise, ddim_step, guidance_scale_embedding, lcm_w_from_guidance_scale
+from methods.diffusion_math import add_noise, ddim_step
 
 
-#: methods sampled with LCM's multistep consistency sampler (methods.consistency.lcm_multistep_sample)
+#: methods sampled with LCM's multistep consistency sampler (methods.lcm._LCDMethod.sample_at)
 CONSISTENCY_SAMPLERS = ("lcm", "lcm-lora", "scott", "splam")
 
 
@@ -103,9 +102,9 @@ class Sources:
             x = ddim_step(x0, eps, self.schedule.abar(a), self.schedule.abar(b))
         return x
 
-    def student_request(self, x, rows, steps: int) -> SampleRequest:
+    def student_request(self, x, rows, steps: int, guidance: float) -> SampleRequest:
         return SampleRequest(noise=x, cond=self.cond[rows], uncond=self.uncond[rows], generators=[],
-                             steps=steps, guidance_scale=1.0)
+                             steps=steps, guidance_scale=guidance)
 
 
 def segment_rows(args, teacher, suite, fid: FidTerms) -> None:
@@ -161,8 +160,8 @@ def consistency_rows(args, teacher, suite, fid: FidTerms) -> None:
             return src.rows(lambda xb, rows: src.ode(xb, rows, t, None, max(args.ode_substeps, t // 10), True), x)
         method, den = students[source]
         guidance = guidance_for(argparse.Namespace(guidance=None), method, teacher)   # as `bench run`
-        return src.rows(lambda xb, rows: one_step_x0(method, den, src.student_request(xb, rows, args.steps),
-                                                     t, guidance), x)
+        return src.rows(lambda xb, rows: method.sample_at(den, src.student_request(xb, rows, args.steps, guidance),
+                                                          [t]), x)
 
     def sample(plan):
         gens = make_generators(0, range(len(suite.prompts)))
@@ -182,19 +181,6 @@ def consistency_rows(args, teacher, suite, fid: FidTerms) -> None:
             plan = [args.method] * args.steps
             plan[k] = source
             report(f"{args.method}, step {k} (t = {timesteps[k]}) by {source}", fid(sample(plan)))
-
-
-def one_step_x0(method, denoiser, request: SampleRequest, t: int, guidance: float) -> torch.Tensor:
-    """The x_0 a multistep consistency sampler takes from (z_t, t): its one-step schedule [t], with
-    the w embedding of ``guidance`` for students that have one (full LCM, SCott)."""
-    dim = getattr(denoiser.unet.config, "time_cond_proj_dim", None)
-    w_embedding = None
-    if dim:
-        w = torch.full((request.noise.shape[0],), lcm_w_from_guidance_scale(guidance))
-        w_embedding = guidance_scale_embedding(w, dim).to(request.noise.device, request.noise.dtype)
-    request.guidance_scale = guidance
-    return lcm_multistep_sample(denoiser, request, [t], sigma_data=method.config.sigma_data,
-                                timestep_scaling=method.config.timestep_scaling, timestep_cond=w_embedding)
 
 
 def report(label: str, terms: tuple[float, float, float]) -> None:
