@@ -6,7 +6,7 @@ no Multiple Estimation, notes §4.1).
 Sub-Path Linear Approximation Distillation (Algorithm 1), on the shared LCD path
 (methods/consistency.py)::
 
-    t ~ U[k, T] (the 20-grid points >= k - 1);  gamma ~ U[0, 1]
+    t ~ U[k, T] (the 20-grid points >= k - 1; toy: every point, SPLAMConfig note (f));  gamma ~ U[0, 1]
     z_t = alpha(t) z + sigma(t) eps
     z^_{t-k}: k / k_phi DDIM steps of k_phi, each with CFG at a fixed w             (Multiple Estimation, Eq. 18)
     z_{gamma,t} = (1 - gamma) alpha(t)/alpha(t-k) z^_{t-k} + gamma z_t               (SL-ODE point, Eq. 12)
@@ -64,6 +64,11 @@ SL_ODE_ABLATIONS: tuple[str, ...] = ("none", "gamma-one", "embedding-only", "poi
 #: c_in = 1 / sqrt(alpha(t)^2 + sigma(gamma, t)^2), i.e. the point as the variance-preserving
 #: sample it is (same signal alpha(t) z, noise sigma(gamma, t)); see SPLAMConfig note (e).
 GAMMA_PRECONDITIONINGS: tuple[str, ...] = ("algorithm-1", "noise-level")
+#: Where the online point t is drawn (Eq. 17), see SPLAMConfig note (f). "paper": t ~ U[k, T], the
+#: grid points >= k - 1, so a sub-path that ends at t - k in (0, k - 1) meets a target the student
+#: never trains there. "all-grid": every grid point, t - k clamped at 0 (LCM's code, where c_skip = 1),
+#: so every chain of targets ends at the boundary.
+SUBPATH_STARTS: tuple[str, ...] = ("paper", "all-grid")
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,20 @@ class SPLAMConfig(ConsistencyDistillationConfig):
     At 4 steps the deficit is SPLAM's last step (reports/diagnostics/README.md): LCM's x_0 at
     t = 259 in place of SPLAM's alone gives 1.57, LCM's x_0 at any earlier step does not help; it
     is in the covariance term (SPLAM's final x_0 is smoother than LCM's). Sampling with LCM's
-    original spacing (last step at t = 279) gives 2.17.
+    original spacing (last step at t = 279) gives 2.17. The cause and the toy default since 2026-12-05: (f).
+    (f) CHOICE for the toy world, ``subpath_starts`` (``toy_subpath_starts`` "all-grid"; the
+    paper-scale default stays "paper"). Eq. 17 draws t ~ U[k, T] but reads the target
+    F_theta-(z^_{t-k}, c, 1, t - k) at every t - k in [0, T - k]: on the 20-grid with k = 100 the
+    ends 19, 39, 59 and 79 are never online points, so F there is whatever the shared weights give
+    (at first the teacher's x_0 = E[z | z_{t-k}], smooth), and every chain of targets through them
+    learns it: the 4-step sampler's t = 259 chains through 159 to 59 (and 759 to 59). "all-grid"
+    draws every grid point and clamps t - k at 0, as LCM's script does for its skip (notes §1.1,
+    t_n = max(t_{n+k} - k, 0)), where c_skip = 1 makes the target the teacher's Multiple
+    Estimation solution itself, so every chain ends at the boundary. With the released code's
+    k = 20 the two draws are the same. Measured (toy, N = 1000, one thread beside another job,
+    the toy's 6000 cosine steps, ~65 min; FID at 1/2/4/8 steps): "paper" 10.08/3.83/2.18/1.54,
+    "all-grid" 9.31/3.15/1.53/1.02, against the teacher's DDIM 19.79/5.48/1.98/1.71 and LCM's
+    11.99/4.09/1.86/1.16.
     Not stated in the paper, taken from the released README (LCM's command): lr 8e-6, EMA 0.95,
     batch 12 per GPU. Training length: "2K to 6K iterations" for k = 100 (§5.2) -> 6000.
     CHOICE the student that is saved: the EMA target (Eq. 19 generates with F_theta-); the
@@ -151,6 +169,7 @@ class SPLAMConfig(ConsistencyDistillationConfig):
     sl_ode_ablation: str = "none"            # SL_ODE_ABLATIONS: diagnosis only, see (d)
     gamma_preconditioning: str = "algorithm-1"   # GAMMA_PRECONDITIONINGS, see (e)
     cond_proj_init: str = "default"          # "default" (LCM's) | "zero" (see LCMConfig)
+    subpath_starts: str = "paper"            # SUBPATH_STARTS, see (f)
 
     # Toy schedule: LCM's toy values (batch 32, lr 1e-4, EMA 0.95) and the paper's upper training
     # length for k = 100 (6000 iterations, "2K to 6K", §5.2). Measured (N = 1000, one thread, FID
@@ -181,8 +200,12 @@ class SPLAMConfig(ConsistencyDistillationConfig):
     # Longer, the same cosine decay over toy_max_train_steps=9000 (beyond the paper's 6K): 9.64 /
     # 3.48 / 2.02 / 1.68 (about 100 min on one thread alone): 4 steps 2.59 -> 2.18 -> 2.02 from
     # 3000 to 6000 to 9000 steps, still above the DDIM's 1.98, while 8 steps worsens (1.54 -> 1.68).
+    # (Every figure in these toy comments and in (d), (e) draws t ~ U[k, T]; (f) fixed the 4 steps.)
     toy_lr_scheduler: str | None = "cosine"
     toy_lr_warmup_steps: int | None = 20
+    # See (f): every grid point starts a sub-path on the toy world (the paper-scale default stays
+    # t ~ U[k, T]); --config subpath_starts=paper trains the paper's draw.
+    toy_subpath_starts: str | None = "all-grid"
 
     def __post_init__(self):
         super().__post_init__()
@@ -202,18 +225,22 @@ class SPLAMConfig(ConsistencyDistillationConfig):
             value = getattr(self, name)
             if value is not None and value not in GAMMA_PRECONDITIONINGS:
                 raise ValueError(f"{name} must be one of {GAMMA_PRECONDITIONINGS}, got {value!r}")
+        for name in ("subpath_starts", "toy_subpath_starts"):
+            value = getattr(self, name)
+            if value is not None and value not in SUBPATH_STARTS:
+                raise ValueError(f"{name} must be one of {SUBPATH_STARTS}, got {value!r}")
         if self.student_weights not in ("online", "target"):
             raise ValueError(f"student_weights must be 'online' or 'target', got {self.student_weights!r}")
         check_cond_proj_init(self.cond_proj_init, self.toy_cond_proj_init)
 
 
 def splam_teacher_solver(config: SPLAMConfig, schedule: Any) -> MultistepTeacherSolver:
-    """Multiple Estimation (Eq. 18): t ~ U[k, T] on the grid, k / k_phi deterministic DDIM steps.
-    The student never trains at t < k - 1 = 99; LCM's sampler never asks there either (its 1- to
-    8-step timesteps end at 999, 499, 259 and 139)."""
+    """Multiple Estimation (Eq. 18): k / k_phi deterministic DDIM steps from t to t - k (clamped at
+    0). t ~ U[k, T] on the grid ("paper": points >= k - 1 = 99), or every grid point ("all-grid")."""
+    min_start = config.skip - 1 if config.subpath_starts == "paper" else 0
     return MultistepTeacherSolver(schedule, num_points=config.num_ddim_timesteps, span=config.skip,
                                   substeps=config.skip // config.skip_phi, kind="ddim", eta=0.0,
-                                  min_start=config.skip - 1)
+                                  min_start=min_start)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -64,6 +64,9 @@ def test_registered_with_paper_and_code_presets():
     assert paper.gamma_preconditioning == code.gamma_preconditioning == "algorithm-1"
     assert apply_toy_schedule(SPLAMConfig()).gamma_preconditioning == "noise-level"
     assert apply_toy_schedule(SPLAMConfig(toy_gamma_preconditioning=None)).gamma_preconditioning == "algorithm-1"
+    # t ~ U[k, T] (Eq. 17) except on the toy world, which starts a sub-path at every grid point (note (f))
+    assert paper.subpath_starts == code.subpath_starts == "paper"
+    assert apply_toy_schedule(SPLAMConfig()).subpath_starts == "all-grid"
     with pytest.raises(ValueError, match="toy_gamma_preconditioning"):
         SPLAMConfig(toy_gamma_preconditioning="none")
     with pytest.raises(ValueError):
@@ -120,6 +123,41 @@ def test_released_code_setting_is_lcms_teacher(teacher):
     cond, uncond = teacher.encode_prompts(["a cube"] * 16), teacher.encode_prompts([""] * 16)
     guided = guided_teacher(teacher, cond, uncond, torch.full((16,), 8.0))
     assert torch.equal(ours.solve(guided, x, *a), lcm.solve(guided, x, *b))
+
+
+@torch.no_grad()
+def test_all_grid_subpaths_below_k_end_at_the_boundary(teacher):
+    """t ~ U[k, T] leaves the targets at t - k in (0, k - 1) where the student never trains
+    (159 -> 59); "all-grid" trains every grid point, each target's point is a start point or the
+    boundary 0, and a sub-path from 59 is the 3-step DDIM to 0 (the clamped steps 0 -> 0 are identities)."""
+    from diffusers import DDIMScheduler
+
+    def starts_and_ends(cfg):
+        t_start, t_end = splam_teacher_solver(cfg, NoiseSchedule.sd15()).draw(4000, torch.Generator().manual_seed(0))
+        return set(t_start.tolist()), set(t_end.tolist())
+
+    starts, ends = starts_and_ends(SPLAM().config)
+    assert ends - starts - {0} == set(range(19, 80, 20))                  # untrained targets: 19, 39, 59, 79
+    cfg = SPLAM(SPLAMConfig(subpath_starts="all-grid")).config
+    starts, ends = starts_and_ends(cfg)
+    assert starts == set(range(19, 1000, 20)) and ends - starts == {0}
+
+    x = torch.randn(2, *teacher.latent_shape, generator=torch.Generator().manual_seed(0))
+    cond, uncond = teacher.encode_prompts(["a red cube", "a blue sphere"]), teacher.encode_prompts(["", ""])
+    guided = guided_teacher(teacher, cond, uncond, torch.full((2,), cfg.w_min))
+    t_start, t_end = torch.full((2,), 59), torch.zeros(2, dtype=torch.long)
+    ours = splam_teacher_solver(cfg, teacher.schedule).solve(guided, x, t_start, t_end)
+    sched = DDIMScheduler.from_config(teacher.scheduler_config, set_alpha_to_one=False)   # 19 -> abar_0
+    sched.set_timesteps(50)
+    g_imagen, z = cfg.w_min + 1.0, x
+    for t in (59, 39, 19):
+        s = torch.full((2,), t)
+        x_c = sched.step(teacher.unet(z, s, encoder_hidden_states=cond).sample, t, z).prev_sample
+        x_u = sched.step(teacher.unet(z, s, encoder_hidden_states=uncond).sample, t, z).prev_sample
+        z = g_imagen * x_c + (1 - g_imagen) * x_u
+    torch.testing.assert_close(ours, z, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="subpath_starts"):
+        SPLAMConfig(subpath_starts="all")
 
 
 # ------------------------------------------------------------------------------------------------
