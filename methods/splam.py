@@ -221,14 +221,11 @@ class SPLAMConfig(ConsistencyDistillationConfig):
             raise ValueError("SPLAM distils a fixed guidance scale: w_min must equal w_max")
         if self.sl_ode_ablation not in SL_ODE_ABLATIONS:
             raise ValueError(f"sl_ode_ablation must be one of {SL_ODE_ABLATIONS}, got {self.sl_ode_ablation!r}")
-        for name in ("gamma_preconditioning", "toy_gamma_preconditioning"):
-            value = getattr(self, name)
-            if value is not None and value not in GAMMA_PRECONDITIONINGS:
-                raise ValueError(f"{name} must be one of {GAMMA_PRECONDITIONINGS}, got {value!r}")
-        for name in ("subpath_starts", "toy_subpath_starts"):
-            value = getattr(self, name)
-            if value is not None and value not in SUBPATH_STARTS:
-                raise ValueError(f"{name} must be one of {SUBPATH_STARTS}, got {value!r}")
+        for field, allowed in (("gamma_preconditioning", GAMMA_PRECONDITIONINGS), ("subpath_starts", SUBPATH_STARTS)):
+            for name in (field, f"toy_{field}"):
+                value = getattr(self, name)
+                if value is not None and value not in allowed:
+                    raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
         if self.student_weights not in ("online", "target"):
             raise ValueError(f"student_weights must be 'online' or 'target', got {self.student_weights!r}")
         check_cond_proj_init(self.cond_proj_init, self.toy_cond_proj_init)

@@ -92,8 +92,6 @@ def test_timesteps_are_drawn_in_k_to_T():
 def test_multiple_estimation_is_eq_18(teacher, t):
     """k / k_phi = 5 DDIM steps of 20, each z + w Phi(z, c) + (1 - w) Phi(z, empty) (Eq. 18, Imagen
     convention: the paper's w is g), Phi = a DDIMScheduler step minus z. Config w = g - 1 (LCM)."""
-    from diffusers import DDIMScheduler
-
     cfg = SPLAM().config
     g_imagen = cfg.w_min + 1.0
     x = torch.randn(2, *teacher.latent_shape, generator=torch.Generator().manual_seed(0)) * 2
@@ -102,15 +100,24 @@ def test_multiple_estimation_is_eq_18(teacher, t):
     tt = torch.full((2,), t)
     ours = solver.solve(guided_teacher(teacher, cond, uncond, torch.full((2,), cfg.w_min)), x, tt,
                         (tt - 100).clamp(min=0))
-    sched = DDIMScheduler.from_config(teacher.scheduler_config, set_alpha_to_one=False)
-    sched.set_timesteps(50)                                                # prev_t = t - 20
-    z = x
-    for i in range(5):
-        s = torch.full((2,), t - 20 * i)
-        phi_c = sched.step(teacher.unet(z, s, encoder_hidden_states=cond).sample, t - 20 * i, z).prev_sample - z
-        phi_u = sched.step(teacher.unet(z, s, encoder_hidden_states=uncond).sample, t - 20 * i, z).prev_sample - z
-        z = z + g_imagen * phi_c + (1 - g_imagen) * phi_u
+    z = eq_18_by_ddim_scheduler(teacher, x, cond, uncond, g_imagen, [t - 20 * i for i in range(5)])
     torch.testing.assert_close(ours, z, rtol=1e-5, atol=1e-5)
+
+
+def eq_18_by_ddim_scheduler(teacher, x, cond, uncond, g_imagen, timesteps):
+    """Eq. 18 from each of ``timesteps``: z + g Phi(z, c) + (1 - g) Phi(z, empty) (Imagen
+    convention), Phi = a 50-step DDIMScheduler step (prev_t = t - 20; from 19: abar_0) minus z."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config(teacher.scheduler_config, set_alpha_to_one=False)
+    sched.set_timesteps(50)
+    z = x
+    for t in timesteps:
+        s = torch.full((x.shape[0],), t)
+        phi_c = sched.step(teacher.unet(z, s, encoder_hidden_states=cond).sample, t, z).prev_sample - z
+        phi_u = sched.step(teacher.unet(z, s, encoder_hidden_states=uncond).sample, t, z).prev_sample - z
+        z = z + g_imagen * phi_c + (1 - g_imagen) * phi_u
+    return z
 
 
 def test_released_code_setting_is_lcms_teacher(teacher):
@@ -130,8 +137,6 @@ def test_all_grid_subpaths_below_k_end_at_the_boundary(teacher):
     """t ~ U[k, T] leaves the targets at t - k in (0, k - 1) where the student never trains
     (159 -> 59); "all-grid" trains every grid point, each target's point is a start point or the
     boundary 0, and a sub-path from 59 is the 3-step DDIM to 0 (the clamped steps 0 -> 0 are identities)."""
-    from diffusers import DDIMScheduler
-
     def starts_and_ends(cfg):
         t_start, t_end = splam_teacher_solver(cfg, NoiseSchedule.sd15()).draw(4000, torch.Generator().manual_seed(0))
         return set(t_start.tolist()), set(t_end.tolist())
@@ -147,14 +152,7 @@ def test_all_grid_subpaths_below_k_end_at_the_boundary(teacher):
     guided = guided_teacher(teacher, cond, uncond, torch.full((2,), cfg.w_min))
     t_start, t_end = torch.full((2,), 59), torch.zeros(2, dtype=torch.long)
     ours = splam_teacher_solver(cfg, teacher.schedule).solve(guided, x, t_start, t_end)
-    sched = DDIMScheduler.from_config(teacher.scheduler_config, set_alpha_to_one=False)   # 19 -> abar_0
-    sched.set_timesteps(50)
-    g_imagen, z = cfg.w_min + 1.0, x
-    for t in (59, 39, 19):
-        s = torch.full((2,), t)
-        x_c = sched.step(teacher.unet(z, s, encoder_hidden_states=cond).sample, t, z).prev_sample
-        x_u = sched.step(teacher.unet(z, s, encoder_hidden_states=uncond).sample, t, z).prev_sample
-        z = g_imagen * x_c + (1 - g_imagen) * x_u
+    z = eq_18_by_ddim_scheduler(teacher, x, cond, uncond, cfg.w_min + 1.0, [59, 39, 19])
     torch.testing.assert_close(ours, z, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="subpath_starts"):
         SPLAMConfig(subpath_starts="all")
