@@ -169,9 +169,10 @@ class MCMConfig:
     # schedule it gives 2.73 at S = 4, against 2.20.
     # Fewer teacher steps per segment, at S = 4 on the 4000-step cosine schedule: toy_teacher_steps 8
     # (2 per segment) 2.06, and with x_var_estimate "none" 1.98 (ties the DDIM's 1.979). With 4 teacher
-    # steps and x_var "none" the FID is 1.67, but that is not consistency distillation: every draw has
-    # s = t_step, so Alg. 1 degenerates to fitting the guided teacher's x_0 at the four sampling
-    # timesteps, a guidance distillation of the 4-step DDIM. It stays a probe, not the default.
+    # steps and x_var "none" the FID is 1.67 (training seed 1: 1.66), but that is not consistency
+    # distillation: every draw has s = t_step, so Alg. 1 degenerates to fitting the guided teacher's
+    # x_0 at the four sampling timesteps, a guidance distillation of the 4-step DDIM. It stays a
+    # probe, not the default.
     # Also: max_grad_norm 0 (no clipping) 2.27; an EMA target (decay 0.95, as in CD and LCM, instead of
     # Alg. 1's nograd student; a patched one-off run) 2.35.
     toy_max_train_steps: int | None = 4000
