@@ -55,6 +55,17 @@ def _add_suite_args(parser: argparse.ArgumentParser) -> None:
                         help="use the first N prompts of the suite (default: all)")
 
 
+def _add_student_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--student-source", default="auto", choices=["auto", "released", "trained"],
+                        help="where distilled students come from: auto (default): a released student whose training "
+                             "fingerprint matches (bench/data/toy/students for the toy teacher), else one trained on "
+                             "this machine (cache), else train it now; released: released ones only, an error when "
+                             "none matches (CI); trained: the cache or train now, never a released one")
+    parser.add_argument("--retrain", action="store_true",
+                        help="train the students anew even when a released or cached one exists (the new one "
+                             "replaces the cached one; an interrupted retraining resumes from its checkpoints)")
+
+
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guidance", type=float, default=None, metavar="G",
                         help="classifier-free guidance scale, diffusers convention (1 = none; default: the teacher's)")
@@ -76,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="methods, teachers, suites and metrics, one line each",
                        description="List registered methods, teachers, suites and metrics.")
+    p.add_argument("--names", action="store_true",
+                   help="print only the registered method names, comma-separated (for scripts: "
+                        "`bench run --methods $(python -m bench list --names)`)")
     _add_common(p)
 
     p = sub.add_parser("sample", help="sample one method at one step count into a folder",
@@ -87,12 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, metavar="K=V,...",
                    help="method config overrides, e.g. eta=0.5 (fields: see `bench list --verbose`)")
     _add_teacher_args(p)
+    _add_student_args(p)
     _add_suite_args(p)
     _add_sampling_args(p)
     _add_common(p)
 
-    p = sub.add_parser("train", help="train (or load from cache) a method's student",
-                       description="Train a method's student from the teacher; cached by fingerprint.")
+    p = sub.add_parser("train", help="train (or find released or cached) a method's student",
+                       description="Train a method's student from the teacher; cached by training fingerprint. "
+                                   "A released or cached student of the same fingerprint is reported, not "
+                                   "trained again, unless --retrain.")
     p.add_argument("--method", required=True, help="method name from `bench list`")
     p.add_argument("--max-train-steps", type=int, default=None, metavar="N", help="override the method's schedule")
     p.add_argument("--steps", type=int, default=1, metavar="S",
@@ -101,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="DIR", help="also export the student here")
     p.add_argument("--config", default=None, metavar="K=V,...", help="method config overrides")
     _add_teacher_args(p)
+    _add_student_args(p)
     _add_common(p)
 
     p = sub.add_parser("run", help="train-or-load, sample and score several methods and step counts",
@@ -111,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", default="1,2,4", metavar="1,2,4", help="comma-separated step counts (default 1,2,4)")
     p.add_argument("--out", default="runs", metavar="DIR", help="run folder (samples/, results/); default runs/")
     _add_teacher_args(p)
+    _add_student_args(p)
     _add_suite_args(p)
     _add_sampling_args(p)
     from bench.run import add_run_arguments

@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from bench.errors import UsageError
 from bench.spec import apply_config_overrides, describe_config_fields, parse_int_list, parse_name_list
+from bench.students import StudentPolicy, load_student
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     from bench.suites import describe_suites
     from bench.teachers import TEACHER_SPECS
 
+    if args.names:
+        print(",".join(method_names()))
+        return 0
     lines = ["methods:"]
     for name in method_names():
         cls = get_method_class(name)
@@ -151,28 +156,39 @@ class SamplingContext:
     teacher_name: str
     device: torch.device
     precision: str
+    students: StudentPolicy = field(default_factory=StudentPolicy)   # --student-source, --retrain
 
 
 def _context(args: argparse.Namespace) -> SamplingContext:
+    students = StudentPolicy(source=getattr(args, "student_source", "auto"), retrain=getattr(args, "retrain", False))
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
     teacher = load_teacher_from_args(args, device, precision)
-    return SamplingContext(teacher, teacher_label(args, teacher), device, precision)
+    return SamplingContext(teacher, teacher_label(args, teacher), device, precision, students)
 
 
 def sample_one(ctx: SamplingContext, method, suite, steps: int, guidance: float, seed: int, out_dir: Path,
                batch_size: int, batching: str, progress: bool):
-    from bench.sampling import SamplingSpec, sample_to_folder
-    from bench.students import load_student
+    from bench.sampling import sample_to_folder
 
-    student = load_student(method, ctx.teacher, steps, batching=batching, progress=progress)
-    spec = SamplingSpec(method=method.name, method_config=method.config_dict(), student=student.fingerprint,
+    student = load_student(method, ctx.teacher, steps, batching=batching, progress=progress, policy=ctx.students)
+    spec = sampling_spec(ctx, method, student, steps, guidance, seed, batching)
+    # "student" (released / trained / empty) goes into every result row scored from this folder
+    extra = {"suite": suite.name, "teacher": ctx.teacher_name, "nfe": method.nfe(steps, guidance),
+             "student": student.row_label}
+    summary = sample_to_folder(ctx.teacher, student.denoiser, student.sampling_method(method), suite.prompts, spec,
+                               out_dir, batch_size=batch_size, suite_fingerprint=suite.fingerprint,
+                               progress=progress, extra_metadata=extra)
+    return dataclasses.replace(summary, student=student.row_label)
+
+
+def sampling_spec(ctx: SamplingContext, method, student, steps: int, guidance: float, seed: int, batching: str):
+    """What fingerprints every image: the method as asked for, and the student by its weights."""
+    from bench.sampling import SamplingSpec
+
+    return SamplingSpec(method=method.name, method_config=method.config_dict(), student=student.identity,
                         teacher=ctx.teacher.identity, resolution=ctx.teacher.resolution, steps=steps,
                         guidance_scale=guidance, seed=seed, precision=ctx.precision, batching=batching)
-    extra = {"suite": suite.name, "teacher": ctx.teacher_name, "nfe": method.nfe(steps, guidance)}
-    return sample_to_folder(ctx.teacher, student.denoiser, student.sampling_method(method), suite.prompts, spec,
-                            out_dir, batch_size=batch_size, suite_fingerprint=suite.fingerprint, progress=progress,
-                            extra_metadata=extra)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -199,15 +215,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not method.trains:
         print(f"{method.name} is a teacher solver: it has no student to train")
         return 0
-    from bench.students import export_student, load_student
+    from bench.students import export_student
 
     reason = method.unsupported_steps_reason(args.steps)
     if reason:
         raise UsageError(reason)
     ctx = _context(args)
     student = load_student(method, ctx.teacher, steps=args.steps, progress=not args.quiet,
-                           max_train_steps=args.max_train_steps)
-    print(f"student {method.name}: {student.path} (fingerprint {student.fingerprint})")
+                           max_train_steps=args.max_train_steps, policy=ctx.students)
+    where = {"released": "released (not retrained; --retrain trains one here)", "trained": "trained on this machine"}
+    print(f"student {method.name}: {student.path} (fingerprint {student.fingerprint}, {where[student.source]})")
     if args.out:
         print(f"exported to {export_student(student, Path(args.out))}")
     return 0

@@ -330,9 +330,10 @@ def command(args: argparse.Namespace) -> int:
 
         store = ResultsStore(Path(args.results))
         # the NFE `bench sample` recorded (CFG doubles a teacher solver's); a foreign folder: one per step
-        nfe = samples_metadata(Path(args.samples)).get("nfe", args.steps)
-        cell = {"teacher": args.teacher, "method": args.method, "steps": args.steps, "nfe": nfe,
-                "guidance": args.guidance, "seed": args.seed}
+        metadata = samples_metadata(Path(args.samples))
+        cell = {"teacher": args.teacher, "method": args.method, "steps": args.steps,
+                "nfe": metadata.get("nfe", args.steps), "guidance": args.guidance, "seed": args.seed,
+                "student": metadata.get("student", "")}
         store.append(make_rows(values, evaluator=evaluator, cell=cell,
                                samples_fingerprint=samples_fingerprint_of(Path(args.samples)),
                                run_id=store.run_id, device=str(evaluator.models.extractor.device

@@ -84,6 +84,7 @@ class Cell:
     seed: int | None
     protocol: str                # JSON text
     superseded: tuple[tuple[str, str], ...] = ()  # (fingerprint, latest run_id), newest first
+    student: str = ""            # "released" / "trained" (on the machine that ran it) / "" (no student)
 
     @property
     def skipped(self) -> bool:
@@ -113,6 +114,12 @@ class Entry:
     def seed(self) -> int | None:
         latest = self.latest_cell()
         return None if latest is None else latest.seed
+
+    @property
+    def student(self) -> str:
+        """Where the newest cell's student came from ("released", "trained" or "")."""
+        latest = self.latest_cell()
+        return "" if latest is None else latest.student
 
     def value(self, metric: str) -> float | None:
         """The cell's number, or None when absent or skipped."""
@@ -165,6 +172,7 @@ def select_cells(results: pd.DataFrame) -> dict[tuple[str, str], list[Entry]]:
             seed=None if pd.isna(winner["seed"]) else int(winner["seed"]),
             protocol=str(winner["protocol"] or "{}"),
             superseded=tuple(older.items()),
+            student=str(winner["student"] or ""),
         )
         entry_key = (suite, teacher, method, int(steps), float(guidance))
         entry = entries.get(entry_key)
@@ -291,8 +299,14 @@ def best_in_groups(entries: Sequence[Entry], metric: str) -> set[int]:
     return best
 
 
-def _render_table(entries: Sequence[Entry], metrics: Sequence[str], notes: _Notes) -> list[str]:
-    header = ["Method", "Steps", "NFE", "CFG"] + [f"{metric_spec(m).label} {metric_spec(m).arrow}" for m in metrics]
+#: how the Student column prints a row's student source
+STUDENT_LABELS = {"released": "released", "trained": "trained here"}
+
+
+def _render_table(entries: Sequence[Entry], metrics: Sequence[str], notes: _Notes, student: bool = False) -> list[str]:
+    """One markdown table; ``student`` adds the column saying where each row's student came from."""
+    header = ["Method", "Steps", "NFE", "CFG"] + (["Student"] if student else [])
+    header += [f"{metric_spec(m).label} {metric_spec(m).arrow}" for m in metrics]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
     bold = {m: best_in_groups(entries, m) for m in metrics}
     for index, entry in enumerate(entries):
@@ -311,6 +325,8 @@ def _render_table(entries: Sequence[Entry], metrics: Sequence[str], notes: _Note
                 f"{shown} (most recent run); older fingerprints not shown: {', '.join(superseded)}."
             )
         row = [method, str(entry.steps), "" if entry.nfe is None else str(entry.nfe), format_guidance(entry.guidance)]
+        if student:
+            row.append(STUDENT_LABELS.get(entry.student, entry.student))
         for metric in metrics:
             cell = entry.cells.get(metric)
             if cell is None:
@@ -365,7 +381,7 @@ def render_section_markdown(suite: str, teacher: str, entries: Sequence[Entry], 
     for note in _section_notes(entries):
         lines += [f"> {note}", ""]
     lines += [f"{hashes}# Quality and speed", ""]
-    lines += _render_table(entries, MAIN_METRICS, notes)
+    lines += _render_table(entries, MAIN_METRICS, notes, student=any(e.student for e in entries))
     if _present(entries, ("precision", "recall", "density")):
         lines += [f"{hashes}# Fidelity and diversity (Naeem et al. 2020)", ""]
         lines += _render_table(entries, PRDC_METRICS, notes)
@@ -519,7 +535,7 @@ def suite_json(suite: str, sections: Mapping[str, Sequence[Entry]], generated_at
     for teacher, entries in sections.items():
         for entry in entries:
             cells = entry.cells
-            rows.append({
+            row = {
                 "teacher": teacher,
                 "method": entry.method,
                 "steps": entry.steps,
@@ -539,7 +555,11 @@ def suite_json(suite: str, sections: Mapping[str, Sequence[Entry]], generated_at
                 "superseded_runs": {m: [run for _, run in c.superseded] for m, c in cells.items() if c.superseded},
                 "protocols": {m: p for m, c in cells.items()
                               if (p := merge_protocols([c.protocol])) != suite_protocol},
-            })
+            }
+            students = {m: c.student for m, c in cells.items() if c.student}
+            if students:     # where each cell's student came from (rows of teacher solvers have none)
+                row["students"] = students
+            rows.append(row)
     metrics_present = sorted({c.metric for c in all_cells})
     document: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -599,7 +619,8 @@ def rows_from_leaderboard(document: Mapping[str, Any], where: str = "base leader
             note = skipped_note if skipped_note is not None else (row.get("notes") or {}).get(metric, "")
             value = None if skipped_note is not None else (row.get("metrics") or {}).get(metric)
             cell = dict(common, metric=metric, protocol=json.dumps(protocol, sort_keys=True),
-                        device=(row.get("device") or {}).get(metric, ""))
+                        device=(row.get("device") or {}).get(metric, ""),
+                        student=(row.get("students") or {}).get(metric, ""))
             older = (row.get("superseded") or {}).get(metric, [])
             older_runs = (row.get("superseded_runs") or {}).get(metric, ["?"] * len(older))
             # Newest first in the JSON. Their times sort before any real time ("0000" < "2025"), in

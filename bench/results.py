@@ -154,6 +154,7 @@ class Row:
     versions: Any = "{}"
     protocol: Any = "{}"
     note: str = ""
+    student: str = ""        # "released" or "trained" (on this machine); "" for teacher solvers and images
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -171,6 +172,8 @@ class Row:
         set_(self, "note", "" if self.note is None or (isinstance(self.note, float) and math.isnan(self.note)) else str(self.note))
         set_(self, "time", str(self.time))
         set_(self, "device", str(self.device))
+        set_(self, "student", "" if self.student is None or (isinstance(self.student, float) and math.isnan(self.student))
+             else str(self.student))
 
     @property
     def skipped(self) -> bool:

@@ -67,6 +67,7 @@ def run_benchmark(args: argparse.Namespace, ctx, methods: list, steps_list: list
             out_dir = samples_dir(out, suite.name, ctx.teacher_name, method.name, steps, guidance, args.seed)
             summary = sample_one(ctx, method, suite, steps, guidance, args.seed, out_dir, args.batch_size,
                                  args.batching, progress=progress)
+            cell["student"] = summary.student
             values = score_cell(args, ctx, evaluator, store, method, steps, guidance, cell, out_dir,
                                 summary.fingerprint, progress)
             outcomes.append(CellOutcome(method.name, steps, "scored" if values else "sampled",
@@ -178,7 +179,7 @@ def measure_cell_latency(args, ctx, method, steps: int, guidance: float, prompt:
 
     from tqdm.auto import tqdm
 
-    student = load_student(method, ctx.teacher, steps, batching="fast", progress=False)
+    student = load_student(method, ctx.teacher, steps, batching="fast", progress=False, policy=ctx.students)
     end_to_end, denoiser_only = latency_closures(ctx, method, student, prompt, steps, guidance, args.seed, "fast")
     throughput = _throughput_closure(ctx, method, student, prompt, steps, guidance, args.seed, args.throughput_batch)
     with tqdm(desc=f"latency {method.name} {steps} step(s)", unit="call", disable=args.quiet,

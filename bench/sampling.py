@@ -56,7 +56,7 @@ class SamplingSpec:
 
     method: str
     method_config: dict
-    student: str                # student fingerprint ("teacher" for teacher solvers)
+    student: str                # LoadedStudent.identity ("teacher" for teacher solvers)
     teacher: dict               # Teacher.identity
     resolution: int
     steps: int
@@ -78,6 +78,7 @@ class SampleSummary:
     skipped: int
     seconds: float
     fingerprint: str
+    student: str = ""           # where the student came from: "released", "trained", "" (teacher solver)
 
 
 def _encode(teacher: Any, prompts: Sequence[str], exact: bool) -> torch.Tensor:

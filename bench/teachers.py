@@ -165,6 +165,8 @@ class Teacher:
     resolution: int                 # pixel side of generated images
     default_guidance_scale: float   # diffusers convention
     identity: dict = field(default_factory=dict)  # what goes into fingerprints: id, revision, weights
+    # the schedule its students train on (bench.train_data.training_scale); None: from the identity
+    training_scale: str | None = None
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -213,6 +215,8 @@ class TeacherSpec:
     config_dir: str | None = None
     seed: int = 0
     toy_checkpoint: bool = False         # the toy world's committed, trained teacher (bench/data/toy)
+    # students' schedule (bench.train_data.training_scale); None: toy for toy and random weights
+    training_scale: str | None = None
 
     @property
     def from_hub(self) -> bool:
@@ -248,10 +252,12 @@ TEACHER_SPECS: Mapping[str, TeacherSpec] = types.MappingProxyType({
     ),
     "tiny": TeacherSpec(
         name="tiny",
-        summary="toy SD-1.5-shaped teacher with random weights (seed 0): 16 px, 4x8x8 latents, for tests",
+        summary="toy SD-1.5-shaped teacher with random weights (seed 0): 16 px, 4x8x8 latents, for tests; "
+                "students train for a few steps (plumbing)",
         resolution=16,
         config_dir="tiny",
         seed=0,
+        training_scale="plumbing",
     ),
 })
 
@@ -316,6 +322,8 @@ def load_teacher(
         teacher = _load_local(Path(path).expanduser(), spec, device, dtype, vae_upcast)
     else:
         teacher = _load_from_hub(spec, revision, device, dtype, vae_upcast)
+    if spec is not None and spec.training_scale is not None and path is None:
+        teacher.training_scale = spec.training_scale
     logger.info("teacher %s ready in %.1f s (%s, %s)", teacher.name, time.perf_counter() - start, device, dtype)
     return teacher
 
@@ -410,11 +418,18 @@ def _build_from_configs(spec: TeacherSpec, device, dtype, vae_upcast) -> Teacher
                      spec.resolution, spec.default_guidance_scale, identity, device, dtype, vae_upcast)
 
 
-def _load_toy(spec: TeacherSpec, device, dtype) -> Teacher:
+def load_toy_teacher(root: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                     dtype: torch.dtype = torch.float32) -> Teacher:
+    """The ``toy`` teacher from the checkpoints in ``root`` (default: the committed ``bench/data/toy``);
+    ``bench toy train --out DIR`` trains the released students on the teacher it wrote there."""
+    return _load_toy(TEACHER_SPECS["toy"], device, dtype, None if root is None else Path(root))
+
+
+def _load_toy(spec: TeacherSpec, device, dtype, root: Path | None = None) -> Teacher:
     """The toy world's trained teacher from its hash-checked checkpoint (bench.toy.load)."""
     from bench.toy.load import load_toy_teacher_parts
 
-    parts = load_toy_teacher_parts()
+    parts = load_toy_teacher_parts(root)
     _place(parts.unet, device, dtype)
     _place(parts.text_encoder, device, dtype)
     return Teacher(

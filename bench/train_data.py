@@ -240,6 +240,23 @@ def is_random_weights_teacher(teacher: Any) -> bool:
     return str(identity.get("weights", "")).startswith("random-init")
 
 
+TRAINING_SCALES = ("paper", "toy", "plumbing")
+
+
+def training_scale(teacher: Any) -> str:
+    """Which schedule students of ``teacher`` train on: ``paper`` (the method's own values),
+    ``toy`` (its ``toy_*`` values: the toy world's teacher and random-weight teachers) or
+    ``plumbing`` (the toy values capped at a few steps: ``tiny``, a teacher for tests). A teacher
+    may declare it (``Teacher.training_scale``); otherwise it follows from the identity."""
+    declared = getattr(teacher, "training_scale", None)
+    if declared:
+        if declared not in TRAINING_SCALES:
+            raise ValueError(f"teacher {getattr(teacher, 'name', '?')}: training_scale {declared!r} is not one of "
+                             f"{TRAINING_SCALES}")
+        return declared
+    return "toy" if is_toy_world_teacher(teacher) or is_random_weights_teacher(teacher) else "paper"
+
+
 def training_data_for(teacher: Any, seed: int = 0, root: str | os.PathLike | None = None) -> TrainingData:
     """The training source of ``teacher``: ``root`` (or ``$BENCH_TRAIN_DATA``) when given, else the
     toy world for the toy teacher, synthetic pairs for random-weight teachers; a real teacher

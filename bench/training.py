@@ -132,6 +132,22 @@ def apply_toy_schedule(config: Any) -> Any:
     return dataclasses.replace(config, **toy_overrides(config))
 
 
+#: The plumbing schedule: on a teacher that exists to test the code (``tiny``: random weights, no
+#: images worth distilling) every method trains for a handful of steps, seconds on a CPU. Caps on
+#: config fields that a method has, applied over its toy schedule; ``--max-train-steps`` still wins.
+PLUMBING_CAPS: Mapping[str, int] = {
+    "max_train_steps": 10,         # optimizer steps
+    "num_regression_pairs": 8,     # DMD's (noise, teacher ODE image) pairs, each a 50-step solve
+}
+
+
+def apply_plumbing_schedule(config: Any) -> Any:
+    """``config`` with each field of :data:`PLUMBING_CAPS` it has capped at the cap."""
+    names = {f.name for f in dataclasses.fields(config)}
+    return dataclasses.replace(config, **{name: min(getattr(config, name), cap) for name, cap in PLUMBING_CAPS.items()
+                                          if name in names and getattr(config, name) is not None})
+
+
 # ------------------------------------------------------------------------------------------------
 # What the method sees, and what it gives the loop
 # ------------------------------------------------------------------------------------------------

@@ -441,4 +441,4 @@ def test_the_student_samples_at_the_timestep_it_was_trained_at(teacher, monkeypa
     summary = sample_one(ctx, method, suite, 1, 1.0, 0, tmp_path / "samples", 2, "fast", progress=False)
     assert summary.written == 2 and lists == [(399,)]
     spec = json.loads((tmp_path / "samples" / "metadata.json").read_text())["spec"]
-    assert spec["method_config"]["denoising_step_list"] == [999] and spec["student"] == loaded.fingerprint
+    assert spec["method_config"]["denoising_step_list"] == [999] and spec["student"] == loaded.identity

@@ -532,11 +532,14 @@ def test_one_student_per_step_count(teacher, tmp_path, monkeypatch):
 def test_toy_schedule_per_step_count(teacher):
     """S >= 8 trains on the short toy schedule (MCMConfig), S < 8 on the long one; the short one is
     the student an explicit --config of the same schedule names, and any explicit schedule wins."""
+    import dataclasses
+
     from bench import students
     from bench.spec import apply_config_overrides
     from bench.train_data import training_data_for
 
     data = training_data_for(teacher)
+    teacher = dataclasses.replace(teacher, training_scale="toy")    # tiny's own is the plumbing schedule
 
     def plan(overrides, S):
         method = MultistepCM(apply_config_overrides(MCMConfig(), overrides))

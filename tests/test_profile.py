@@ -331,7 +331,8 @@ def test_dmd_is_timed_on_one_regression_batch_of_pairs(tiny_teacher):
     from bench.profile import regression_pairs_for_timing
     from bench.students import training_plan
 
-    method, _ = training_plan(load_method("dmd"), tiny_teacher)
+    toy_scaled = dataclasses.replace(tiny_teacher, training_scale="toy")   # tiny's own: the plumbing schedule
+    method, _ = training_plan(load_method("dmd"), toy_scaled)
     assert (method.config.num_regression_pairs, method.config.regression_batch_size) == (512, 16)
     timed, note = regression_pairs_for_timing(method)
     assert timed.config.num_regression_pairs == 16 and note.startswith("16 regression pairs made for timing")
@@ -343,7 +344,7 @@ def test_dmd_is_timed_on_one_regression_batch_of_pairs(tiny_teacher):
     # the training measurement uses it: the row says so
     from bench.profile import measure_training_step, training_source
 
-    row = measure_training_step(load_method("dmd"), tiny_teacher, training_source(tiny_teacher)[0], 2, False, 1, 1)
+    row = measure_training_step(load_method("dmd"), toy_scaled, training_source(tiny_teacher)[0], 2, False, 1, 1)
     assert row.status == "measured" and row.note == note
 
 

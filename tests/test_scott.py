@@ -3,6 +3,8 @@ diffusers' DDIMScheduler, the LoRA-decoder discriminator's trainable parameters 
 form), the hinge losses, a measured loss reduction, the ablation switches, and exact resume."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -353,8 +355,9 @@ def test_student_cache_trains_once_and_samples(teacher, tmp_path, monkeypatch):
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("BENCH_TRAIN_DATA", raising=False)
     method = SCott(SCottConfig(toy_train_batch_size=2, toy_checkpointing_steps=1))
-    train_method, schedule = students.training_plan(method, teacher)
+    train_method, schedule = students.training_plan(method, dataclasses.replace(teacher, training_scale="toy"))
     assert (schedule.max_train_steps, schedule.learning_rate) == (400, 1e-4)
+    assert students.training_plan(method, teacher)[1].max_train_steps == 10          # tiny: plumbing
     assert (train_method.config.disc_learning_rate, train_method.config.disc_lora_rank) == (2.5e-4, 3)
     first = students.load_student(method, teacher, steps=2, max_train_steps=2, progress=False)
     assert first.info["trained_steps"] == 2 and first.denoiser.unet.config.time_cond_proj_dim == 256

@@ -3,6 +3,8 @@ written with diffusers' DDIMScheduler, gamma = 1 is LCM's online branch, the fol
 embedding, a plain-UNet student that stock diffusers pipelines sample, loss reduction, resume."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -462,7 +464,8 @@ def test_student_cache_trains_once_and_samples(teacher, tmp_path, monkeypatch):
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("BENCH_TRAIN_DATA", raising=False)
     method = SPLAM(SPLAMConfig(toy_train_batch_size=2, toy_checkpointing_steps=1))
-    assert students.training_plan(method, teacher)[1].max_train_steps == 6000
+    assert students.training_plan(method, dataclasses.replace(teacher, training_scale="toy"))[1].max_train_steps == 6000
+    assert students.training_plan(method, teacher)[1].max_train_steps == 10          # tiny: plumbing
     first = students.load_student(method, teacher, steps=2, max_train_steps=2, progress=False)
     assert first.info["trained_steps"] == 2 and first.denoiser.unet.config.time_cond_proj_dim is None
     monkeypatch.setattr(SPLAM, "train", lambda *a, **k: pytest.fail("retrained a cached student"))

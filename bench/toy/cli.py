@@ -1,7 +1,9 @@
 """The toy world: train its teacher and metric models from scratch, and verify them.
 
-    python -m bench toy train   [--what teacher|features|clip|all] [--out DIR] [--seed 0] [--steps N]
-    python -m bench toy verify  [--dir DIR]      check every committed checkpoint against hashes.json
+    python -m bench toy train   [--what teacher|features|clip|students|all] [--out DIR] [--seed 0] [--steps N]
+                                [--students lcm,mcm-s4] [--retrain] [--threads N]
+    python -m bench toy verify  [--dir DIR]      check every committed checkpoint and released student against
+                                                 its recorded sha256 (and each student against the current recipe)
 
 What the toy models measure (teacher FID by step count, the real-vs-real floor, CLIP with own vs
 shuffled captions) is measured by the benchmark itself on the ``toy`` suite:
@@ -19,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="toy_command", metavar="{train,verify}", required=True)
     p = sub.add_parser("train", help="train toy checkpoints from scratch with a fixed seed")
     toy_train.add_arguments(p)
-    p = sub.add_parser("verify", help="check the toy checkpoints against their recorded sha256")
+    p = sub.add_parser("verify", help="check the toy checkpoints and released students against their recorded sha256")
     p.add_argument("--dir", default=None, metavar="DIR", help="checkpoint folder (default: bench/data/toy)")
 
 
@@ -32,9 +34,13 @@ def command(args: argparse.Namespace) -> int:
         return toy_train.command(args)
     if args.toy_command == "verify":
         from bench.toy.checkpoints import TOY_MODELS, load_toy_checkpoint
+        from bench.toy.students import verify_students
 
+        root = Path(args.dir) if args.dir else None
         for name in TOY_MODELS:
-            ckpt = load_toy_checkpoint(name, Path(args.dir) if args.dir else None)
+            ckpt = load_toy_checkpoint(name, root)
             print(f"toy {name}: ok ({', '.join(ckpt.tensors)}, sha256 as recorded)")
+        for line in verify_students(root):
+            print(line)
         return 0
     raise ValueError(f"unknown toy command {args.toy_command!r}")

@@ -410,8 +410,15 @@ def build_and_save(name: str, out: Path, seed: int = 0, steps: int | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--what", default="all", choices=[*TOY_MODELS, "all"],
-                        help="which toy model to train (default: all)")
+    parser.add_argument("--what", default="all", choices=[*TOY_MODELS, "students", "all"],
+                        help="which toy model to train: a metric model, the teacher, or the released students of "
+                             "every distillation method on the teacher (bench/data/toy/students); all: each in turn, "
+                             "students last (default: all)")
+    parser.add_argument("--students", default=None, metavar="A,B",
+                        help="with --what students: only these (release names: lcm, mcm-s4, ...; default: all)")
+    parser.add_argument("--retrain", action="store_true",
+                        help="with --what students: train anew even when the cache (BENCH_CACHE_DIR) holds a student "
+                             "of the same fingerprint trained on this machine (default: release that one)")
     parser.add_argument("--out", default=None, metavar="DIR",
                         help=f"where to write checkpoints and hashes.json (default: {default_toy_dir()})")
     parser.add_argument("--seed", type=int, default=0, help="training seed (default 0: the committed checkpoints)")
@@ -426,8 +433,21 @@ def command(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else default_toy_dir()
-    names = list(TOY_MODELS) if args.what == "all" else [args.what]
+    names = [*TOY_MODELS, "students"] if args.what == "all" else [args.what]
+    if "students" in names and (args.seed != 0 or args.steps is not None):
+        from bench.errors import UsageError
+
+        raise UsageError("--seed and --steps apply to the toy models, not to the released students (each trains at its "
+                         "method's default toy config); train a variant with `python -m bench train --config ...`")
     for name in names:
+        if name == "students":
+            from bench.toy.students import build_students
+
+            for released in build_students(args.students, root=args.out and out, retrain=args.retrain,
+                                           progress=not args.quiet):
+                print(f"toy student {released.name}: {released.path} ({released.record['bytes']} bytes, "
+                      f"sha256 {released.sha256[:16]}...)")
+            continue
         logger.info("training toy %s (seed %d) -> %s", name, args.seed, out)
         build_and_save(name, out, seed=args.seed, steps=args.steps)
     return 0
