@@ -137,7 +137,9 @@ def apply_toy_schedule(config: Any) -> Any:
 #: config fields that a method has, applied over its toy schedule; ``--max-train-steps`` still wins.
 PLUMBING_CAPS: Mapping[str, int] = {
     "max_train_steps": 10,         # optimizer steps
+    "train_batch_size": 4,
     "num_regression_pairs": 8,     # DMD's (noise, teacher ODE image) pairs, each a 50-step solve
+    "regression_batch_size": 4,
 }
 
 
