@@ -307,7 +307,8 @@ def _render_table(entries: Sequence[Entry], metrics: Sequence[str], notes: _Note
     """One markdown table; ``student`` adds the column saying where each row's student came from."""
     header = ["Method", "Steps", "NFE", "CFG"] + (["Student"] if student else [])
     header += [f"{metric_spec(m).label} {metric_spec(m).arrow}" for m in metrics]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|"]
+    align = [":---" if name in ("Method", "Student") else "---:" for name in header]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     bold = {m: best_in_groups(entries, m) for m in metrics}
     for index, entry in enumerate(entries):
         method = _md_escape(entry.method)

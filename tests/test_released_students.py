@@ -250,3 +250,24 @@ def test_training_a_toy_student_reproduces_its_recorded_hash():
     if key not in recorded:
         pytest.skip(f"no recorded training hash for {key}; recorded: {', '.join(recorded)}")
     assert _state_sha256(loaded.denoiser.unet) == recorded[key]
+
+
+def test_run_rows_record_their_student_and_released_only_fails_fast(tmp_path, capsys):
+    """`bench run` on the tiny teacher: lcm trains on the plumbing schedule and its rows say
+    "trained"; the teacher solver's say nothing; `--student-source released` stops with exit 1
+    before sampling when no released student matches."""
+    from bench.cli import main
+    from bench.results import load_all
+
+    common = ["--teacher", "tiny", "--suite", "smoke", "--num-images", "2", "--metrics", "fid", "--quiet"]
+    assert main(["run", "--methods", "ddim,lcm", "--steps", "1", "--out", str(tmp_path / "a"), *common]) == 0
+    frame = load_all(tmp_path / "a" / "results")
+    assert dict(zip(frame["method"], frame["student"])) == {"ddim": "", "lcm": "trained"}
+    meta = json.loads(next((tmp_path / "a" / "samples").rglob("lcm/*/metadata.json")).read_text())
+    assert meta["student"] == "trained" and meta["spec"]["student"].startswith("trained:")
+    capsys.readouterr()
+    code = main(["run", "--methods", "lcm", "--steps", "1", "--student-source", "released",
+                 "--out", str(tmp_path / "b"), *common])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1 and "no released student of lcm" in err[0]
+    assert not list((tmp_path / "b").rglob("*.png"))

@@ -414,6 +414,28 @@ def test_a_leaderboard_rebuilds_from_its_own_json_byte_for_byte(tmp_path):
     assert json.loads((tmp_path / "toy" / "toy.json").read_text(encoding="utf-8")) == doc
 
 
+def test_rows_say_which_student_they_came_from_and_keep_it_through_the_json(tmp_path):
+    """A distilled method's rows carry their student's source (released, or trained on the machine
+    that ran them); the table shows it in a Student column, and --base rebuilds keep it."""
+    rows = [r for r in smoke_rows() if r.method in ("ddim", "lcm", "scott")]
+    rows = [dataclasses.replace(r, student={"lcm": "released", "scott": "trained"}.get(r.method, "")) for r in rows]
+    write_leaderboards(rows_to_frame(rows), tmp_path / "a")
+    markdown = (tmp_path / "a" / "smoke.md").read_text(encoding="utf-8")
+    table = markdown.split("### Quality and speed")[1].split("###")[0]
+    assert "| Method | Steps | NFE | CFG | Student | FID ↓" in table
+    assert "| lcm | 4 | 4 | 3 | released | 25.50 |" in table and "| scott | 4 | 4 | 3 | trained here | **21.00** |" in table
+    assert "| ddim | 4 | 8 | 3 |  | 40.00 |" in table
+    assert "Student" not in markdown.split("### Fidelity")[1]             # one column, in the main table only
+    doc = json.loads((tmp_path / "a" / "smoke.json").read_text(encoding="utf-8"))
+    by_method = {(r["method"], r["steps"]): r for r in doc["rows"]}
+    assert set(by_method[("lcm", 2)]["students"].values()) == {"released"} and "students" not in by_method[("ddim", 2)]
+    write_leaderboards(rows_from_leaderboard(doc), tmp_path / "b")
+    assert (tmp_path / "b" / "smoke.md").read_bytes() == (tmp_path / "a" / "smoke.md").read_bytes()
+    # a table without any student (teacher solvers, older results) has no Student column
+    write_leaderboards(rows_to_frame([r for r in smoke_rows() if r.method == "ddim"]), tmp_path / "c")
+    assert "Student" not in (tmp_path / "c" / "smoke.md").read_text(encoding="utf-8")
+
+
 def test_base_leaderboard_plus_new_results_equals_the_leaderboard_of_all_rows(tmp_path, monkeypatch):
     old_rows = [r for r in smoke_rows() if r.method != "scott"]
     newer = "2025-01-03T00:00:00.000000Z"

@@ -1,0 +1,47 @@
+"""Print the retraining spread table from the results folders reports/retraining/measure.sh wrote:
+for each method and step count, the released student's toy FID and how far each retrained variant
+lands from it.
+
+    python reports/retraining/spread.py [OUT]      # OUT: measure.sh's folder (default runs/retraining)
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from bench.results import load_all
+
+VARIANTS = {  # results folder -> column
+    "seed-0-1-thread": "float32 original",
+    "seed-0-2-threads": "2 threads",
+    "seed-1-1-thread": "training seed 1",
+}
+
+
+def fid_by_cell(folder: Path) -> dict[tuple[str, int], float]:
+    frame = load_all(folder / "results")
+    frame = frame[(frame["metric"] == "fid") & frame["value"].notna() & (frame["steps"] > 0)].sort_values("time")
+    return {(row.method, int(row.steps)): float(row.value) for row in frame.itertuples()}
+
+
+def main(out: Path) -> None:
+    released = fid_by_cell(out / "released")
+    variants = {label: fid_by_cell(out / name) for name, label in VARIANTS.items()}
+    header = ["method", "steps", "released FID"] + [f"{label} (Δ)" for label in VARIANTS.values()] + ["largest |Δ|"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|")
+    for (method, steps), base in sorted(released.items()):
+        cells, deltas = [], []
+        for values in variants.values():
+            value = values.get((method, steps))
+            if value is None:
+                cells.append("")
+                continue
+            deltas.append(value - base)
+            cells.append(f"{value:.2f} ({value - base:+.2f})")
+        largest = f"{max(abs(d) for d in deltas):.2f}" if deltas else ""
+        print(f"| {method} | {steps} | {base:.2f} | " + " | ".join(cells) + f" | {largest} |")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs/retraining"))
