@@ -10,7 +10,8 @@ selects cells; or another leaderboard JSON given with ``--current``).
 Exit status
     0  nothing got worse by more than its tolerance (improvements and new rows are reported, not failed)
     1  at least one regression, or a baseline number that is missing now (row absent, metric absent
-       or skipped); a table lists baseline, current, delta and tolerance for each
+       or skipped); a table lists baseline, current, delta and tolerance for each. Also when no number
+       was compared at all (an empty baseline, or every metric switched off): the gate fails closed
     2  usage error: unreadable or malformed baseline/current JSON, missing file, bad --tolerance
 
 Direction: lower is better for fid and the latency/memory metrics, higher is better for clip,
@@ -209,7 +210,9 @@ class CheckResult:
 
     @property
     def ok(self) -> bool:
-        return not self.regressions and not self.missing
+        """Nothing regressed, nothing is missing, and something was compared: a gate that compared
+        no number (an empty baseline, every metric switched off) fails closed."""
+        return bool(self.comparisons) and not self.regressions and not self.missing
 
     @property
     def exit_code(self) -> int:
@@ -387,8 +390,12 @@ def format_result(result: CheckResult) -> str:
         lines.append(f"{len(changed)} compared number(s) come from a different fingerprint than the baseline "
                      "(code, config, protocol or library versions changed).")
         lines.append("")
-    lines.append("OK: nothing got worse beyond tolerance." if result.ok else
-                 "FAILED: regressions or missing numbers (see above).")
+    if not result.comparisons:
+        lines.append("FAILED: no number was compared (an empty baseline, or no metric of it has a tolerance); "
+                     "a regression check that checks nothing does not pass.")
+    else:
+        lines.append("OK: nothing got worse beyond tolerance." if result.ok else
+                     "FAILED: regressions or missing numbers (see above).")
     return "\n".join(lines) + "\n"
 
 

@@ -43,8 +43,14 @@ def run_benchmark(args: argparse.Namespace, ctx, methods: list, steps_list: list
     from bench.evaluate import build_evaluator, parse_metrics
     from bench.results import ResultsStore, Row, load_all, utc_now_iso
 
+    from bench.students import released_student_for
+
     metrics = parse_metrics(args.metrics)
     progress = not args.quiet
+    for method in methods:      # --student-source released: a missing student stops the run before any work
+        for steps in steps_list:
+            if method.unsupported_steps_reason(steps) is None:
+                released_student_for(method, ctx.teacher, steps, ctx.students)
     evaluator = build_evaluator(suite, metrics, args, progress=progress)  # fails fast, before sampling
     out = Path(args.out)
     store = ResultsStore(out / "results")

@@ -409,6 +409,29 @@ def _no_released_match(method: Method, fp: str, steps: int | None, store: Releas
             f"released ones with `{rebuild_command()}` if that change is meant to stay)")
 
 
+def released_student_for(method: Method, teacher: Any, steps: int, policy: StudentPolicy) -> ReleasedStudent | None:
+    """The released student ``load_student`` would take for ``method`` at ``steps`` under ``policy``
+    (None for teacher solvers, ``--student-source trained`` and ``--retrain``), without loading it;
+    with ``--student-source released`` and no match, the error ``load_student`` would raise, so
+    that ``bench run`` can stop before any sampling or scoring."""
+    if not method.trains or policy.source == "trained" or policy.retrain:
+        return None
+    train_method, schedule = training_plan(method, teacher, None, steps)
+    data = training_data_for(teacher, seed=schedule.seed)
+    return _released_match(method, student_fingerprint(train_method, teacher, schedule, data, steps), steps, policy)
+
+
+def _released_match(method: Method, fp: str, steps: int, policy: StudentPolicy) -> ReleasedStudent | None:
+    """The released student of fingerprint ``fp``; None when there is none (an error with
+    ``--student-source released``)."""
+    released = policy.released.find(fp)
+    if released is None and policy.source == "released":
+        raise MissingResourceError(
+            f"{_no_released_match(method, fp, steps, policy.released)}; --student-source released uses "
+            "released students only: drop it to train one on this machine")
+    return released
+
+
 def load_student(method: Method, teacher: Any, steps: int, batching: str = "exact", progress: bool = True, *,
                  max_train_steps: int | None = None, data: TrainingData | None = None,
                  policy: StudentPolicy | None = None) -> LoadedStudent:
@@ -432,17 +455,12 @@ def load_student(method: Method, teacher: Any, steps: int, batching: str = "exac
         data = training_data_for(teacher, seed=schedule.seed)
     fp = student_fingerprint(train_method, teacher, schedule, data, steps)
     retrain_now = policy.retrain and fp not in policy.retrained
-    if policy.source != "trained" and not policy.retrain:
-        released = policy.released.find(fp)
-        if released is not None:
-            unet = load_released_unet(policy.released, released, teacher)
-            log.info("%s: released student %s (%s)", method.name, released.name, released.path)
-            return LoadedStudent(denoiser_of(unet), fp, released.path, released.record, sampler=train_method,
-                                 source="released", weights=released.sha256)
-        if policy.source == "released":
-            raise MissingResourceError(
-                f"{_no_released_match(method, fp, steps, policy.released)}; --student-source released uses "
-                "released students only: drop it to train one on this machine")
+    released = None if policy.source == "trained" or policy.retrain else _released_match(method, fp, steps, policy)
+    if released is not None:
+        unet = load_released_unet(policy.released, released, teacher)
+        log.info("%s: released student %s (%s)", method.name, released.name, released.path)
+        return LoadedStudent(denoiser_of(unet), fp, released.path, released.record, sampler=train_method,
+                             source="released", weights=released.sha256)
     folder = students_dir() / f"{method.name}-{fp}"
     if retrain_now or not student_complete(folder, fp):
         for stale in folder.parent.glob(f".{folder.name}.*.tmp") if folder.parent.is_dir() else ():
@@ -523,4 +541,5 @@ def export_student(student: LoadedStudent, out: str | os.PathLike) -> Path:
 
 __all__ = ["LoadedStudent", "StudentPolicy", "STUDENT_SOURCES", "load_student", "train_student", "save_student",
            "load_student_unet", "load_released_unet", "release_student", "export_student", "student_fingerprint",
-           "training_plan", "students_dir", "read_student_info", "save_lora_weights", "weights_digest"]
+           "training_plan", "students_dir", "read_student_info", "save_lora_weights", "weights_digest",
+           "released_student_for"]

@@ -101,6 +101,13 @@ def test_missing_row_and_missing_metric_fail_new_rows_do_not():
     assert "New (not in the baseline; not a failure)" in result.format()
 
 
+def test_a_check_that_compares_nothing_fails_closed():
+    empty = check({"suite": "smoke", "rows": []}, copy.deepcopy(BASE))
+    assert empty.exit_code == 1 and not empty.comparisons and "no number was compared" in empty.format()
+    off = check(BASE, copy.deepcopy(BASE), parse_tolerances("fid=off,clip=off,coverage=off"))
+    assert off.exit_code == 1 and "FAILED: no number was compared" in off.format()
+
+
 def test_latency_only_checked_when_asked():
     slower = changed("lcm", "latency_ms", 50.0)
     assert check(BASE, slower).exit_code == 0
