@@ -9,7 +9,7 @@ For each method, step count and precision (``--dtypes``):
   ``bench.run._throughput_closure``), measured by ``bench.metrics.latency.measure_latency``.
 * **stock diffusers**: a ``StableDiffusionPipeline`` assembled from the same teacher components
   (unet or the student's U-Net, vae, text_encoder, tokenizer) with the scheduler matching the
-  method (``DIFFUSERS_SCHEDULERS``), the same step count, guidance and per-image seeds, measured the
+  method (``Method.diffusers_scheduler``), the same step count, guidance and per-image seeds, measured the
   same way in the same process; and the ratio ours/diffusers of the end-to-end medians (target
   <= 1.02: the harness adds nothing). Both sides do the same work: the prompt is encoded on every
   call, the empty-prompt embedding is computed once (ours caches it; the pipeline gets it as
@@ -53,7 +53,6 @@ import contextlib
 import dataclasses
 import gc
 import importlib.metadata
-import inspect
 import logging
 import platform
 import re
@@ -69,6 +68,8 @@ import torch
 from torch import nn
 
 from bench.errors import MissingResourceError, UsageError
+from methods import get_method_class, method_names
+from methods.base import DiffusersScheduler, TrainingContext
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,6 @@ THROUGHPUT_WARMUP = 1
 MAX_SEARCH_BATCH = 4096
 #: the printed latencies shown beside ours: (paper id, table) in bench/data/reported.json
 REPORTED_TABLES = (("2403.01505", "2"), ("2311.18828", "3"))
-#: reported method name -> our method name, to put this run's number beside the paper's
-REPORTED_METHOD_NAMES = {"DPM++": "dpmpp", "LCM": "lcm", "LCM-LoRA": "lcm-lora", "DMD": "dmd", "SCott": "scott",
-                         "SPLAM": "splam"}
 #: teachers with SD-1.5's architecture at 512 px: only their numbers go beside the papers'
 SD15_ARCHITECTURE_TEACHERS = ("sd15-arch", "sd15", "rv51")
 HALF_ON_CPU_NOTE = ("{dtype} on the CPU: not measured (the harness runs fp32 on the CPU; half-precision CPU "
@@ -539,8 +537,9 @@ def untrained_student_unet(method, teacher) -> nn.Module:
     train_method, schedule = training_plan(method, teacher)
     schedule = dataclasses.replace(schedule, max_train_steps=0, checkpointing_steps=0)
     trainer = new_trainer(schedule, next(teacher.unet.parameters()).device, f"profile {method.name}")
-    state = init_training_state(train_method, teacher, trainer, training_source(teacher, schedule.seed)[0])
-    student = train_method.student_from_state(state, trainer)
+    ctx = training_context(train_method, teacher, trainer, training_source(teacher, schedule.seed)[0])
+    state = train_method.init_training_state(ctx)
+    student = train_method.student_from_state(state, ctx)
     unet = student.unet
     if student.kind == "lora":          # sample with a plain U-Net, as load_student_unet(fuse=True) does
         unet.fuse_lora(lora_scale=1.0)
@@ -611,71 +610,17 @@ def _measure_into(row: SpeedRow, spec: ProfileSpec, end_to_end: Callable, denois
 # -- the stock diffusers pipeline ----------------------------------------------------------------
 
 
-@dataclass
-class DiffusersPlan:
-    """A diffusers scheduler equivalent to a method's sampler, and extra pipeline call arguments."""
-
-    scheduler: Any
-    call_kwargs: dict = field(default_factory=dict)
-
-
-def _from_teacher_config(cls, teacher, **overrides):
-    """``cls.from_config`` of the teacher's scheduler config, keeping only the keys ``cls`` takes
-    (the teacher's may be PNDM's), so diffusers warns about nothing."""
-    accepted = inspect.signature(cls.__init__).parameters
-    config = {k: v for k, v in teacher.scheduler_config.items() if k in accepted}
-    return cls.from_config(config, **overrides)
-
-
-def _ddim_plan(method, teacher, steps: int) -> DiffusersPlan:
-    from diffusers import DDIMScheduler
-
-    c = method.config
-    scheduler = _from_teacher_config(DDIMScheduler, teacher, timestep_spacing=c.spacing, steps_offset=c.steps_offset)
-    return DiffusersPlan(scheduler, {"eta": c.eta})
-
-
-def _dpmpp_plan(method, teacher, steps: int) -> DiffusersPlan:
-    from diffusers import DPMSolverMultistepScheduler
-
-    from methods.base import Denoiser
-
-    # the method's own scheduler settings; the pipeline hands the scheduler the raw U-Net output
-    ours = method.make_scheduler(Denoiser(teacher.unet, teacher.schedule, scheduler_config=teacher.scheduler_config))
-    scheduler = DPMSolverMultistepScheduler.from_config(ours.config, prediction_type=teacher.schedule.prediction_type)
-    return DiffusersPlan(scheduler)
-
-
-def _lcm_plan(method, teacher, steps: int) -> DiffusersPlan:
-    from diffusers import LCMScheduler
-
-    c = method.config
-    scheduler = _from_teacher_config(LCMScheduler, teacher, original_inference_steps=c.original_inference_steps,
-                                     timestep_scaling=c.timestep_scaling)
-    kwargs = {}
-    if c.timestep_spacing != "diffusers-2023-11":   # not in diffusers any more: pass the timesteps
-        kwargs["timesteps"] = method.timesteps(types.SimpleNamespace(schedule=teacher.schedule), steps)
-    return DiffusersPlan(scheduler, kwargs)
-
-
-#: method name -> the diffusers scheduler its sampler equals (tests/test_baselines.py, test_lcm.py)
-DIFFUSERS_SCHEDULERS: dict[str, Callable[..., DiffusersPlan]] = {
-    "ddim": _ddim_plan, "dpmpp": _dpmpp_plan, "lcm": _lcm_plan, "lcm-lora": _lcm_plan, "scott": _lcm_plan,
-    "splam": _lcm_plan,
-}
-
-
-def diffusers_plan(method, teacher, steps: int) -> tuple[DiffusersPlan | None, str]:
-    """(plan, "") or (None, why there is no pipeline comparison)."""
+def diffusers_plan(method, teacher, steps: int) -> tuple[DiffusersScheduler | None, str]:
+    """(the method's stock diffusers scheduler, "") or (None, why there is no pipeline comparison)."""
     from bench.teachers import VaeCodec
 
     if not isinstance(teacher.codec, VaeCodec):
         return None, (f"teacher {teacher.name} is pixel-space (no VAE): StableDiffusionPipeline needs one, so "
                       "there is no pipeline comparison")
-    make = DIFFUSERS_SCHEDULERS.get(method.name)
-    if make is None:
+    plan = method.diffusers_scheduler(teacher, steps)
+    if plan is None:
         return None, f"no stock diffusers scheduler runs {method.name}'s sampler"
-    return make(method, teacher, steps), ""
+    return plan, ""
 
 
 def diffusers_pipeline(teacher, unet: nn.Module, scheduler):
@@ -689,7 +634,7 @@ def diffusers_pipeline(teacher, unet: nn.Module, scheduler):
     return pipe
 
 
-def diffusers_closures(pipe, plan: DiffusersPlan, teacher, prompt: str, steps: int, guidance: float, seed: int,
+def diffusers_closures(pipe, plan: DiffusersScheduler, teacher, prompt: str, steps: int, guidance: float, seed: int,
                        batches=()) -> tuple[Callable, Callable, dict[int, Callable]]:
     """End-to-end, denoiser-only and batch-B closures of the pipeline, doing what ours do (module
     docstring): decoded images (B, 3, H, W) from the end-to-end and batch closures."""
@@ -741,12 +686,10 @@ def measure_diffusers(spec: ProfileSpec, teacher, method, unet: nn.Module, steps
 # ------------------------------------------------------------------------------------------------
 
 
-def init_training_state(method, teacher, trainer, data):
-    """``method.init_training_state``, given the training data when it takes it (DMD's regression
-    pairs are made from the data's captions, once, and cached)."""
-    if "data" in inspect.signature(method.init_training_state).parameters:
-        return method.init_training_state(teacher, trainer, data=data)
-    return method.init_training_state(teacher, trainer)
+def training_context(method, teacher, trainer, data) -> TrainingContext:
+    """The context ``method.init_training_state`` gets (S = 1 for a method with one student per
+    step count: the student's architecture and cost do not depend on S)."""
+    return TrainingContext(teacher, trainer, data, 1 if method.student_per_step_count else None)
 
 
 def new_trainer(schedule, device: torch.device, description: str):
@@ -850,13 +793,13 @@ def measure_training_step(method, teacher, data, batch: int, gradient_checkpoint
 
     device = next(teacher.unet.parameters()).device
     train_method, schedule = training_plan(method, teacher)
-    train_method, pairs_note = regression_pairs_for_timing(train_method)
+    train_method, timing_note = train_method.for_step_timing()
     schedule = dataclasses.replace(schedule, max_train_steps=warmup_steps + timed_steps, train_batch_size=batch,
                                    gradient_accumulation_steps=1, checkpointing_steps=0)
     trainer = new_trainer(schedule, device, f"profile {method.name}")
     row = TrainRow(method.name, "", batch, gradient_checkpointing, mixed_precision=trainer.schedule.mixed_precision,
-                   warmup_steps=warmup_steps, timed_steps=timed_steps, note=pairs_note)
-    state = init_training_state(train_method, teacher, trainer, data)
+                   warmup_steps=warmup_steps, timed_steps=timed_steps, note=timing_note)
+    state = train_method.init_training_state(training_context(train_method, teacher, trainer, data))
     try:
         if gradient_checkpointing:
             networks = checkpointable_networks(trainer.unwrap(model) for model in state.models)
@@ -880,19 +823,6 @@ def measure_training_step(method, teacher, data, batch: int, gradient_checkpoint
     row.timings_ms = clock.intervals_ms()[warmup_steps:]
     row.step_median_ms, row.step_p90_ms, row.step_mean_ms = summarize_timings(row.timings_ms)
     return row
-
-
-def regression_pairs_for_timing(train_method):
-    """(method, note): DMD's regression pairs (Eq. 9), made before training by a 50-step solver
-    under CFG, cut to one regression batch. A training step draws its regression batch from the
-    pairs with replacement, so its cost does not depend on how many exist, and making the toy
-    schedule's 512 at 512 px took the whole of a 150 s profile section on an H200."""
-    cfg = train_method.config
-    pairs, batch = getattr(cfg, "num_regression_pairs", None), getattr(cfg, "regression_batch_size", None)
-    if not pairs or not batch or not getattr(cfg, "regression_weight", 0.0) or pairs <= batch:
-        return train_method, ""
-    note = f"{batch} regression pairs made for timing (the config's {pairs}: a step's cost does not depend on it)"
-    return type(train_method)(dataclasses.replace(cfg, num_regression_pairs=batch)), note
 
 
 def largest_training_batch(method, teacher, data, start: int, gradient_checkpointing: bool) -> int | None:
@@ -1086,6 +1016,7 @@ def render_reported_table(reported: list[dict], latency: list[dict], beside: boo
     for r in latency:
         if r["pipeline"] == "ours" and r["median_ms"] is not None:
             ours.setdefault((r["method"], r["steps"]), f"{r['median_ms'] / 1000:.3f} ({r['dtype']})")
+    ours_by_reported = {reported: name for name in method_names() for reported in get_method_class(name).reported_names}
     header = ["paper", "table", "method", "steps", "latency s (as printed)", "GPU", "batch"]
     header += ["this run, same method and steps: s (dtype)"] if beside else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -1094,7 +1025,7 @@ def render_reported_table(reported: list[dict], latency: list[dict], beside: boo
                  e["latency_as_printed"] or str(e["latency_s"]), e["gpu"] or "not stated",
                  "-" if e["batch"] is None else str(e["batch"])]
         if beside:
-            cells.append(ours.get((REPORTED_METHOD_NAMES.get(e["method"]), e["steps"]), "-"))
+            cells.append(ours.get((ours_by_reported.get(e["method"]), e["steps"]), "-"))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

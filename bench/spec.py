@@ -53,6 +53,21 @@ def _convert(raw: str, annotation: Any, key: str) -> Any:
     return raw
 
 
+def format_config_value(value: Any) -> str:
+    """A config value as ``--config`` writes it (the inverse of the parsing in
+    :func:`apply_config_overrides`): None as ``none``, booleans as ``true``/``false``, tuples as
+    ``a:b:c``, floats exactly (``repr``)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (tuple, list)):
+        return ":".join(format_config_value(v) for v in value)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
 def apply_config_overrides(config: Any, overrides: str | None) -> Any:
     """``"eta=0.5,noise_scale=sde"`` applied to a config dataclass instance (tuples: ``a:b:c``).
     Setting a field that has a ``toy_`` twin also applies on toy teachers (the twin is cleared)."""

@@ -71,7 +71,7 @@ from bench.paths import cache_dir
 from bench.released import ReleasedStudent, ReleasedStudents, rebuild_command, release_name
 from bench.train_data import TrainingData, training_data_for, training_scale
 from bench.training import TrainSchedule, Trainer, apply_plumbing_schedule, apply_toy_schedule
-from methods.base import Denoiser, Method, Student
+from methods.base import Denoiser, Method, Student, TrainingContext, TrainingMethod
 
 log = logging.getLogger(__name__)
 
@@ -174,26 +174,25 @@ def training_plan(method: Method, teacher: Any, max_train_steps: int | None = No
         if method.student_per_step_count and steps is not None:
             config = method.toy_config_for_steps(config, steps)
     if scale == "plumbing":
-        config = apply_plumbing_schedule(config)
+        config = apply_plumbing_schedule(method, config)
     train_method = method if config is method.config else type(method)(config)
     schedule = TrainSchedule.from_config(config, max_train_steps=max_train_steps,
                                          mixed_precision=_mixed_precision(teacher))
     return train_method, schedule
 
 
-def _training_identity(method: Method) -> dict[str, Any]:
+def _training_identity(method: TrainingMethod) -> dict[str, Any]:
     """The config fields that change the student, minus the schedule fields (the effective
     schedule is fingerprinted on its own) and the ``toy_*`` fields (already applied to the
     effective config): so ``--max-train-steps 3`` and ``--config toy_max_train_steps=3`` name the
     same student on a toy teacher."""
-    identity = getattr(method, "training_identity", None)
-    values = identity() if callable(identity) else method.config_dict()
+    values = method.training_identity()
     schedule_fields = {f.name for f in dataclasses.fields(TrainSchedule)}
     return {k: v for k, v in values.items()
             if k not in NOT_IN_FINGERPRINT and k not in schedule_fields and not k.startswith("toy_")}
 
 
-def student_fingerprint(method: Method, teacher: Any, schedule: TrainSchedule, data: TrainingData,
+def student_fingerprint(method: TrainingMethod, teacher: Any, schedule: TrainSchedule, data: TrainingData,
                         steps: int | None = None) -> str:
     """The training recipe's fingerprint (module docstring): no library versions, no thread count."""
     value = {
@@ -365,7 +364,7 @@ def train_student(method: Method, teacher: Any, data: TrainingData, schedule: Tr
                       description=f"train {method.name}")
     log.info("training %s on %s (%d steps, batch %d, lr %g) into %s", method.name, teacher.name,
              schedule.max_train_steps, schedule.train_batch_size, schedule.learning_rate, folder)
-    student = method.train(teacher, data, trainer, steps=steps if method.student_per_step_count else None)
+    student = method.train(TrainingContext(teacher, trainer, data, steps if method.student_per_step_count else None))
     report = trainer.report
     info = {
         "fingerprint": fp,

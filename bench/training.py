@@ -59,8 +59,10 @@ import torch
 from torch import nn
 
 from bench.errors import BenchError
+from bench.lpips import lpips_distance
+from bench.teacher_outputs import CachedTeacherOutputs, build_teacher_outputs
 from bench.train_data import TrainingData, batch_seed
-from methods.base import Update  # noqa: F401  (the loop's multi-optimizer contract; re-exported)
+from methods.base import TeacherOutputSpec, Update
 
 log = logging.getLogger(__name__)
 
@@ -134,20 +136,19 @@ def apply_toy_schedule(config: Any) -> Any:
 
 #: The plumbing schedule: on a teacher that exists to test the code (``tiny``: random weights, no
 #: images worth distilling) every method trains for a handful of steps, seconds on a CPU. Caps on
-#: config fields that a method has, applied over its toy schedule; ``--max-train-steps`` still wins.
+#: the schedule fields, applied over the toy schedule (a method caps its own sizes too:
+#: ``TrainingMethod.plumbing_config``); ``--max-train-steps`` still wins.
 PLUMBING_CAPS: Mapping[str, int] = {
     "max_train_steps": 10,         # optimizer steps
     "train_batch_size": 4,
-    "num_regression_pairs": 8,     # DMD's (noise, teacher ODE image) pairs, each a 50-step solve
-    "regression_batch_size": 4,
 }
 
 
-def apply_plumbing_schedule(config: Any) -> Any:
-    """``config`` with each field of :data:`PLUMBING_CAPS` it has capped at the cap."""
-    names = {f.name for f in dataclasses.fields(config)}
-    return dataclasses.replace(config, **{name: min(getattr(config, name), cap) for name, cap in PLUMBING_CAPS.items()
-                                          if name in names and getattr(config, name) is not None})
+def apply_plumbing_schedule(method: Any, config: Any) -> Any:
+    """``config`` with its schedule fields capped at :data:`PLUMBING_CAPS`, then the method's own caps."""
+    config = dataclasses.replace(config, **{name: min(getattr(config, name), cap) for name, cap in PLUMBING_CAPS.items()
+                                            if getattr(config, name, None) is not None})
+    return method.plumbing_config(config)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -274,21 +275,17 @@ class Trainer:
         """A CPU generator seeded by (seed, stream, micro-batch index)."""
         return torch.Generator("cpu").manual_seed(batch_seed(self.seed, index, f"train-{stream}"))
 
-    # -- resources a method asks the harness for (bench.regression) -----------------------------
-    def regression_pairs(self, teacher: Any, data: TrainingData, spec: Any) -> Any:
-        """The paired (noise, teacher output) dataset of a regression loss (DMD Eq. 9), made with
-        a teacher solver on first use and cached; see bench.regression."""
-        from bench.regression import RegressionPairs, build_regression_pairs
-
-        folder = build_regression_pairs(teacher, data, spec, self.seed, rank=self.accelerator.process_index,
-                                        world=self.num_processes, progress=self.progress)
+    # -- services a method asks the harness for (methods.base.TrainerServices) ------------------
+    def teacher_outputs(self, teacher: Any, data: TrainingData, spec: TeacherOutputSpec) -> CachedTeacherOutputs:
+        """Pairs (noise, teacher solver output) as ``spec`` asks (DMD's regression pairs, Eq. 9),
+        made on first use, split over the processes, and cached (bench.teacher_outputs)."""
+        folder = build_teacher_outputs(teacher, data, spec, self.seed, rank=self.accelerator.process_index,
+                                       world=self.num_processes, progress=self.progress)
         self.wait_for_everyone()
-        return RegressionPairs(folder, spec, teacher, self.device, teacher.encode_prompts)
+        return CachedTeacherOutputs(folder, spec, self.device, teacher.encode_prompts)
 
     def lpips_distance(self, teacher: Any, vgg_path: str | None = None) -> nn.Module:
         """LPIPS-VGG on decoded latents; MissingResourceError first when its weights are absent."""
-        from bench.regression import lpips_distance
-
         return lpips_distance(teacher, vgg_path)
 
     # -- one optimizer (micro-)step -------------------------------------------------------------

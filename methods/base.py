@@ -17,12 +17,13 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Protocol, Sequence
 
 import torch
 from torch import nn
 
 from methods.diffusion_math import NoiseSchedule, cfg_imagen, model_output_to_x0_eps
+from methods.timesteps import inference_timesteps
 
 Tensor = torch.Tensor
 
@@ -161,27 +162,118 @@ class Update:
     lr_scheduler: Any = None             # prepared LR scheduler (stepped with its optimizer)
 
 
+@dataclass
+class TeacherOutputSpec:
+    """A set of teacher outputs a method asks the harness to make once and cache (DMD's regression
+    pairs, Yin et al. 2024, arXiv:2311.18828, §3.3 Eq. 9): ``count`` pairs (noise z_i, the
+    registered teacher solver ``solver`` run from z_i at ``steps`` steps and ``guidance_scale``),
+    made in chunks of ``chunk_size`` (each one batched solver call)."""
+
+    solver: str              # a registered teacher-solver method, e.g. "pndm"
+    steps: int
+    guidance_scale: float    # diffusers convention
+    num_pairs: int
+    chunk_size: int
+
+
+class TeacherOutputs(Protocol):
+    """The harness's cached teacher outputs (``TrainerServices.teacher_outputs``)."""
+
+    def __len__(self) -> int: ...
+
+    def batch(self, indices: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(noise, teacher output, prompt embeddings) of the pairs at ``indices``, on the training device."""
+
+
+class TeacherModel(Protocol):
+    """What a method may use of the teacher (``bench.teachers.Teacher`` provides it)."""
+
+    unet: nn.Module                 # diffusers UNet2DConditionModel
+    schedule: NoiseSchedule
+    scheduler_config: dict          # a diffusers scheduler config
+    default_guidance_scale: float   # diffusers convention
+    codec: Any                      # encode(images) / decode(latents)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]: ...
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Tensor: ...
+
+
+class TrainerServices(Protocol):
+    """What a method may use of the training loop (``bench.training.Trainer`` provides it): the
+    device, seed and schedule, accelerate's prepare/unwrap/autocast, the loop itself, and two
+    services a method asks for by name: cached teacher outputs and the LPIPS distance."""
+
+    device: torch.device
+    seed: int
+    schedule: Any                   # max_train_steps, learning_rate, train_batch_size, ...
+    num_processes: int
+
+    def prepare(self, *objects: Any) -> Any: ...
+
+    def unwrap(self, module: nn.Module) -> nn.Module: ...
+
+    def autocast(self) -> Any: ...
+
+    def fit(self, state: Any, step: Callable[[Any, Any], Any], data: Any, teacher: TeacherModel) -> Any: ...
+
+    def teacher_outputs(self, teacher: TeacherModel, data: Any, spec: TeacherOutputSpec) -> TeacherOutputs: ...
+
+    def lpips_distance(self, teacher: TeacherModel, vgg_path: str | None = None) -> nn.Module: ...
+
+
+@dataclass
+class TrainingContext:
+    """Everything ``TrainingMethod.train`` is given: the teacher, the training loop's services, the
+    data source (``data.batch(index, size) -> (images in [-1, 1], captions)``) and, for a method
+    with one student per step count, the step count S of the student to train."""
+
+    teacher: TeacherModel
+    trainer: TrainerServices
+    data: Any
+    steps: int | None = None
+
+
+@dataclass
+class DiffusersScheduler:
+    """The stock diffusers scheduler a method's sampler equals, and the extra pipeline call
+    arguments it needs (``bench profile`` times a ``StableDiffusionPipeline`` with it)."""
+
+    scheduler: Any
+    call_kwargs: dict = field(default_factory=dict)
+
+
+def scheduler_from_teacher_config(cls: type, scheduler_config: dict, **overrides: Any) -> Any:
+    """``cls.from_config`` of a teacher's scheduler config, keeping only the keys ``cls`` takes (the
+    teacher's may be PNDM's), so diffusers warns about nothing."""
+    import inspect
+
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls.from_config({k: v for k, v in scheduler_config.items() if k in accepted}, **overrides)
+
+
 class Method(ABC):
-    """Base class of every registered method. Subclasses set the class attributes and implement
-    ``sample`` (and ``train`` when ``trains`` is True)."""
+    """Base class of every registered method: a teacher solver (:class:`TeacherSolver`) or a method
+    that trains a student (:class:`TrainingMethod`). Subclasses set the class attributes and
+    implement ``sample``."""
 
     name: ClassVar[str]
     paper: ClassVar[str]                   # citation, e.g. "Song et al. 2021, arXiv:2010.02502"
     summary: ClassVar[str]                 # one line for `bench list`
     config_class: ClassVar[type]
     supported_steps: ClassVar[tuple[int, ...] | None] = None  # None: any step count
-    trains: ClassVar[bool] = True          # False for teacher solvers
+    trains: ClassVar[bool] = False         # True for TrainingMethod
     student_per_step_count: ClassVar[bool] = False  # Multistep CM: one student per S
     # Guidance the method samples with when the user gives none (diffusers convention); None: the
     # teacher's default. LCM-LoRA distils a fixed guidance and samples without CFG (g = 1).
     default_guidance_scale: ClassVar[float | None] = None
+    # The names under which the papers report this method (bench/data/reported.json), so that
+    # `bench profile` prints its measured latency beside theirs.
+    reported_names: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any | None = None):
         self.config = config if config is not None else self.config_class()
-
-    # -- the two halves -------------------------------------------------------------------------
-    def train(self, teacher: Any, data: Any, trainer: Any, steps: int | None = None) -> Student:
-        raise NotImplementedError(f"{self.name} has no training half")
 
     @abstractmethod
     def sample(self, denoiser: Denoiser, request: SampleRequest) -> Tensor:
@@ -205,10 +297,61 @@ class Method(ABC):
     def config_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
 
+    def diffusers_scheduler(self, teacher: TeacherModel, steps: int) -> DiffusersScheduler | None:
+        """The stock diffusers scheduler this sampler equals at ``steps`` (tests check the
+        equality), for ``bench profile``'s pipeline comparison; None: there is none."""
+        return None
+
+
+class TrainingMethod(Method):
+    """A method with a training half, written as three pieces (the algorithm box is
+    ``training_step``) and one fixed ``train``::
+
+        state = method.init_training_state(ctx)      # student, target, optimizers, ...
+        loss  = method.training_step(state, batch)   # one micro-batch; {name: loss} with several optimizers
+        student = method.student_from_state(state, ctx)
+
+    The harness's loop (``ctx.trainer.fit``) owns batches, backward, clipping, the optimizer and
+    scheduler steps, checkpoints and resume."""
+
+    trains: ClassVar[bool] = True
+
+    @abstractmethod
+    def init_training_state(self, ctx: TrainingContext) -> Any:
+        """The student (and any extra networks, optimizers prepared with ``ctx.trainer.prepare``)."""
+
+    @abstractmethod
+    def training_step(self, state: Any, batch: Any) -> Tensor | dict[str, Tensor]:
+        """One micro-batch's loss (``{Update.name: loss}`` when ``state.updates`` lists several optimizers)."""
+
+    @abstractmethod
+    def student_from_state(self, state: Any, ctx: TrainingContext) -> Student:
+        """The student to save (unwrapped, eval mode, no grad)."""
+
+    def train(self, ctx: TrainingContext) -> Student:
+        state = self.init_training_state(ctx)
+        ctx.trainer.fit(state, self.training_step, ctx.data, ctx.teacher)
+        return self.student_from_state(state, ctx)
+
+    def training_identity(self) -> dict[str, Any]:
+        """The config fields that change the trained student (its fingerprint); sampling-only
+        fields are left out by methods that have them."""
+        return self.config_dict()
+
     def toy_config_for_steps(self, config: Any, steps: int) -> Any:
-        """The toy-scheduled ``config`` (``bench.training.apply_toy_schedule``) for the student of
-        ``steps`` sampling steps; only methods with one student per step count override it."""
+        """The toy-scheduled ``config`` for the student of ``steps`` sampling steps; only methods
+        with one student per step count override it."""
         return config
+
+    def plumbing_config(self, config: Any) -> Any:
+        """``config`` on a plumbing teacher (``tiny``), after the harness capped its schedule at a
+        few steps: a method caps its own costly sizes here (DMD: its regression pairs)."""
+        return config
+
+    def for_step_timing(self) -> tuple["TrainingMethod", str]:
+        """(method, note) that ``bench profile`` times one training step with: a method whose
+        set-up makes something a step's cost does not depend on may shrink it here, and says so."""
+        return self, ""
 
 
 class TeacherSolver(Method):
@@ -219,7 +362,5 @@ class TeacherSolver(Method):
     supported_steps: ClassVar[tuple[int, ...] | None] = None
 
     def timesteps(self, denoiser: Denoiser, steps: int) -> list[int]:
-        from methods.timesteps import inference_timesteps
-
         return inference_timesteps(denoiser.schedule.num_train_timesteps, steps,
                                    self.config.spacing, self.config.steps_offset)

@@ -17,8 +17,10 @@ from typing import ClassVar
 
 import torch
 
-from methods.base import Denoiser, SampleRequest, TeacherSolver, per_sample_randn
+from methods.base import (Denoiser, DiffusersScheduler, SampleRequest, TeacherModel, TeacherSolver, per_sample_randn,
+                          scheduler_from_teacher_config)
 from methods.diffusion_math import ddim_step
+from methods.registry import register_method
 from methods.timesteps import SPACINGS, step_pairs
 
 
@@ -39,8 +41,8 @@ class DDIMConfig:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
 
 
+@register_method("ddim")
 class DDIM(TeacherSolver):
-    name: ClassVar[str] = "ddim"
     paper: ClassVar[str] = "Song, Meng & Ermon 2021, Denoising Diffusion Implicit Models, arXiv:2010.02502"
     summary: ClassVar[str] = "teacher DDIM solver (eta=0 deterministic; eta>0 stochastic), no training"
     config_class: ClassVar[type] = DDIMConfig
@@ -54,3 +56,12 @@ class DDIM(TeacherSolver):
             z = per_sample_randn(request.generators, x) if eta > 0 else None
             x = ddim_step(x0, eps, schedule.abar(t), schedule.abar(s), eta=eta, noise=z)  # Eq. 12
         return x
+
+    def diffusers_scheduler(self, teacher: TeacherModel, steps: int) -> DiffusersScheduler:
+        """diffusers' ``DDIMScheduler`` with the same spacing and eta (tests/test_baselines.py)."""
+        from diffusers import DDIMScheduler
+
+        c = self.config
+        scheduler = scheduler_from_teacher_config(DDIMScheduler, teacher.scheduler_config, timestep_spacing=c.spacing,
+                                                  steps_offset=c.steps_offset)
+        return DiffusersScheduler(scheduler, {"eta": c.eta})

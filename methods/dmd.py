@@ -51,9 +51,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import (Denoiser, Method, SampleRequest, Student, Update, ema_update, load_prefixed_state_dict,
-                          per_sample_randn, prefixed_state_dict)
+from methods.base import (Denoiser, SampleRequest, Student, TeacherOutputs, TeacherOutputSpec, TrainingContext,
+                          TrainingMethod, Update, ema_update, load_prefixed_state_dict, per_sample_randn,
+                          prefixed_state_dict)
 from methods.diffusion_math import NoiseSchedule, _as_column, add_noise, cfg_imagen, model_output_to_x0_eps, v_from_x0_eps
+from methods.registry import register_method
 
 Tensor = torch.Tensor
 
@@ -64,17 +66,6 @@ DM_GRADIENT_FORMS: tuple[str, ...] = ("algorithm-2", "eq-7")
 # ------------------------------------------------------------------------------------------------
 # Configs
 # ------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RegressionPairSpec:
-    """What the harness builds the paired dataset with (bench.regression)."""
-
-    solver: str               # a registered teacher solver: "pndm" (paper) or "ddim"
-    steps: int
-    guidance_scale: float     # diffusers convention
-    num_pairs: int
-    chunk_size: int
 
 
 @dataclass(frozen=True)
@@ -206,9 +197,10 @@ class DMDConfig:
         if not 0 <= self.min_step_percent < self.max_step_percent <= 1:
             raise ValueError("need 0 <= min_step_percent < max_step_percent <= 1")
 
-    def pair_spec(self) -> RegressionPairSpec:
+    def pair_spec(self) -> TeacherOutputSpec:
+        """The regression pairs (Eq. 9) as cached teacher outputs the harness makes once."""
         guidance = self.real_guidance_scale if self.regression_guidance_scale is None else self.regression_guidance_scale
-        return RegressionPairSpec(self.regression_solver, self.regression_solver_steps, guidance,
+        return TeacherOutputSpec(self.regression_solver, self.regression_solver_steps, guidance,
                                   self.num_regression_pairs, self.regression_chunk_size)
 
 
@@ -384,7 +376,7 @@ class DMDState:
     schedule: NoiseSchedule
     config: DMDConfig
     updates: list[Update]
-    pairs: Any | None                        # bench.regression.RegressionPairs (DMD's Eq. 9)
+    pairs: TeacherOutputs | None             # cached teacher outputs: the regression pairs (Eq. 9)
     distance: Callable[[Tensor, Tensor], Tensor] | None
     real_autocast: Callable[[], Any]
     unwrap: Callable[[nn.Module], nn.Module]
@@ -543,13 +535,14 @@ def _make_optimizer(params: list[nn.Parameter], cfg: DMDConfig, lr: float, max_t
 # ------------------------------------------------------------------------------------------------
 
 
-class DMD(Method):
-    name: ClassVar[str] = "dmd"
+@register_method("dmd")
+class DMD(TrainingMethod):
     paper: ClassVar[str] = ("Yin et al. 2024, One-step Diffusion with Distribution Matching Distillation, "
                             "arXiv:2311.18828")
     summary: ClassVar[str] = ("one-step generator: distribution matching gradient (real CFG teacher vs trained "
                               "fake score) + regression on teacher PNDM pairs")
     config_class: ClassVar[type] = DMDConfig
+    reported_names: ClassVar[tuple[str, ...]] = ("DMD",)
     trains: ClassVar[bool] = True
     supported_steps: ClassVar[tuple[int, ...] | None] = (1,)     # the default config's step_counts
     # the generator is sampled without CFG (guidance is distilled from the real score)
@@ -567,17 +560,15 @@ class DMD(Method):
                f"{steps} steps skipped"
 
     # -- training --------------------------------------------------------------------------------
-    def init_training_state(self, teacher: Any, trainer: Any, data: Any = None) -> DMDState:
-        cfg = self.config
+    def init_training_state(self, ctx: TrainingContext) -> DMDState:
+        cfg, teacher, trainer = self.config, ctx.teacher, ctx.trainer
         distance, pairs = None, None
         if cfg.regression_weight > 0:
             if cfg.regression_distance == "lpips":
                 distance = trainer.lpips_distance(teacher, cfg.lpips_vgg_path)     # fails early offline
             else:
                 distance = lambda a, b: regression_distance(a, b, cfg.regression_distance, cfg.huber_c)  # noqa: E731
-            if data is None:
-                raise ValueError(f"{self.name}: the regression loss needs the training data (its captions)")
-            pairs = trainer.regression_pairs(teacher, data, cfg.pair_spec())
+            pairs = trainer.teacher_outputs(teacher, ctx.data, cfg.pair_spec())     # made once, cached
         generator = _copy_unet(teacher.unet, cfg.gradient_checkpointing).to(trainer.device)
         ema = None
         if cfg.generator_ema_decay is not None:
@@ -600,8 +591,8 @@ class DMD(Method):
     def training_step(self, state: DMDState, batch: Any) -> dict[str, Tensor]:
         return dmd_training_step(state, batch)
 
-    def student_from_state(self, state: DMDState, trainer: Any) -> Student:
-        online = trainer.unwrap(state.generator)
+    def student_from_state(self, state: DMDState, ctx: TrainingContext) -> Student:
+        online = ctx.trainer.unwrap(state.generator)
         unet = (state.generator_ema if state.generator_ema is not None else online).eval().requires_grad_(False)
         if getattr(unet, "is_gradient_checkpointing", False):
             unet.disable_gradient_checkpointing()
@@ -609,10 +600,22 @@ class DMD(Method):
                        metadata={"denoising_step_list": list(self.config.denoising_step_list),
                                  "step_counts": list(self.config.step_counts)})
 
-    def train(self, teacher: Any, data: Any, trainer: Any, steps: int | None = None) -> Student:
-        state = self.init_training_state(teacher, trainer, data)
-        trainer.fit(state, self.training_step, data, teacher)
-        return self.student_from_state(state, trainer)
+    def plumbing_config(self, config: DMDConfig) -> DMDConfig:
+        """On the plumbing teacher: 8 regression pairs in batches of 4 (each pair is a 50-step solve)."""
+        return dataclasses.replace(config, num_regression_pairs=min(config.num_regression_pairs, 8),
+                                   regression_batch_size=min(config.regression_batch_size, 4))
+
+    def for_step_timing(self) -> tuple["DMD", str]:
+        """The regression pairs (Eq. 9) are made before training by a 50-step solver under CFG;
+        a step draws its regression batch from them with replacement, so its cost does not depend
+        on how many exist: cut to one regression batch (making the toy schedule's 512 at 512 px
+        took the whole of a 150 s profile section on an H200)."""
+        cfg = self.config
+        pairs, batch = cfg.num_regression_pairs, cfg.regression_batch_size
+        if not cfg.regression_weight or pairs <= batch:
+            return self, ""
+        note = f"{batch} regression pairs made for timing (the config's {pairs}: a step's cost does not depend on it)"
+        return type(self)(dataclasses.replace(cfg, num_regression_pairs=batch)), note
 
     def training_identity(self) -> dict[str, Any]:
         """What changes the trained student: not ``step_counts`` (sampling only; one student per list)."""
@@ -635,13 +638,14 @@ class DMD(Method):
         return x
 
 
+@register_method("dmd2")
 class DMD2(DMD):
-    name: ClassVar[str] = "dmd2"
     paper: ClassVar[str] = ("Yin et al. 2024, Improved Distribution Matching Distillation for Fast Image "
                             "Synthesis, arXiv:2405.14867")
     summary: ClassVar[str] = ("DMD without regression: two time-scale updates, optional GAN on the fake score's "
                               "bottleneck, multi-step list with backward simulation")
     config_class: ClassVar[type] = DMD2Config
+    reported_names: ClassVar[tuple[str, ...]] = ()        # not DMD's numbers
     supported_steps: ClassVar[tuple[int, ...] | None] = (1, 4)
 
 
@@ -654,6 +658,6 @@ def _half_autocast(real: nn.Module, enabled: bool):
     return contextlib.nullcontext()
 
 
-__all__ = ["DMD", "DMD2", "DMDConfig", "DMD2Config", "DMDState", "FakeScore", "RegressionPairSpec",
+__all__ = ["DMD", "DMD2", "DMDConfig", "DMD2Config", "DMDState", "FakeScore",
            "dm_gradient", "dm_loss", "eq8_weight", "score", "regression_distance", "is_generator_step",
            "sampling_timesteps", "dmd_training_step", "distribution_matching_loss", "fake_score_loss", "generate"]

@@ -23,8 +23,9 @@ from typing import ClassVar
 
 import torch
 
-from methods.base import Denoiser, Method, SampleRequest, per_sample_randn
+from methods.base import Denoiser, DiffusersScheduler, Method, SampleRequest, TeacherModel, per_sample_randn
 from methods.diffusion_math import SD15_SCHEDULER_CONFIG
+from methods.registry import register_method
 from methods.timesteps import SPACINGS
 
 
@@ -57,12 +58,13 @@ class DPMSolverPPConfig:
             raise ValueError(f"final_sigmas_type must be 'zero' or 'sigma_min', got {self.final_sigmas_type!r}")
 
 
+@register_method("dpmpp")
 class DPMSolverPP(Method):
-    name: ClassVar[str] = "dpmpp"
     paper: ClassVar[str] = ("Lu et al. 2022, DPM-Solver++: Fast Solver for Guided Sampling of Diffusion "
                             "Probabilistic Models, arXiv:2211.01095")
     summary: ClassVar[str] = "teacher DPM-Solver++(2M) via diffusers DPMSolverMultistepScheduler, no training"
     config_class: ClassVar[type] = DPMSolverPPConfig
+    reported_names: ClassVar[tuple[str, ...]] = ("DPM++",)
     supported_steps: ClassVar[tuple[int, ...] | None] = None
     trains: ClassVar[bool] = False
 
@@ -94,6 +96,15 @@ class DPMSolverPP(Method):
                              "teacher's NoiseSchedule; set Denoiser.scheduler_config to the "
                              "teacher's scheduler config")
         return scheduler
+
+    def diffusers_scheduler(self, teacher: TeacherModel, steps: int) -> DiffusersScheduler:
+        """diffusers' ``DPMSolverMultistepScheduler`` with this config; a pipeline hands it the raw
+        U-Net output, so it takes the teacher's own prediction type."""
+        from diffusers import DPMSolverMultistepScheduler
+
+        ours = self.make_scheduler(Denoiser(teacher.unet, teacher.schedule, scheduler_config=teacher.scheduler_config))
+        return DiffusersScheduler(DPMSolverMultistepScheduler.from_config(
+            ours.config, prediction_type=teacher.schedule.prediction_type))
 
     def timesteps(self, denoiser: Denoiser, steps: int) -> list[int]:
         scheduler = self.make_scheduler(denoiser)

@@ -22,6 +22,7 @@ import torch
 
 from methods.base import Denoiser, SampleRequest, TeacherSolver, per_sample_randn
 from methods.diffusion_math import ER_SDE_NOISE_SCALES, er_sde_step
+from methods.registry import register_method
 from methods.timesteps import SPACINGS, step_pairs
 
 
@@ -45,8 +46,8 @@ class ERSDEConfig:
             raise ValueError(f"spacing must be one of {SPACINGS}, got {self.spacing!r}")
 
 
+@register_method("er-sde")
 class ERSDE(TeacherSolver):
-    name: ClassVar[str] = "er-sde"
     paper: ClassVar[str] = ("Cui et al. 2023, Elucidating the Solution Space of Extended Reverse-Time "
                             "SDEs for Diffusion Models, arXiv:2309.06169")
     summary: ClassVar[str] = "teacher ER-SDE solver (1st-order VP, noise scale ER-SDE 5), no training"

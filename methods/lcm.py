@@ -39,7 +39,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from methods.base import Denoiser, Method, SampleRequest, Student
+from methods.base import (Denoiser, DiffusersScheduler, SampleRequest, Student, TeacherModel, TrainingContext,
+                          TrainingMethod, scheduler_from_teacher_config)
 from methods.consistency import (
     ConsistencyDistillationConfig,
     LCDState,
@@ -50,6 +51,7 @@ from methods.consistency import (
     make_optimizer,
 )
 from methods.diffusion_math import guidance_scale_embedding, lcm_w_from_guidance_scale
+from methods.registry import register_method
 
 #: LoRA target modules of diffusers train_lcm_distill_lora_sd_wds.py (notes §1.2).
 LCM_LORA_TARGET_MODULES: tuple[str, ...] = (
@@ -217,11 +219,10 @@ def build_lora_unet(teacher_unet: nn.Module, config: LCMLoRAConfig, seed: int) -
 # ------------------------------------------------------------------------------------------------
 
 
-class _LCDMethod(Method):
+class _LCDMethod(TrainingMethod):
     """What the latent consistency methods (LCM, LCM-LoRA, SCott, SPLAM) share: config resolution,
     the training loop plumbing, the multistep consistency sampler and its timesteps."""
 
-    trains: ClassVar[bool] = True
     supported_steps: ClassVar[tuple[int, ...] | None] = None
 
     def __init__(self, config: Any | None = None):
@@ -261,9 +262,9 @@ class _LCDMethod(Method):
         return None
 
     # -- training ------------------------------------------------------------------------------
-    def _state(self, teacher: Any, trainer: Any, student: nn.Module, target: nn.Module | None,
+    def _state(self, ctx: TrainingContext, student: nn.Module, target: nn.Module | None,
                w_embedding_dim: int | None, ema_decay: float | None) -> LCDState:
-        cfg = self.config
+        cfg, teacher, trainer = self.config, ctx.teacher, ctx.trainer
         student = student.to(trainer.device).train()
         params = [p for p in student.parameters() if p.requires_grad]
         if any(p.dtype != torch.float32 for p in params):   # the reference raises too (notes §1.1)
@@ -279,31 +280,43 @@ class _LCDMethod(Method):
     def training_step(self, state: LCDState, batch: Any) -> torch.Tensor:
         return lcd_training_step(state, batch)
 
-    def train(self, teacher: Any, data: Any, trainer: Any, steps: int | None = None) -> Student:
-        state = self.init_training_state(teacher, trainer)
-        trainer.fit(state, self.training_step, data, teacher)
-        return self.student_from_state(state, trainer)
+    def diffusers_scheduler(self, teacher: TeacherModel, steps: int) -> DiffusersScheduler:
+        """diffusers' ``LCMScheduler`` (tests/test_lcm.py checks the equality); a spacing diffusers
+        no longer has is passed as explicit timesteps."""
+        from diffusers import LCMScheduler
+
+        c = self.config
+        scheduler = scheduler_from_teacher_config(LCMScheduler, teacher.scheduler_config,
+                                                  original_inference_steps=c.original_inference_steps,
+                                                  timestep_scaling=c.timestep_scaling)
+        kwargs = {}
+        if c.timestep_spacing != "diffusers-2023-11":
+            kwargs["timesteps"] = lcm_timesteps(steps, teacher.schedule.num_train_timesteps,
+                                                c.original_inference_steps, c.timestep_spacing)
+        return DiffusersScheduler(scheduler, kwargs)
 
 
+@register_method("lcm")
 class LCM(_LCDMethod):
-    name: ClassVar[str] = "lcm"
     paper: ClassVar[str] = "Luo et al. 2023, Latent Consistency Models, arXiv:2310.04378"
     summary: ClassVar[str] = ("latent consistency distillation of the full U-Net with a guidance (w) embedding; "
                               "LCMScheduler sampler, 1 call per step")
     config_class: ClassVar[type] = LCMConfig
+    reported_names: ClassVar[tuple[str, ...]] = ("LCM",)
 
     def nfe(self, steps: int, guidance_scale: float) -> int:
         return steps                                   # guidance is distilled into the w embedding
 
-    def init_training_state(self, teacher: Any, trainer: Any) -> LCDState:
+    def init_training_state(self, ctx: TrainingContext) -> LCDState:
         cfg = self.config
-        student = build_w_conditioned_unet(teacher.unet, cfg.time_cond_proj_dim, trainer.seed, cfg.cond_proj_init)
+        student = build_w_conditioned_unet(ctx.teacher.unet, cfg.time_cond_proj_dim, ctx.trainer.seed,
+                                           cfg.cond_proj_init)
         # the target starts as a copy of the online student (reference step 8); no grad; EMA-updated
-        target = copy.deepcopy(student).requires_grad_(False).to(trainer.device).train()
-        return self._state(teacher, trainer, student, target, cfg.time_cond_proj_dim, cfg.ema_decay)
+        target = copy.deepcopy(student).requires_grad_(False).to(ctx.trainer.device).train()
+        return self._state(ctx, student, target, cfg.time_cond_proj_dim, cfg.ema_decay)
 
-    def student_from_state(self, state: LCDState, trainer: Any) -> Student:
-        unet = trainer.unwrap(state.student) if self.config.student_weights == "online" else state.target
+    def student_from_state(self, state: LCDState, ctx: TrainingContext) -> Student:
+        unet = ctx.trainer.unwrap(state.student) if self.config.student_weights == "online" else state.target
         unet = unet.eval().requires_grad_(False)
         return Student(unet=unet, kind="unet", metadata={"weights": self.config.student_weights,
                                                          "time_cond_proj_dim": self.config.time_cond_proj_dim})
@@ -318,23 +331,24 @@ class LCM(_LCDMethod):
         return guidance_scale_embedding(w, dim).to(request.noise.device, request.noise.dtype)
 
 
+@register_method("lcm-lora")
 class LCMLoRA(_LCDMethod):
-    name: ClassVar[str] = "lcm-lora"
     paper: ClassVar[str] = ("Luo et al. 2023, LCM-LoRA: A Universal Stable-Diffusion Acceleration Module, "
                             "arXiv:2311.05556")
     summary: ClassVar[str] = ("latent consistency distillation into a rank-64 LoRA (no w embedding, stop-grad "
                               "target); LCMScheduler sampler with ordinary CFG")
     config_class: ClassVar[type] = LCMLoRAConfig
+    reported_names: ClassVar[tuple[str, ...]] = ("LCM-LoRA",)
     # The guidance is distilled into the adapter (fixed w = 7.5, report §3.1); the model card samples
     # with guidance_scale 1.0 (no CFG) to 2 (notes §1.3).
     default_guidance_scale: ClassVar[float | None] = 1.0
 
-    def init_training_state(self, teacher: Any, trainer: Any) -> LCDState:
-        student = build_lora_unet(teacher.unet, self.config, trainer.seed)
-        return self._state(teacher, trainer, student, None, None, None)   # no w embedding, no EMA
+    def init_training_state(self, ctx: TrainingContext) -> LCDState:
+        student = build_lora_unet(ctx.teacher.unet, self.config, ctx.trainer.seed)
+        return self._state(ctx, student, None, None, None)   # no w embedding, no EMA
 
-    def student_from_state(self, state: LCDState, trainer: Any) -> Student:
-        unet = trainer.unwrap(state.student).eval().requires_grad_(False)
+    def student_from_state(self, state: LCDState, ctx: TrainingContext) -> Student:
+        unet = ctx.trainer.unwrap(state.student).eval().requires_grad_(False)
         lora = {k: v for k, v in dataclasses.asdict(self.config).items() if k.startswith("lora_")}
         return Student(unet=unet, kind="lora", metadata={"lora": lora})
 

@@ -54,7 +54,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from methods.base import Denoiser, Method, SampleRequest, Student
+from methods.base import Denoiser, SampleRequest, Student, TrainingContext, TrainingMethod
 from methods.consistency import make_optimizer
 from methods.diffusion_math import (
     NoiseSchedule,
@@ -67,6 +67,7 @@ from methods.diffusion_math import (
     inverse_ddim,
     model_output_to_x0_eps,
 )
+from methods.registry import register_method
 from methods.timesteps import step_pairs
 
 Tensor = torch.Tensor
@@ -363,8 +364,8 @@ def mcm_training_step(state: MCMState, batch: Any) -> Tensor:
 # ------------------------------------------------------------------------------------------------
 
 
-class MultistepCM(Method):
-    name: ClassVar[str] = "mcm"
+@register_method("mcm")
+class MultistepCM(TrainingMethod):
     paper: ClassVar[str] = "Heek, Hoogeboom & Salimans 2024, Multistep Consistency Models, arXiv:2403.06807"
     summary: ClassVar[str] = ("multistep consistency distillation, one student per step count S (aDDIM teacher, "
                               "x-space loss); deterministic DDIM segment sampler, 1 call per step")
@@ -375,10 +376,12 @@ class MultistepCM(Method):
     default_guidance_scale: ClassVar[float | None] = 1.0
 
     # -- training ------------------------------------------------------------------------------
-    def init_training_state(self, teacher: Any, trainer: Any, steps: int = 1) -> MCMState:
-        """The state for the S = ``steps`` student. The student's architecture and initial weights
-        do not depend on S (``bench.profile`` builds one without it); ``train`` requires S."""
-        cfg, schedule = self.config, teacher.schedule
+    def init_training_state(self, ctx: TrainingContext) -> MCMState:
+        """The state for the S = ``ctx.steps`` student (one student per segment count)."""
+        if ctx.steps is None:
+            raise ValueError("mcm trains one student per segment count S: the training context needs steps=S")
+        cfg, teacher, trainer, steps = self.config, ctx.teacher, ctx.trainer, ctx.steps
+        schedule = teacher.schedule
         segment_boundaries(steps, schedule.num_train_timesteps)          # validates S
         # the student starts as the teacher (§5.1): a fp32 copy (master weights), all of it trained
         student = nn.Module.to(copy.deepcopy(teacher.unet), device="cpu", dtype=torch.float32)
@@ -395,18 +398,11 @@ class MultistepCM(Method):
     def training_step(self, state: MCMState, batch: Any) -> Tensor:
         return mcm_training_step(state, batch)
 
-    def student_from_state(self, state: MCMState, trainer: Any) -> Student:
-        unet = trainer.unwrap(state.student).eval().requires_grad_(False)
+    def student_from_state(self, state: MCMState, ctx: TrainingContext) -> Student:
+        unet = ctx.trainer.unwrap(state.student).eval().requires_grad_(False)
         return Student(unet=unet, kind="unet", metadata={
             "segments": state.segments, "guidance_scale": state.guidance_scale,
             "timesteps": segment_boundaries(state.segments, state.schedule.num_train_timesteps)})
-
-    def train(self, teacher: Any, data: Any, trainer: Any, steps: int | None = None) -> Student:
-        if steps is None:
-            raise ValueError("mcm trains one student per segment count S: pass steps=S")
-        state = self.init_training_state(teacher, trainer, steps)
-        trainer.fit(state, self.training_step, data, teacher)
-        return self.student_from_state(state, trainer)
 
     def toy_config_for_steps(self, config: MCMConfig, steps: int) -> MCMConfig:
         """The toy schedule of the S = ``steps`` student: the short one from S =

@@ -22,6 +22,7 @@ import torch
 
 from methods.base import Denoiser, Method, SampleRequest
 from methods.diffusion_math import SD15_SCHEDULER_CONFIG
+from methods.registry import register_method
 from methods.timesteps import SPACINGS
 
 
@@ -40,8 +41,8 @@ class PNDMConfig:
             raise ValueError(f"spacing must be one of {SPACINGS}, got {self.spacing!r}")
 
 
+@register_method("pndm")
 class PNDM(Method):
-    name: ClassVar[str] = "pndm"
     paper: ClassVar[str] = ("Liu et al. 2022, Pseudo Numerical Methods for Diffusion Models on Manifolds, "
                             "arXiv:2202.09778")
     summary: ClassVar[str] = "teacher PNDM/PLMS via diffusers PNDMScheduler (SD-1.5's default sampler), no training"

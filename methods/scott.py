@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from methods.base import TrainingContext, Update
 from methods.consistency import (
     LCDState,
     MultistepTeacherSolver,
@@ -51,6 +52,7 @@ from methods.consistency import (
 )
 from methods.diffusion_math import ER_SDE_NOISE_SCALES, add_noise
 from methods.lcm import LCM, LCM_LORA_TARGET_MODULES, LCMConfig, build_w_conditioned_unet
+from methods.registry import register_method
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -343,21 +345,20 @@ def scott_training_step(state: SCottState, batch: Any) -> Tensor | dict[str, Ten
 # ------------------------------------------------------------------------------------------------
 
 
+@register_method("scott")
 class SCott(LCM):
     """An LCM student (w embedding, EMA target, LCM sampler) distilled from SCott's multi-step SDE
     teacher, with the LoRA discriminator. ``student_from_state`` and ``sample`` are LCM's."""
 
-    name: ClassVar[str] = "scott"
     paper: ClassVar[str] = ("Liu, Xie et al. 2025, SCott: Accelerating Diffusion Models with Stochastic "
                             "Consistency Distillation, AAAI 2025, arXiv:2403.01505")
     summary: ClassVar[str] = ("consistency distillation from a 3-sub-step ER-SDE teacher plus a LoRA-decoder "
                               "U-Net discriminator (hinge); LCM sampler with the w embedding, 1 call per step")
     config_class: ClassVar[type] = SCottConfig
+    reported_names: ClassVar[tuple[str, ...]] = ("SCott",)
 
-    def init_training_state(self, teacher: Any, trainer: Any) -> SCottState:
-        from bench.training import Update
-
-        cfg = self.config
+    def init_training_state(self, ctx: TrainingContext) -> SCottState:
+        cfg, teacher, trainer = self.config, ctx.teacher, ctx.trainer
         student = build_w_conditioned_unet(teacher.unet, cfg.time_cond_proj_dim, trainer.seed,
                                            cfg.cond_proj_init).to(trainer.device)
         student.train()

@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from methods.base import Student
+from methods.base import Student, TrainingContext
 from methods.consistency import (
     ConsistencyDistillationConfig,
     LCDState,
@@ -47,6 +47,7 @@ from methods.consistency import (
 )
 from methods.diffusion_math import _as_column, guidance_scale_embedding
 from methods.lcm import _LCDMethod, build_w_conditioned_unet, check_cond_proj_init
+from methods.registry import register_method
 
 Tensor = torch.Tensor
 
@@ -367,33 +368,34 @@ def fold_gamma_embedding(unet: nn.Module, kind: str) -> nn.Module:
 # ------------------------------------------------------------------------------------------------
 
 
+@register_method("splam")
 class SPLAM(_LCDMethod):
-    name: ClassVar[str] = "splam"
     paper: ClassVar[str] = ("Xu et al. 2024, Accelerating Image Generation with Sub-path Linear Approximation "
                             "Model, ECCV 2024, arXiv:2404.13903")
     summary: ClassVar[str] = ("sub-path linear approximation distillation (gamma-conditioned, k=100 multiple "
                               "estimation); plain U-Net student, LCMScheduler sampler")
     config_class: ClassVar[type] = SPLAMConfig
+    reported_names: ClassVar[tuple[str, ...]] = ("SPLAM",)
     # The guidance (fixed w) is distilled; the released README samples with guidance_scale 1.
     default_guidance_scale: ClassVar[float | None] = 1.0
 
-    def init_training_state(self, teacher: Any, trainer: Any) -> LCDState:
-        cfg = self.config
+    def init_training_state(self, ctx: TrainingContext) -> LCDState:
+        cfg, teacher, trainer = self.config, ctx.teacher, ctx.trainer
         if teacher.schedule.prediction_type != "epsilon":
             raise ValueError("splam: Eq. 14 is written for an epsilon-prediction teacher; this teacher predicts "
                              f"{teacher.schedule.prediction_type!r}")
         student = build_w_conditioned_unet(teacher.unet, cfg.time_cond_proj_dim, trainer.seed, cfg.cond_proj_init)
         target = copy.deepcopy(student).requires_grad_(False).to(trainer.device).train()
         # w_embedding_dim=None: w is fixed and not embedded; the embedding slot carries gamma
-        state = self._state(teacher, trainer, student, target, None, cfg.ema_decay)
+        state = self._state(ctx, student, target, None, cfg.ema_decay)
         state.solver = splam_teacher_solver(cfg, teacher.schedule)
         return state
 
     def training_step(self, state: LCDState, batch: Any) -> Tensor:
         return splam_training_step(state, batch)
 
-    def student_from_state(self, state: LCDState, trainer: Any) -> Student:
-        unet = trainer.unwrap(state.student) if self.config.student_weights == "online" else state.target
+    def student_from_state(self, state: LCDState, ctx: TrainingContext) -> Student:
+        unet = ctx.trainer.unwrap(state.student) if self.config.student_weights == "online" else state.target
         plain = fold_gamma_embedding(unet, self.config.gamma_embedding).eval().requires_grad_(False)
         return Student(unet=plain, kind="unet", metadata={"weights": self.config.student_weights,
                                                           "gamma_embedding": self.config.gamma_embedding,

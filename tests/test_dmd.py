@@ -15,13 +15,14 @@ from bench.errors import MissingResourceError
 from bench.train_data import SyntheticPairs
 from bench.training import Trainer, TrainSchedule, apply_toy_schedule
 from methods import SampleRequest, get_method_class
+from methods.base import TrainingContext
 from methods.base import Denoiser
 from methods.dmd import (
     DMD,
     DMD2,
     DMD2Config,
     DMDConfig,
-    RegressionPairSpec,
+    TeacherOutputSpec,
     distribution_matching_loss,
     dm_gradient,
     dm_loss,
@@ -101,7 +102,7 @@ def test_registered_with_the_papers_values():
     dmd, dmd2 = DMD().config, DMD2().config
     assert (dmd.regression_weight, dmd.real_guidance_scale, dmd.generator_update_ratio) == (0.25, 3.0, 1)
     assert (dmd.min_step_percent, dmd.max_step_percent, dmd.denoising_step_list) == (0.02, 0.98, (999,))
-    assert dmd.pair_spec() == RegressionPairSpec("pndm", 50, 3.0, 500_000, 64)
+    assert dmd.pair_spec() == TeacherOutputSpec("pndm", 50, 3.0, 500_000, 64)
     assert DMD(DMDConfig(real_guidance_scale=8.0)).config.pair_spec().guidance_scale == 8.0   # "at the training guidance"
     assert (dmd2.regression_weight, dmd2.real_guidance_scale, dmd2.generator_update_ratio) == (0.0, 1.75, 10)
     assert dmd2.denoising_step_list == (999, 749, 499, 249) and (dmd2.gen_gan_weight, dmd2.disc_gan_weight) == (1e-3, 1e-2)
@@ -189,7 +190,7 @@ def test_dm_gradient_is_zero_when_fake_and_real_scores_agree(teacher, data):
     grads = {}
     for g_real in (1.0, 3.0):
         method = small_dmd2(real_guidance_scale=g_real)
-        state = method.init_training_state(teacher, tr)
+        state = method.init_training_state(TrainingContext(teacher, tr, None))
         batch = tr.make_batch(teacher, data, 0, 0)
         x = generate(state, torch.randn(2, 4, 8, 8), batch.cond, torch.Generator().manual_seed(0), with_grad=True)
         x = x.detach().requires_grad_(True)
@@ -222,18 +223,18 @@ def test_pndm_equals_stable_diffusion_pipeline(teacher):
 
 
 def test_regression_pairs_are_deterministic_resumable_and_the_solvers_output(teacher, data, tmp_path, monkeypatch):
-    from bench.regression import RegressionPairs, build_regression_pairs
+    from bench.teacher_outputs import CachedTeacherOutputs, build_teacher_outputs
 
-    spec = RegressionPairSpec("pndm", 4, 3.0, num_pairs=7, chunk_size=3)          # chunks of 3, 3, 1
+    spec = TeacherOutputSpec("pndm", 4, 3.0, num_pairs=7, chunk_size=3)          # chunks of 3, 3, 1
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "a"))
-    straight = build_regression_pairs(teacher, data, spec, seed=0, progress=False)
+    straight = build_teacher_outputs(teacher, data, spec, seed=0, progress=False)
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "b"))
     with pytest.raises(Killed):
-        build_regression_pairs(teacher, KilledAt(data, 2), spec, seed=0, progress=False)
+        build_teacher_outputs(teacher, KilledAt(data, 2), spec, seed=0, progress=False)
     files = sorted(p.name for p in (tmp_path / "b").rglob("*") if p.is_file())
     assert files == ["chunk-00000.safetensors", "chunk-00001.safetensors"]       # no half-written chunk
     first_bytes = (next((tmp_path / "b").rglob("chunk-00000.safetensors"))).read_bytes()
-    resumed = build_regression_pairs(teacher, data, spec, seed=0, progress=False)
+    resumed = build_teacher_outputs(teacher, data, spec, seed=0, progress=False)
     assert resumed.name == straight.name                                          # same fingerprint
     names = sorted(p.name for p in straight.iterdir())
     assert names == sorted(p.name for p in resumed.iterdir()) and len(names) == 3
@@ -242,7 +243,7 @@ def test_regression_pairs_are_deterministic_resumable_and_the_solvers_output(tea
     assert (resumed / "chunk-00000.safetensors").read_bytes() == first_bytes          # kept, not redone
 
     # the pairs are the teacher solver's outputs from their noise, for their captions
-    pairs = RegressionPairs(straight, spec, teacher, torch.device("cpu"), teacher.encode_prompts)
+    pairs = CachedTeacherOutputs(straight, spec, torch.device("cpu"), teacher.encode_prompts)
     noise, target, cond = pairs.batch(torch.tensor([4, 6]))
     _, captions = data.batch(1, 3)
     assert torch.equal(cond, teacher.encode_prompts([captions[1]] + [data.batch(2, 3)[1][0]]))
@@ -256,7 +257,7 @@ def test_regression_pairs_are_deterministic_resumable_and_the_solvers_output(tea
 def test_lpips_without_weights_fails_before_any_work(teacher, data, tmp_path):
     method = DMD(DMDConfig(num_regression_pairs=4, regression_chunk_size=2, lpips_vgg_path=str(tmp_path / "no.pth")))
     with pytest.raises(MissingResourceError) as info:
-        method.init_training_state(teacher, trainer(), data)
+        method.init_training_state(TrainingContext(teacher, trainer(), data))
     message = str(info.value)
     assert "lpips" in message and "BENCH_LPIPS_VGG_PATH" in message and str(tmp_path / "no.pth") in message
     assert "regression_distance=l2" in message
@@ -282,7 +283,7 @@ def test_generator_and_fake_updates_follow_the_ratio(teacher, data):
     (mu = 0.5) moves after generator updates only, to mu ema + (1 - mu) G, and is the student."""
     method = small_dmd2(generator_update_ratio=3, gan=True, lr_warmup_steps=0, generator_ema_decay=0.5)
     tr = trainer(max_train_steps=7)
-    state = method.init_training_state(teacher, tr)
+    state = method.init_training_state(TrainingContext(teacher, tr, None))
     snapshots, grad_modes, keys = [], {}, []
     gen, fake, ema = tr.unwrap(state.generator), tr.unwrap(state.fake), state.generator_ema
     flat = lambda net: torch.cat([p.detach().flatten() for p in net.parameters()]).clone()  # noqa: E731
@@ -309,7 +310,7 @@ def test_generator_and_fake_updates_follow_the_ratio(teacher, data):
         expected_ema = 0.5 * snapshots[s][2] + 0.5 * snapshots[s + 1][0] if s % 3 == 0 else snapshots[s][2]
         assert_close(snapshots[s + 1][2], expected_ema, tol=1e-6)
     assert not torch.equal(snapshots[-1][2], snapshots[-1][0])
-    student = method.student_from_state(state, tr)
+    student = method.student_from_state(state, TrainingContext(teacher, tr, None))
     assert torch.equal(flat(student.unet), snapshots[-1][2])
 
 
@@ -330,7 +331,7 @@ def test_a_few_steps_reduce_the_fake_score_loss(teacher, data):
     denoising loss on held-out generator samples with fixed draws drops."""
     method = small_dmd2(generator_update_ratio=1000, lr_warmup_steps=0)
     tr = trainer(max_train_steps=20, train_batch_size=8, learning_rate=1e-3)
-    state = method.init_training_state(teacher, tr)
+    state = method.init_training_state(TrainingContext(teacher, tr, None))
     before = _held_out_fake_loss(state, tr, teacher, data)
     tr.fit(state, method.training_step, data, teacher)
     after = _held_out_fake_loss(state, tr, teacher, data)
@@ -346,14 +347,14 @@ def test_resume_reproduces_the_uninterrupted_run(teacher, data, tmp_path, name):
     method = small_dmd() if name == "dmd" else small_dmd2(generator_update_ratio=2, gan=True, lr_warmup_steps=1,
                                                           generator_ema_decay=0.9)
     straight = trainer(tmp_path / "a", checkpointing_steps=2)
-    state_a = method.init_training_state(teacher, straight, data)
+    state_a = method.init_training_state(TrainingContext(teacher, straight, data))
     straight.fit(state_a, method.training_step, data, teacher)
 
     with pytest.raises(Killed):
-        method.train(teacher, KilledAt(data, 2), trainer(tmp_path / "b", checkpointing_steps=2))
+        method.train(TrainingContext(teacher, trainer(tmp_path / "b", checkpointing_steps=2), KilledAt(data, 2)))
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["step-00000002"]
     resumed = trainer(tmp_path / "b", checkpointing_steps=2)
-    state_b = method.init_training_state(teacher, resumed, data)
+    state_b = method.init_training_state(TrainingContext(teacher, resumed, data))
     report = resumed.fit(state_b, method.training_step, data, teacher)
 
     assert report.resumed_from == 2 and report.losses == straight.report.losses
@@ -406,7 +407,7 @@ def test_load_student_trains_saves_and_samples(teacher, tmp_path):
     loaded = students.load_student(method, teacher, steps=1, max_train_steps=2, progress=False)
     assert loaded.info["trained_steps"] == 2 and loaded.info["kind"] == "unet"
     assert loaded.info["schedule"]["max_grad_norm"] == 10.0
-    assert (students.students_dir().parent / "regression-pairs").is_dir()      # pairs cached beside
+    assert (students.students_dir().parent / "teacher-outputs").is_dir()      # pairs cached beside
     out = method.sample(loaded.denoiser, make_request(teacher, 1))
     assert out.shape == (2, *teacher.latent_shape) and torch.isfinite(out).all()
     # a second load finds it in the cache; enabling another step count reuses the same student

@@ -10,6 +10,7 @@ import torch
 from bench.training import Trainer, TrainSchedule, apply_toy_schedule
 from bench.train_data import SyntheticPairs
 from methods import SampleRequest, get_method_class
+from methods.base import TrainingContext
 from methods.base import Denoiser
 from methods.consistency import (
     consistency_function,
@@ -273,7 +274,7 @@ def test_a_few_steps_reduce_the_consistency_loss(teacher):
     trainer = Trainer(TrainSchedule(max_train_steps=30, train_batch_size=8, learning_rate=3e-5,
                                     checkpointing_steps=0), device="cpu", progress=False)
     data = SyntheticPairs(resolution=teacher.resolution)
-    state = method.init_training_state(teacher, trainer)
+    state = method.init_training_state(TrainingContext(teacher, trainer, None))
     before = _held_out_loss(state, trainer, teacher, data)
     report = trainer.fit(state, method.training_step, data, teacher)
     after = _held_out_loss(state, trainer, teacher, data)
@@ -285,7 +286,7 @@ def test_lcm_lora_training_moves_only_the_adapter(teacher):
     method = LCMLoRA(LCMLoRAConfig(lora_rank=4, lora_alpha=4.0))
     trainer = Trainer(TrainSchedule(max_train_steps=3, train_batch_size=2, learning_rate=1e-3,
                                     checkpointing_steps=0), device="cpu", progress=False)
-    student = method.train(teacher, SyntheticPairs(resolution=teacher.resolution), trainer)
+    student = method.train(TrainingContext(teacher, trainer, SyntheticPairs(resolution=teacher.resolution)))
     assert student.kind == "lora"
     base = {k.replace(".base_layer", ""): v for k, v in student.unet.state_dict().items() if "lora_" not in k}
     for name, value in teacher.unet.state_dict().items():

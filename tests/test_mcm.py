@@ -13,6 +13,7 @@ import torch
 from bench.train_data import SyntheticPairs
 from bench.training import Trainer, TrainSchedule
 from methods import SampleRequest, get_method_class
+from methods.base import TrainingContext
 from methods.base import Denoiser
 from methods.ddim import DDIM, DDIMConfig
 from methods.diffusion_math import (
@@ -298,7 +299,7 @@ def test_one_teacher_step_per_segment_targets_the_teacher_x0(teacher):
     for guidance, x_var_estimate in ((1.0, "none"), (3.0, "none"), (3.0, "data")):
         method = MultistepCM(MCMConfig(teacher_steps=S, x_var_estimate=x_var_estimate, guidance_scale=guidance))
         trainer = _trainer()
-        state = method.init_training_state(teacher, trainer, S)
+        state = method.init_training_state(TrainingContext(teacher, trainer, None, S))
         batch = trainer.make_batch(teacher, data, 0, 0)
         with torch.no_grad():
             loss = float(mcm_training_step(state, batch))
@@ -336,7 +337,7 @@ def test_loss_follows_algorithm_1_within_a_segment(teacher):
     S, N, guidance = 4, 4, 3.0
     method = MultistepCM(MCMConfig(teacher_steps=S * N, x_var_estimate="none", guidance_scale=guidance))
     trainer = _trainer()
-    state = method.init_training_state(teacher, trainer, S)
+    state = method.init_training_state(TrainingContext(teacher, trainer, None, S))
     batch = trainer.make_batch(teacher, data, 0, 0)
     with torch.no_grad():
         loss = float(mcm_training_step(state, batch))
@@ -377,7 +378,7 @@ def test_a_zero_length_pull_back_targets_the_teacher_x0(teacher, monkeypatch):
     # the float32 loss sqrt(r2 + 1) - 1 only 3 significant digits
     method = MultistepCM(MCMConfig(teacher_steps=1000, guidance_scale=guidance, huber_epsilon=1e-3))
     trainer = _trainer()
-    state = method.init_training_state(teacher, trainer, S)
+    state = method.init_training_state(TrainingContext(teacher, trainer, None, S))
     batch = trainer.make_batch(teacher, data, 0, 0)
     B = batch.latents.shape[0]
     zeros = torch.zeros(B, dtype=torch.long)
@@ -411,7 +412,7 @@ def test_a_few_steps_reduce_the_loss(teacher, S):
     method = MultistepCM(MCMConfig(teacher_steps=16))
     trainer = _trainer()
     data = SyntheticPairs(resolution=teacher.resolution)
-    state = method.init_training_state(teacher, trainer, S)
+    state = method.init_training_state(TrainingContext(teacher, trainer, None, S))
     before = _held_out_loss(state, trainer, teacher, data)
     report = trainer.fit(state, method.training_step, data, teacher)
     after = _held_out_loss(state, trainer, teacher, data)
@@ -420,8 +421,8 @@ def test_a_few_steps_reduce_the_loss(teacher, S):
 
 
 def test_training_requires_the_segment_count(teacher):
-    with pytest.raises(ValueError, match="steps=S"):
-        MultistepCM().train(teacher, SyntheticPairs(resolution=teacher.resolution), _trainer(steps=1))
+    with pytest.raises(ValueError, match="needs steps=S"):
+        MultistepCM().train(TrainingContext(teacher, _trainer(steps=1), SyntheticPairs(resolution=teacher.resolution)))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -441,7 +442,7 @@ def test_student_round_trip_and_stock_pipeline(teacher, tmp_path):
     method = MultistepCM(MCMConfig(teacher_steps=8))
     trainer = _trainer(steps=2, batch=2, lr=1e-3)
     with torch.enable_grad():
-        student = method.train(teacher, SyntheticPairs(resolution=teacher.resolution), trainer, steps=2)
+        student = method.train(TrainingContext(teacher, trainer, SyntheticPairs(resolution=teacher.resolution), 2))
     assert student.kind == "unet" and student.metadata["segments"] == 2
     assert student.metadata["timesteps"] == [999, 499] and student.metadata["guidance_scale"] == 3.0
     assert any(not torch.equal(a, b) for a, b in zip(student.unet.parameters(), teacher.unet.parameters()))
@@ -481,18 +482,18 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(teacher, tmp
     kw = dict(steps=4, batch=2, lr=1e-4, gradient_accumulation_steps=2, checkpointing_steps=2)
 
     straight = _trainer(checkpoint_dir=tmp_path / "a", **kw)
-    state_a = method.init_training_state(teacher, straight, 2)
+    state_a = method.init_training_state(TrainingContext(teacher, straight, None, 2))
     straight.fit(state_a, method.training_step, data, teacher)
-    student_a = method.student_from_state(state_a, straight)
+    student_a = method.student_from_state(state_a, TrainingContext(teacher, straight, None))
 
     with pytest.raises(Killed):
-        method.train(teacher, KilledAt(data, 5), _trainer(checkpoint_dir=tmp_path / "b", **kw), steps=2)
+        method.train(TrainingContext(teacher, _trainer(checkpoint_dir=tmp_path / "b", **kw), KilledAt(data, 5), 2))
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["step-00000002"]
 
     resumed = _trainer(checkpoint_dir=tmp_path / "b", **kw)
-    state_b = method.init_training_state(teacher, resumed, 2)
+    state_b = method.init_training_state(TrainingContext(teacher, resumed, None, 2))
     report = resumed.fit(state_b, method.training_step, data, teacher)
-    student_b = method.student_from_state(state_b, resumed)
+    student_b = method.student_from_state(state_b, TrainingContext(teacher, resumed, None))
 
     assert report.resumed_from == 2 and report.steps == 4
     assert report.losses == straight.report.losses

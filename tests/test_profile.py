@@ -328,19 +328,18 @@ def test_dmd_is_timed_on_one_regression_batch_of_pairs(tiny_teacher):
     """The toy schedule's 512 regression pairs (the paper's 500K) are cut to one regression batch for
     timing; a config that asks for fewer keeps its own."""
     from bench.commands import load_method
-    from bench.profile import regression_pairs_for_timing
     from bench.students import training_plan
 
     toy_scaled = dataclasses.replace(tiny_teacher, training_scale="toy")   # tiny's own: the plumbing schedule
     method, _ = training_plan(load_method("dmd"), toy_scaled)
     assert (method.config.num_regression_pairs, method.config.regression_batch_size) == (512, 16)
-    timed, note = regression_pairs_for_timing(method)
+    timed, note = method.for_step_timing()
     assert timed.config.num_regression_pairs == 16 and note.startswith("16 regression pairs made for timing")
     assert dataclasses.replace(timed.config, num_regression_pairs=512) == method.config
     few = type(method)(dataclasses.replace(method.config, num_regression_pairs=4))
-    assert regression_pairs_for_timing(few) == (few, "")
+    assert few.for_step_timing() == (few, "")
     unused = type(method)(dataclasses.replace(method.config, regression_weight=0.0))
-    assert regression_pairs_for_timing(unused) == (unused, "")
+    assert unused.for_step_timing() == (unused, "")
     # the training measurement uses it: the row says so
     from bench.profile import measure_training_step, training_source
 

@@ -166,19 +166,16 @@ def test_run_samples_every_method_and_step_count(tmp_path, capsys):
             assert len(list(folder.glob("*.png"))) == 2, out
 
 
-def test_run_skips_unsupported_step_counts_with_a_note_and_goes_on(tmp_path, capsys, monkeypatch):
-    import methods
+def test_run_skips_unsupported_step_counts_with_a_note_and_goes_on(tmp_path, capsys):
     from methods.ddim import DDIM
+    from methods.registry import REGISTRY
 
     class OneStepDDIM(DDIM):  # stands in for a one-step method such as DMD
-        name = "one-step-ddim"
         supported_steps = (1,)
 
-    registered = methods.get_method_class
-    monkeypatch.setattr(methods, "get_method_class",
-                        lambda name: OneStepDDIM if name == OneStepDDIM.name else registered(name))
-    code = main(["run", "--methods", "one-step-ddim,ddim", "--steps", "1,2", "--teacher", "tiny", "--suite", "smoke",
-                 "--num-images", "2", "--out", str(tmp_path), "--quiet", "--metrics", "fid"])
+    with REGISTRY.temporarily("one-step-ddim", OneStepDDIM):
+        code = main(["run", "--methods", "one-step-ddim,ddim", "--steps", "1,2", "--teacher", "tiny", "--suite",
+                     "smoke", "--num-images", "2", "--out", str(tmp_path), "--quiet", "--metrics", "fid"])
     assert code == 0
     captured = capsys.readouterr()
     assert "one-step-ddim supports 1 step(s) only; 2 skipped" in captured.out

@@ -11,6 +11,7 @@ from torch import nn
 
 from bench.train_data import SyntheticPairs
 from methods import get_method_class
+from methods.base import TrainingContext
 from methods.consistency import (
     MultistepTeacherSolver,
     lcd_draws,
@@ -103,7 +104,7 @@ def test_training_teacher_visits_t_n_and_two_substeps_and_ends_at_t_m(teacher):
     t_n - 16 and the solver's end point is t_m = t_n - 24."""
     method = SCott(small())
     tr = trainer()
-    state = method.init_training_state(teacher, tr)
+    state = method.init_training_state(TrainingContext(teacher, tr, None))
     state.teacher = Recorder(teacher.unet)
     batch = tr.make_batch(teacher, SyntheticPairs(resolution=teacher.resolution), 0, 0)
     draws = lcd_draws(state, batch)
@@ -247,7 +248,7 @@ def test_discriminator_loss_is_eq_6_on_separate_real_and_fake_passes(teacher, re
     with one D call each; "zero" scores the real at t = 0, so the halves cannot be swapped unseen."""
     method = SCott(small(disc_real_timestep=real_timestep))
     tr = trainer()
-    state = method.init_training_state(teacher, tr)
+    state = method.init_training_state(TrainingContext(teacher, tr, None))
     data = SyntheticPairs(resolution=teacher.resolution)
     with torch.no_grad():
         batched = scott_losses(state, tr.make_batch(teacher, data, 0, 0))["d"]
@@ -268,7 +269,7 @@ def _equal_state(a: nn.Module, b: nn.Module) -> bool:
 def test_one_step_updates_student_and_discriminator_lora_only(teacher):
     method = SCott(small(disc_learning_rate=1e-3))
     tr = trainer(steps=2, batch=2)
-    state = method.init_training_state(teacher, tr)
+    state = method.init_training_state(TrainingContext(teacher, tr, None))
     disc_before = {k: v.clone() for k, v in state.discriminator.unet.state_dict().items()}
     student_before = {k: v.clone() for k, v in state.student.state_dict().items()}
     report = tr.fit(state, method.training_step, SyntheticPairs(resolution=teacher.resolution), teacher)
@@ -287,7 +288,7 @@ def test_one_step_updates_student_and_discriminator_lora_only(teacher):
 def test_ablation_switches_train(teacher, ablation):
     method = SCott(small(**ablation))
     tr = trainer(steps=1, batch=2)
-    state = method.init_training_state(teacher, tr)
+    state = method.init_training_state(TrainingContext(teacher, tr, None))
     assert (state.discriminator is None) == (not method.config.use_gan)
     report = tr.fit(state, method.training_step, SyntheticPairs(resolution=teacher.resolution), teacher)
     assert report.steps == 1 and torch.isfinite(torch.tensor(report.losses)).all()
@@ -316,7 +317,7 @@ def test_a_few_steps_reduce_the_consistency_loss(teacher):
     method = SCott(small(ema_decay=0.999943))
     tr = trainer(steps=30, batch=8, lr=3e-5)
     data = SyntheticPairs(resolution=teacher.resolution)
-    state = method.init_training_state(teacher, tr)
+    state = method.init_training_state(TrainingContext(teacher, tr, None))
     before = _held_out_cd(state, tr, teacher, data)
     report = tr.fit(state, method.training_step, data, teacher)
     after = _held_out_cd(state, tr, teacher, data)
@@ -331,13 +332,13 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(teacher, tmp
     data = SyntheticPairs(resolution=teacher.resolution)
     sched = dict(steps=4, batch=2, gradient_accumulation_steps=2, checkpointing_steps=2)
     straight = trainer(folder=tmp_path / "a", **sched)
-    state_a = method.init_training_state(teacher, straight)
+    state_a = method.init_training_state(TrainingContext(teacher, straight, None))
     straight.fit(state_a, method.training_step, data, teacher)
 
     with pytest.raises(Killed):
-        method.train(teacher, KilledAt(data, 5), trainer(folder=tmp_path / "b", **sched))
+        method.train(TrainingContext(teacher, trainer(folder=tmp_path / "b", **sched), KilledAt(data, 5)))
     resumed = trainer(folder=tmp_path / "b", **sched)
-    state_b = method.init_training_state(teacher, resumed)
+    state_b = method.init_training_state(TrainingContext(teacher, resumed, None))
     report = resumed.fit(state_b, method.training_step, data, teacher)
 
     assert report.resumed_from == 2 and report.losses == straight.report.losses

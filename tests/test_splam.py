@@ -11,6 +11,7 @@ import torch
 from bench.train_data import SyntheticPairs
 from bench.training import apply_toy_schedule
 from methods import SampleRequest, get_method_class
+from methods.base import TrainingContext
 from methods.base import Denoiser
 from methods.consistency import (
     SkippingStepDDIM,
@@ -171,7 +172,7 @@ def test_gamma_one_is_the_lcm_online_branch(teacher, preset):
     bit with the paper's sigma(gamma, t); to rounding with the code's square-root form."""
     method = SPLAM(SPLAMConfig(preset=preset))
     tr = trainer()
-    state = method.init_training_state(teacher, tr)
+    state = method.init_training_state(TrainingContext(teacher, tr, None))
     batch = tr.make_batch(teacher, SyntheticPairs(resolution=teacher.resolution), 0, 0)
     draws = lcd_draws(state, batch)
     x_end = lcd_teacher_solve(state, draws, batch)
@@ -191,7 +192,7 @@ def test_interior_gamma_is_eq_12_14_16_with_the_configured_embedding(teacher):
     the gamma embedding at the config's scale, Eq. 14/16); the code's scale gives another output."""
     method = SPLAM()
     cfg, tr = method.config, trainer()
-    state = method.init_training_state(teacher, tr)
+    state = method.init_training_state(TrainingContext(teacher, tr, None))
     batch = tr.make_batch(teacher, SyntheticPairs(resolution=teacher.resolution), 0, 0)
     draws = lcd_draws(state, batch)
     x_end = lcd_teacher_solve(state, draws, batch)
@@ -233,7 +234,7 @@ def test_paper_sigma_gamma_is_the_noise_level_of_the_sl_ode_point_after_one_ddim
     level that only gamma tells it. The code's square-root form is not that level inside (0, 1)."""
     method = SPLAM(SPLAMConfig(skip=20))
     tr = trainer(batch=4)
-    state = method.init_training_state(teacher, tr)
+    state = method.init_training_state(TrainingContext(teacher, tr, None))
     batch = tr.make_batch(teacher, SyntheticPairs(resolution=teacher.resolution), 0, 0)
     draws = lcd_draws(state, batch)
     x_end = lcd_teacher_solve(state, draws, batch)
@@ -291,7 +292,7 @@ def test_noise_level_preconditioning_feeds_the_network_the_point_as_a_vp_sample(
     z_{gamma,t} with sigma(gamma, t) at t."""
     method = SPLAM(SPLAMConfig(gamma_preconditioning="noise-level"))
     tr = trainer()
-    state = method.init_training_state(teacher, tr)
+    state = method.init_training_state(TrainingContext(teacher, tr, None))
     batch = tr.make_batch(teacher, SyntheticPairs(resolution=teacher.resolution), 0, 0)
     draws = lcd_draws(state, batch)
     x_end = lcd_teacher_solve(state, draws, batch)
@@ -323,7 +324,7 @@ def test_sl_ode_ablations_move_gamma_out_of_the_point_or_the_embedding(teacher, 
     and sigma ("embedding-only", "gamma-one") or in the embedding ("point-only", "gamma-one")."""
     method = SPLAM(SPLAMConfig(sl_ode_ablation=ablation))
     tr = trainer()
-    state = method.init_training_state(teacher, tr)
+    state = method.init_training_state(TrainingContext(teacher, tr, None))
     gamma, ones = torch.tensor([0.3, 0.6]), torch.ones(2)
     point = ones if ablation in ("gamma-one", "embedding-only") else gamma
     told = ones if ablation in ("gamma-one", "point-only") else gamma
@@ -389,7 +390,7 @@ def test_saved_student_samples_with_a_stock_pipeline(teacher, tmp_path):
     from bench.students import save_student
 
     method = SPLAM(SPLAMConfig(preset="official-code"))
-    student = method.train(teacher, SyntheticPairs(resolution=teacher.resolution), trainer(steps=2))
+    student = method.train(TrainingContext(teacher, trainer(steps=2), SyntheticPairs(resolution=teacher.resolution)))
     folder = save_student(student, tmp_path / "splam", {"fingerprint": "test", "kind": "unet"})
     unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
     assert unet.config.time_cond_proj_dim is None
@@ -422,7 +423,7 @@ def test_a_few_steps_reduce_the_loss(teacher):
     method = SPLAM(SPLAMConfig(ema_decay=0.999943, loss_type="l2"))
     tr = trainer(steps=30, batch=8, lr=3e-5)
     data = SyntheticPairs(resolution=teacher.resolution)
-    state = method.init_training_state(teacher, tr)
+    state = method.init_training_state(TrainingContext(teacher, tr, None))
 
     def held_out():
         with torch.no_grad():
@@ -441,19 +442,19 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(teacher, tmp
     data = SyntheticPairs(resolution=teacher.resolution)
     sched = dict(steps=4, batch=2, gradient_accumulation_steps=2, checkpointing_steps=2)
     straight = trainer(folder=tmp_path / "a", **sched)
-    state_a = method.init_training_state(teacher, straight)
+    state_a = method.init_training_state(TrainingContext(teacher, straight, None))
     straight.fit(state_a, method.training_step, data, teacher)
     with pytest.raises(Killed):
-        method.train(teacher, KilledAt(data, 5), trainer(folder=tmp_path / "b", **sched))
+        method.train(TrainingContext(teacher, trainer(folder=tmp_path / "b", **sched), KilledAt(data, 5)))
     resumed = trainer(folder=tmp_path / "b", **sched)
-    state_b = method.init_training_state(teacher, resumed)
+    state_b = method.init_training_state(TrainingContext(teacher, resumed, None))
     report = resumed.fit(state_b, method.training_step, data, teacher)
     assert report.resumed_from == 2 and report.losses == straight.report.losses
     for a, b in [(state_a.student, state_b.student), (state_a.target, state_b.target)]:
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-    student_a = method.student_from_state(state_a, straight).unet.state_dict()
-    student_b = method.student_from_state(state_b, resumed).unet.state_dict()
+    student_a = method.student_from_state(state_a, TrainingContext(teacher, straight, None)).unet.state_dict()
+    student_b = method.student_from_state(state_b, TrainingContext(teacher, resumed, None)).unet.state_dict()
     assert all(torch.equal(student_a[k], student_b[k]) for k in student_a)
 
 

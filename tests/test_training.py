@@ -20,6 +20,7 @@ from bench.training import (
 )
 from bench.spec import apply_config_overrides
 from bench.teachers import TEACHER_SPECS
+from methods.base import TrainingContext
 from methods.diffusion_math import lcm_w_from_guidance_scale
 from methods.dmd import DMD2Config, DMDConfig
 from methods.lcm import LCM, LCMConfig, LCMLoRA, LCMLoRAConfig
@@ -200,18 +201,18 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(teacher, tmp
 
     method = _method(name)
     straight = Trainer(_schedule(), tmp_path / "a", device="cpu", progress=False)
-    state_a = method.init_training_state(teacher, straight)
+    state_a = method.init_training_state(TrainingContext(teacher, straight, None))
     straight.fit(state_a, method.training_step, data, teacher)
-    student_a = method.student_from_state(state_a, straight)
+    student_a = method.student_from_state(state_a, TrainingContext(teacher, straight, None))
 
     with pytest.raises(Killed):
-        method.train(teacher, KilledAt(data, 5), Trainer(_schedule(), tmp_path / "b", device="cpu", progress=False))
+        method.train(TrainingContext(teacher, Trainer(_schedule(), tmp_path / "b", device="cpu", progress=False), KilledAt(data, 5)))
     assert [p.name for p in (tmp_path / "b").iterdir()] == ["step-00000002"]
 
     resumed = Trainer(_schedule(), tmp_path / "b", device="cpu", progress=False)
-    state_b = method.init_training_state(teacher, resumed)
+    state_b = method.init_training_state(TrainingContext(teacher, resumed, None))
     report = resumed.fit(state_b, method.training_step, data, teacher)
-    student_b = method.student_from_state(state_b, resumed)
+    student_b = method.student_from_state(state_b, TrainingContext(teacher, resumed, None))
 
     assert report.resumed_from == 2 and report.steps == 4
     assert report.losses == straight.report.losses
@@ -232,7 +233,7 @@ def test_checkpoints_are_pruned_and_stale_temp_folders_removed(teacher, tmp_path
     stale.mkdir(parents=True)
     trainer = Trainer(_schedule(max_train_steps=5, gradient_accumulation_steps=1, checkpointing_steps=1,
                                 checkpoints_total_limit=2), tmp_path, device="cpu", progress=False)
-    method.train(teacher, SyntheticPairs(resolution=teacher.resolution), trainer)
+    method.train(TrainingContext(teacher, trainer, SyntheticPairs(resolution=teacher.resolution)))
     # steps 1..4 checkpointed (not the last: the student is saved instead), newest two kept
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000003", "step-00000004"]
     files = {p.name for p in (tmp_path / "step-00000004").iterdir()}
@@ -250,7 +251,7 @@ def test_non_finite_loss_stops_with_the_step_and_the_last_good_checkpoint(teache
     method = _method("lcm")
     trainer = Trainer(_schedule(max_train_steps=5, gradient_accumulation_steps=1, checkpointing_steps=2),
                       tmp_path, device="cpu", progress=False)
-    state = method.init_training_state(teacher, trainer)
+    state = method.init_training_state(TrainingContext(teacher, trainer, None))
 
     def poisoned(state, batch):
         loss = method.training_step(state, batch)
@@ -264,7 +265,7 @@ def test_non_finite_loss_stops_with_the_step_and_the_last_good_checkpoint(teache
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000002"]   # kept, nothing newer
     # and the kept checkpoint resumes
     again = Trainer(trainer.schedule, tmp_path, device="cpu", progress=False)
-    report = again.fit(method.init_training_state(teacher, again), method.training_step,
+    report = again.fit(method.init_training_state(TrainingContext(teacher, again, None)), method.training_step,
                        SyntheticPairs(resolution=teacher.resolution), teacher)
     assert report.resumed_from == 2 and report.steps == 5 and all(map(torch.isfinite, torch.tensor(report.losses)))
 
@@ -273,7 +274,7 @@ def test_non_finite_gradient_is_caught_before_the_update(teacher, tmp_path):
     method = _method("lcm-lora")
     trainer = Trainer(_schedule(max_train_steps=2, gradient_accumulation_steps=1, checkpointing_steps=0),
                       None, device="cpu", progress=False)
-    state = method.init_training_state(teacher, trainer)
+    state = method.init_training_state(TrainingContext(teacher, trainer, None))
     before = [p.detach().clone() for p in state.params]
     state.params[0].register_hook(lambda grad: grad * float("inf"))    # finite loss, infinite gradient
 
@@ -296,7 +297,7 @@ def test_fp16_loss_scaling_overflow_skips_the_step_and_lowers_the_scale(teacher)
     steps and halves the scale each time; training goes on and counts them."""
     method = _method("lcm-lora")
     trainer = _loss_scaled_trainer(max_train_steps=5)
-    state = method.init_training_state(teacher, trainer)
+    state = method.init_training_state(TrainingContext(teacher, trainer, None))
     backward_calls = []
 
     def overflow_three_times(grad):
@@ -324,7 +325,7 @@ def test_fp16_loss_scaling_stops_when_the_gradients_stay_non_finite(teacher, mon
     monkeypatch.setattr(training, "MAX_SKIPPED_IN_A_ROW", 3)
     method = _method("lcm-lora")
     trainer = _loss_scaled_trainer(max_train_steps=10)
-    state = method.init_training_state(teacher, trainer)
+    state = method.init_training_state(TrainingContext(teacher, trainer, None))
     state.params[0].register_hook(lambda grad: grad * float("inf"))
     with pytest.raises(NonFiniteLossError,
                        match=r"gradient norm after 3 skipped fp16 steps in a row is (inf|nan) at training step 4 of"):

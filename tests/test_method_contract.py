@@ -1,0 +1,121 @@
+"""One contract test over every registered method, in the spirit of diffusers' SchedulerCommonTest:
+what the harness relies on of any method, built-in or plugin. The per-method test files keep what
+is specific to each method (its equations against the official code, its schedules)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from bench.spec import apply_config_overrides, format_config_value
+from bench.train_data import SyntheticPairs
+from bench.training import TOY_PREFIX, Trainer, apply_toy_schedule
+from methods import SampleRequest, get_method_class, method_names
+from methods.base import Denoiser, Method, Student, TrainingContext, TrainingMethod
+
+NAMES = method_names()
+TRAINING = [name for name in NAMES if get_method_class(name).trains]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(one_thread, tmp_path, monkeypatch):
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_teacher):
+    return tiny_teacher
+
+
+def first_supported_steps(method: Method) -> int:
+    return next(s for s in (1, 2, 4, 8) if method.unsupported_steps_reason(s) is None)
+
+
+def plumbing_context(method: TrainingMethod, teacher, max_train_steps: int = 1) -> tuple[TrainingMethod, TrainingContext]:
+    """The method on the tiny teacher's plumbing schedule, and a context for one step at batch 2."""
+    from bench.students import training_plan
+
+    steps = 1 if method.student_per_step_count else None
+    train_method, schedule = training_plan(method, teacher, max_train_steps=max_train_steps, steps=steps)
+    schedule = dataclasses.replace(schedule, train_batch_size=2, checkpointing_steps=0)
+    trainer = Trainer(schedule, None, device="cpu", progress=False)
+    return train_method, TrainingContext(teacher, trainer, SyntheticPairs(resolution=teacher.resolution), steps)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_declares_what_the_harness_reads(name):
+    cls = get_method_class(name)
+    assert cls.name == name and cls.summary and "arXiv:" in cls.paper
+    assert dataclasses.is_dataclass(cls.config_class)
+    method = cls()
+    assert isinstance(method, TrainingMethod) is cls.trains
+    assert cls.supported_steps is None or all(isinstance(s, int) and s >= 1 for s in cls.supported_steps)
+    assert first_supported_steps(method) >= 1 and method.nfe(1, 1.0) >= 1
+    assert isinstance(cls.reported_names, tuple) and all(isinstance(n, str) for n in cls.reported_names)
+    if cls.trains:
+        identity = method.training_identity()
+        assert set(identity) <= {f.name for f in dataclasses.fields(cls.config_class)}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_config_field_round_trips_through_config(name):
+    """`--config` can write every default of the config, and parses it back to the same config."""
+    config = get_method_class(name).config_class()
+    text = ",".join(f"{f.name}={format_config_value(getattr(config, f.name))}" for f in dataclasses.fields(config))
+    assert apply_config_overrides(type(config)(), text) == config
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_toy_overrides_name_real_fields(name):
+    """A ``toy_X`` field replaces X on toy teachers, so X must exist (a typo would be ignored
+    silently). The only other toy fields allowed are ones the method's per-step-count toy schedule
+    reads: changing one must change that schedule for some S."""
+    cls = get_method_class(name)
+    config = cls.config_class()
+    names = {f.name for f in dataclasses.fields(config)}
+    for field_name in sorted(n for n in names if n.startswith(TOY_PREFIX) and n[len(TOY_PREFIX):] not in names):
+        assert cls.trains and cls.student_per_step_count, f"{name}: {field_name} names no field"
+        value = getattr(config, field_name)
+        changed = {str: "cosine" if value != "cosine" else "constant", type(None): 1}.get(type(value), None)
+        other = cls(dataclasses.replace(config, **{field_name: value + 1 if changed is None else changed}))
+        plans = [(cls().toy_config_for_steps(apply_toy_schedule(config), S),
+                  other.toy_config_for_steps(apply_toy_schedule(other.config), S)) for S in (1, 2, 4, 8, 16)]
+        def rest(config):
+            return {k: v for k, v in dataclasses.asdict(config).items() if k != field_name}
+
+        assert any(rest(a) != rest(b) for a, b in plans), f"{name}: {field_name} changes no toy schedule"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sample_is_deterministic_on_the_tiny_teacher(name, teacher):
+    """Two samplings from the same noise and per-image generators give the same latents, of the
+    noise's shape, finite; a training method samples with the (untrained) student it starts from."""
+    method = get_method_class(name)()
+    unet = teacher.unet
+    if method.trains:
+        train_method, ctx = plumbing_context(method, teacher)
+        student = train_method.student_from_state(train_method.init_training_state(ctx), ctx)
+        assert isinstance(student, Student) and student.kind in ("unet", "lora")
+        unet, method = student.unet, train_method
+    denoiser = Denoiser(unet, teacher.schedule, images_per_call=None, scheduler_config=teacher.scheduler_config)
+    steps = first_supported_steps(method)
+
+    def request() -> SampleRequest:
+        noise = torch.randn(2, *teacher.latent_shape, generator=torch.Generator().manual_seed(5))
+        return SampleRequest(noise, teacher.encode_prompts(["a red circle", "a blue square"]),
+                             teacher.encode_prompts(["", ""]), [torch.Generator().manual_seed(i) for i in (7, 8)],
+                             steps, 3.0)
+
+    first, second = method.sample(denoiser, request()), method.sample(denoiser, request())
+    assert first.shape == (2, *teacher.latent_shape) and torch.isfinite(first).all()
+    assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("name", TRAINING)
+def test_one_training_step_gives_a_finite_loss(name, teacher):
+    train_method, ctx = plumbing_context(get_method_class(name)(), teacher)
+    state = train_method.init_training_state(ctx)
+    report = ctx.trainer.fit(state, train_method.training_step, ctx.data, teacher)
+    assert report.steps == 1 and report.losses and all(math.isfinite(loss) for loss in report.losses)
