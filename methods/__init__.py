@@ -3,7 +3,15 @@
 points). ``methods`` depends on torch and diffusers only, never on the harness (``bench``)."""
 from __future__ import annotations
 
-from methods.base import Denoiser, Method, SampleRequest, Student, TrainingContext, TrainingMethod, per_sample_randn
+from methods.base import (
+           Denoiser,
+           Method,
+           SampleRequest,
+           Student,
+           TrainingContext,
+           TrainingMethod,
+           per_sample_randn,
+)
 from methods.registry import get_method_class, method_names, register_method
 
 __all__ = ["Denoiser", "Method", "TrainingMethod", "TrainingContext", "SampleRequest", "Student", "per_sample_randn",

@@ -152,7 +152,7 @@ class Student:
 class Update:
     """One optimizer of a method that trains several networks with their own optimizers (DMD: the
     generator and the fake score). ``training_step`` then returns ``{name: loss}`` and the training
-    loop (bench.training.Trainer.fit) applies, in the order of ``state.updates``, each loss present:
+    loop (bench.engine.training.Trainer.fit) applies, in the order of ``state.updates``, each loss present:
     backward into ``params`` only, clip, NaN check, optimizer and LR scheduler step. A missing name
     skips that update this step (DMD2's two time-scale rule)."""
 
@@ -186,7 +186,7 @@ class TeacherOutputs(Protocol):
 
 
 class TeacherModel(Protocol):
-    """What a method may use of the teacher (``bench.teachers.Teacher`` provides it)."""
+    """What a method may use of the teacher (``bench.assets.teachers.Teacher`` provides it)."""
 
     unet: nn.Module                 # diffusers UNet2DConditionModel
     schedule: NoiseSchedule
@@ -201,7 +201,7 @@ class TeacherModel(Protocol):
 
 
 class TrainerServices(Protocol):
-    """What a method may use of the training loop (``bench.training.Trainer`` provides it): the
+    """What a method may use of the training loop (``bench.engine.training.Trainer`` provides it): the
     device, seed and schedule, accelerate's prepare/unwrap/autocast, the loop itself, and two
     services a method asks for by name: cached teacher outputs and the LPIPS distance."""
 

@@ -38,8 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import (Denoiser, SampleRequest, ema_update, load_prefixed_state_dict, per_sample_randn,
-                          prefixed_state_dict)
+from methods.base import (
+    Denoiser,
+    SampleRequest,
+    ema_update,
+    load_prefixed_state_dict,
+    per_sample_randn,
+    prefixed_state_dict,
+)
 from methods.diffusion_math import (
     ER_SDE_NOISE_SCALES,
     NoiseSchedule,
@@ -109,7 +115,7 @@ class ConsistencyDistillationConfig:
     checkpointing_steps: int = 500          # code --checkpointing_steps=500
     seed: int = 0
 
-    # -- toy schedule (bench.training.apply_toy_schedule; not from the papers) -----------------
+    # -- toy schedule (bench.engine.training.apply_toy_schedule; not from the papers) -----------------
     # The guidance the toy suite samples and scores at, fixed: the toy teacher's g = 3, LCM w =
     # g - 1 = 2, since every toy comparison is with the teacher's DDIM at g = 3 and DDIM's FID
     # depends on g (toy, N = 1000, 4 steps: 2.46 at g = 1.75, 1.98 at 3, 9.33 at 8.5). A
@@ -493,7 +499,7 @@ def lcd_target(state: LCDState, x_end: Tensor, t_end: Tensor, cond: Tensor, time
 
 
 def lcd_training_step(state: LCDState, batch: Any) -> Tensor:
-    """One LCD loss evaluation on ``batch`` (bench.training.TrainingBatch: latents, cond, uncond,
+    """One LCD loss evaluation on ``batch`` (bench.engine.training.TrainingBatch: latents, cond, uncond,
     generator). Every random draw comes from ``batch.generator`` (CPU), in a fixed order."""
     cfg = state.config
     draws = lcd_draws(state, batch)                                                  # 1-3

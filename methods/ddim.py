@@ -17,8 +17,15 @@ from typing import ClassVar
 
 import torch
 
-from methods.base import (Denoiser, DiffusersScheduler, SampleRequest, TeacherModel, TeacherSolver, per_sample_randn,
-                          scheduler_from_teacher_config)
+from methods.base import (
+    Denoiser,
+    DiffusersScheduler,
+    SampleRequest,
+    TeacherModel,
+    TeacherSolver,
+    per_sample_randn,
+    scheduler_from_teacher_config,
+)
 from methods.diffusion_math import ddim_step
 from methods.registry import register_method
 from methods.timesteps import SPACINGS, step_pairs

@@ -51,10 +51,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.base import (Denoiser, SampleRequest, Student, TeacherOutputs, TeacherOutputSpec, TrainingContext,
-                          TrainingMethod, Update, ema_update, load_prefixed_state_dict, per_sample_randn,
-                          prefixed_state_dict)
-from methods.diffusion_math import NoiseSchedule, _as_column, add_noise, cfg_imagen, model_output_to_x0_eps, v_from_x0_eps
+from methods.base import (
+    Denoiser,
+    SampleRequest,
+    Student,
+    TeacherOutputs,
+    TeacherOutputSpec,
+    TrainingContext,
+    TrainingMethod,
+    Update,
+    ema_update,
+    load_prefixed_state_dict,
+    per_sample_randn,
+    prefixed_state_dict,
+)
+from methods.diffusion_math import (
+    NoiseSchedule,
+    _as_column,
+    add_noise,
+    cfg_imagen,
+    model_output_to_x0_eps,
+    v_from_x0_eps,
+)
 from methods.registry import register_method
 
 Tensor = torch.Tensor

@@ -23,7 +23,14 @@ from typing import ClassVar
 
 import torch
 
-from methods.base import Denoiser, DiffusersScheduler, Method, SampleRequest, TeacherModel, per_sample_randn
+from methods.base import (
+    Denoiser,
+    DiffusersScheduler,
+    Method,
+    SampleRequest,
+    TeacherModel,
+    per_sample_randn,
+)
 from methods.diffusion_math import SD15_SCHEDULER_CONFIG
 from methods.registry import register_method
 from methods.timesteps import SPACINGS

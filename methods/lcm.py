@@ -39,8 +39,16 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from methods.base import (Denoiser, DiffusersScheduler, SampleRequest, Student, TeacherModel, TrainingContext,
-                          TrainingMethod, scheduler_from_teacher_config)
+from methods.base import (
+    Denoiser,
+    DiffusersScheduler,
+    SampleRequest,
+    Student,
+    TeacherModel,
+    TrainingContext,
+    TrainingMethod,
+    scheduler_from_teacher_config,
+)
 from methods.consistency import (
     ConsistencyDistillationConfig,
     LCDState,
@@ -101,7 +109,7 @@ class LCMConfig(ConsistencyDistillationConfig):
     cond_proj_init: str = "default"
 
     # Toy schedule: replaces the field without the prefix when the harness trains on a toy-world or
-    # random-weight teacher (bench.training.apply_toy_schedule). Not from the papers: sized for a
+    # random-weight teacher (bench.engine.training.apply_toy_schedule). Not from the papers: sized for a
     # CPU; the code's EMA 0.95 because the paper's 0.999943 leaves the target at its initial
     # value over a run this short (1 - 0.999943^1000 = 5.5%). Length and lr, measured (w = 2, N =
     # 1000, one thread, FID at 1/2/4/8 steps): 1000 steps at 1e-4 11.62/4.77/2.44/1.64; 600 steps

@@ -54,7 +54,13 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from methods.base import Denoiser, SampleRequest, Student, TrainingContext, TrainingMethod
+from methods.base import (
+    Denoiser,
+    SampleRequest,
+    Student,
+    TrainingContext,
+    TrainingMethod,
+)
 from methods.consistency import make_optimizer
 from methods.diffusion_math import (
     NoiseSchedule,
@@ -126,7 +132,7 @@ class MCMConfig:
     checkpointing_steps: int = 500
     seed: int = 0
 
-    # Toy schedule (bench.training.apply_toy_schedule), sized for a CPU, not from the paper. 64
+    # Toy schedule (bench.engine.training.apply_toy_schedule), sized for a CPU, not from the paper. 64
     # teacher steps, the paper's annealing start (Table 2: annealing from 64 beats any fixed count),
     # not 256: a short run cannot carry the boundary condition across 256 / S links per segment.
     # Batch and lr as LCM's toy schedule. 4000 steps with a cosine decay of the lr, measured (toy,
@@ -306,7 +312,7 @@ def huber_distance(x_diff: Tensor, epsilon: float) -> Tensor:
 
 
 def mcm_training_step(state: MCMState, batch: Any) -> Tensor:
-    """Algorithm 1 on ``batch`` (bench.training.TrainingBatch). Every random draw comes from
+    """Algorithm 1 on ``batch`` (bench.engine.training.TrainingBatch). Every random draw comes from
     ``batch.generator`` in a fixed order: segments, sub-steps, noise."""
     cfg, schedule, g = state.config, state.schedule, batch.generator
     x, cond, uncond = batch.latents, batch.cond, batch.uncond

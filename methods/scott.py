@@ -51,7 +51,12 @@ from methods.consistency import (
     make_optimizer,
 )
 from methods.diffusion_math import ER_SDE_NOISE_SCALES, add_noise
-from methods.lcm import LCM, LCM_LORA_TARGET_MODULES, LCMConfig, build_w_conditioned_unet
+from methods.lcm import (
+    LCM,
+    LCM_LORA_TARGET_MODULES,
+    LCMConfig,
+    build_w_conditioned_unet,
+)
 from methods.registry import register_method
 
 log = logging.getLogger(__name__)
@@ -103,7 +108,7 @@ class SCottConfig(LCMConfig):
       with one shared noise draw (diffusion-GAN style, as PCM/DMD2 do).
     * CHOICE generator loss: -E[D(f_theta)] (the hinge generator loss of StyleGAN-T, Sauer et al.
       2023a, whom the paper follows for Eq. 6); lambda_adv = 0.4 scales both L_G and L_D (Eq. 7).
-    * Optimisers: one AdamW per network (bench.training.Update), gradients clipped per network.
+    * Optimisers: one AdamW per network (bench.engine.training.Update), gradients clipped per network.
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
@@ -135,7 +140,7 @@ class SCottConfig(LCMConfig):
     disc_lora_alpha: float = 50.0
     disc_lora_target_modules: tuple[str, ...] = SCOTT_DISC_LORA_MODULES
 
-    # Toy schedule (bench.training.apply_toy_schedule): LCM's toy schedule (batch 32, lr 1e-4,
+    # Toy schedule (bench.engine.training.apply_toy_schedule): LCM's toy schedule (batch 32, lr 1e-4,
     # EMA 0.95) for 400 steps, because a SCott step costs 2.5x an LCM step on the toy U-Net
     # (measured on 2 CPU cores: 0.68 s against 0.27 s; 3 teacher sub-steps, the generator's pass
     # through D and one batched real/fake D pass) and the toy budget (README) holds three
@@ -278,7 +283,7 @@ def hinge_generator_loss(fake_logits: Tensor) -> Tensor:
 
 @dataclass
 class SCottState(LCDState):
-    """LCD state plus the discriminator; with it, two optimizers (bench.training.Update)."""
+    """LCD state plus the discriminator; with it, two optimizers (bench.engine.training.Update)."""
 
     discriminator: nn.Module | None = None         # prepared
     disc_params: list[nn.Parameter] = field(default_factory=list)

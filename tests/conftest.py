@@ -16,6 +16,6 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def tiny_teacher():
-    from bench.teachers import load_teacher
+    from bench.assets.teachers import load_teacher
 
     return load_teacher("tiny")

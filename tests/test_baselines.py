@@ -11,7 +11,7 @@ import torch
 from methods import Denoiser, SampleRequest, get_method_class, per_sample_randn
 from methods.base import TrainingMethod
 from methods.ddim import DDIM, DDIMConfig
-from methods.diffusion_math import SD15_SCHEDULER_CONFIG, NoiseSchedule, ddim_step
+from methods.diffusion_math import SD15_SCHEDULER_CONFIG, NoiseSchedule
 from methods.dpmpp import DPMSolverPP, DPMSolverPPConfig
 from methods.er_sde import ERSDE, ERSDEConfig
 from methods.timesteps import inference_timesteps

@@ -8,10 +8,16 @@ import json
 
 import pytest
 
-from bench.check import Tolerance, add_arguments, check, command, parse_tolerances
-from bench.errors import UsageError
-from bench.leaderboard import write_leaderboards
-from bench.results import ResultsStore, Row, rows_to_frame
+from bench.core.errors import UsageError
+from bench.publish.check import (
+    Tolerance,
+    add_arguments,
+    check,
+    command,
+    parse_tolerances,
+)
+from bench.publish.leaderboard import write_leaderboards
+from bench.scoring.results import ResultsStore, Row, rows_to_frame
 
 
 def board(*rows, suite="smoke") -> dict:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from methods import diffusion_math as dm
-from methods.diffusion_math import NoiseSchedule, SD15_SCHEDULER_CONFIG
+from methods.diffusion_math import SD15_SCHEDULER_CONFIG, NoiseSchedule
 
 
 @pytest.fixture(scope="module")

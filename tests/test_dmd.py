@@ -10,13 +10,14 @@ import math
 
 import pytest
 import torch
+from training_helpers import Killed, KilledAt  # tests/ is on sys.path
 
-from bench.errors import MissingResourceError
-from bench.train_data import SyntheticPairs
-from bench.training import Trainer, TrainSchedule, apply_toy_schedule
+from bench.assets.train_data import SyntheticPairs
+from bench.core.errors import MissingResourceError
+from bench.core.spec import apply_toy_schedule
+from bench.engine.training import Trainer, TrainSchedule
 from methods import SampleRequest, get_method_class
-from methods.base import TrainingContext
-from methods.base import Denoiser
+from methods.base import Denoiser, TrainingContext
 from methods.dmd import (
     DMD,
     DMD2,
@@ -34,7 +35,6 @@ from methods.dmd import (
     score,
 )
 from methods.pndm import PNDM
-from training_helpers import Killed, KilledAt  # tests/ is on sys.path
 
 
 @pytest.fixture(autouse=True)
@@ -139,7 +139,7 @@ def test_unsupported_steps_give_a_clear_reason():
     assert sampling_timesteps((999, 749, 499, 249), 1) == [999]
     with pytest.raises(ValueError, match="does not divide"):
         DMD2Config(step_counts=(3,))
-    from bench.commands import load_method
+    from bench.core.spec import load_method
 
     assert load_method("dmd2", "step_counts=1:2:4").config.step_counts == (1, 2, 4)
 
@@ -223,7 +223,7 @@ def test_pndm_equals_stable_diffusion_pipeline(teacher):
 
 
 def test_regression_pairs_are_deterministic_resumable_and_the_solvers_output(teacher, data, tmp_path, monkeypatch):
-    from bench.teacher_outputs import CachedTeacherOutputs, build_teacher_outputs
+    from bench.engine.teacher_outputs import CachedTeacherOutputs, build_teacher_outputs
 
     spec = TeacherOutputSpec("pndm", 4, 3.0, num_pairs=7, chunk_size=3)          # chunks of 3, 3, 1
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "a"))
@@ -421,10 +421,10 @@ def test_the_student_samples_at_the_timestep_it_was_trained_at(teacher, monkeypa
     """On a toy (here: random-weight) teacher dmd trains its generator at the toy step list [399];
     `bench sample` must sample it there too (load_student's sampler), not at the paper's [999],
     while the sampling fingerprint keeps the config the user asked for."""
-    from bench import students
-    from bench.commands import SamplingContext, sample_one
-    from bench.suites import load_suite
     import methods.dmd as dmd_module
+    from bench import students
+    from bench.assets.suites import load_suite
+    from bench.engine.cells import SamplingContext, sample_one
 
     method = DMD(DMDConfig(toy_num_regression_pairs=4, toy_train_batch_size=2, toy_regression_batch_size=2,
                            regression_solver_steps=3, regression_chunk_size=2, toy_max_train_steps=1))

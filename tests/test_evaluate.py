@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from bench.cli import main
-from bench.results import load_all
+from bench.scoring.results import load_all
 
 
 @pytest.fixture(autouse=True)
@@ -34,10 +34,11 @@ def test_run_scores_cells_writes_rows_and_leaderboard_and_reuses_rows(tmp_path, 
     assert "| ddim | 1 | 2 | 3 |" in board
     assert json.loads((out / "leaderboards" / "smoke.json").read_text())["rows"][0]["method"] == "ddim"
     # FID of the samples equals a direct computation from the cached features
-    from bench.evaluate import smoke_reference_folder
-    from bench.metrics import fid_from_features, standin_extractor
-    from bench.metrics.features import ImageProtocol
-    from bench.metrics.reference import folder_features
+    from bench.scoring.evaluate import smoke_reference_folder
+    from bench.scoring.metrics.features import ImageProtocol
+    from bench.scoring.metrics.fid import fid_from_features
+    from bench.scoring.metrics.reference import folder_features
+    from bench.scoring.metrics.standins import standin_extractor
     extractor = standin_extractor(seed=0)
     native = ImageProtocol(resolution=None, center_crop_long_edge=False, resize_filter="none")
     real = folder_features(smoke_reference_folder(), extractor, native, progress=False).features

@@ -3,15 +3,14 @@ sampler against diffusers' LCMScheduler and pipelines, a measured loss reduction
 folders that stock diffusers pipelines load."""
 from __future__ import annotations
 
-
 import pytest
 import torch
 
-from bench.training import Trainer, TrainSchedule, apply_toy_schedule
-from bench.train_data import SyntheticPairs
+from bench.assets.train_data import SyntheticPairs
+from bench.core.spec import apply_toy_schedule
+from bench.engine.training import Trainer, TrainSchedule
 from methods import SampleRequest, get_method_class
-from methods.base import TrainingContext
-from methods.base import Denoiser
+from methods.base import Denoiser, TrainingContext
 from methods.consistency import (
     consistency_function,
     consistency_loss,
@@ -19,8 +18,19 @@ from methods.consistency import (
     lcm_grid,
     lcm_timesteps,
 )
-from methods.diffusion_math import consistency_boundary_scalings, guidance_scale_embedding
-from methods.lcm import COND_PROJ_INITS, LCM, LCMConfig, LCMLoRA, LCMLoRAConfig, build_lora_unet, build_w_conditioned_unet
+from methods.diffusion_math import (
+    consistency_boundary_scalings,
+    guidance_scale_embedding,
+)
+from methods.lcm import (
+    COND_PROJ_INITS,
+    LCM,
+    LCMConfig,
+    LCMLoRA,
+    LCMLoRAConfig,
+    build_lora_unet,
+    build_w_conditioned_unet,
+)
 
 TOL = 1e-5
 
@@ -97,8 +107,8 @@ def test_registered_and_presets():
 
 
 def test_config_overrides_from_the_command_line():
-    from bench.commands import load_method
-    from bench.errors import UsageError
+    from bench.core.errors import UsageError
+    from bench.core.spec import load_method
 
     method = load_method("lcm", "preset=official-code,w_min=3,timestep_spacing=original")
     assert (method.config.w_min, method.config.w_max, method.config.ema_decay) == (3.0, 15.0, 0.95)
@@ -308,7 +318,7 @@ def _student_info(kind: str) -> dict:
 def test_lcm_student_round_trip(teacher, lcm_unet, tmp_path):
     from diffusers import LatentConsistencyModelPipeline, UNet2DConditionModel
 
-    from bench.students import load_student_unet, save_student
+    from bench.engine.students import load_student_unet, save_student
     from methods.base import Student
 
     folder = save_student(Student(lcm_unet, "unet"), tmp_path / "lcm", _student_info("unet"))
@@ -336,7 +346,7 @@ def test_lcm_lora_weights_load_into_stable_diffusion_pipeline(teacher, lora_unet
 
     from diffusers import StableDiffusionPipeline
 
-    from bench.students import load_student_unet, save_student
+    from bench.engine.students import load_student_unet, save_student
     from methods.base import Student
 
     folder = save_student(Student(lora_unet, "lora"), tmp_path / "lora", _student_info("lora"))

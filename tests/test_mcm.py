@@ -9,12 +9,12 @@ import math
 import numpy as np
 import pytest
 import torch
+from training_helpers import Killed, KilledAt  # tests/ is on sys.path
 
-from bench.train_data import SyntheticPairs
-from bench.training import Trainer, TrainSchedule
+from bench.assets.train_data import SyntheticPairs
+from bench.engine.training import Trainer, TrainSchedule
 from methods import SampleRequest, get_method_class
-from methods.base import TrainingContext
-from methods.base import Denoiser
+from methods.base import Denoiser, TrainingContext
 from methods.ddim import DDIM, DDIMConfig
 from methods.diffusion_math import (
     NoiseSchedule,
@@ -36,7 +36,6 @@ from methods.mcm import (
     teacher_steps_at,
 )
 from methods.timesteps import inference_timesteps
-from training_helpers import Killed, KilledAt  # tests/ is on sys.path
 
 TOL = 1e-5
 
@@ -91,7 +90,7 @@ def test_registered_with_the_paper_defaults():
     with pytest.raises(ValueError):
         MCMConfig(x_var_estimate="exact")
 
-    from bench.commands import load_method
+    from bench.core.spec import load_method
 
     imagenet = load_method("mcm", "anneal_teacher_steps=true,huber_epsilon=1e-4,max_train_steps=200000").config
     assert (imagenet.anneal_teacher_steps, imagenet.huber_epsilon, imagenet.max_train_steps) == (True, 1e-4, 200_000)
@@ -437,7 +436,7 @@ def test_student_round_trip_and_stock_pipeline(teacher, tmp_path):
     our samples."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
-    from bench.students import load_student_unet, save_student
+    from bench.engine.students import load_student_unet, save_student
 
     method = MultistepCM(MCMConfig(teacher_steps=8))
     trainer = _trainer(steps=2, batch=2, lr=1e-3)
@@ -508,7 +507,7 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(teacher, tmp
 
 def test_one_student_per_step_count(teacher, tmp_path, monkeypatch):
     from bench import students
-    from bench.train_data import training_data_for
+    from bench.assets.train_data import training_data_for
 
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("BENCH_TRAIN_DATA", raising=False)
@@ -536,8 +535,8 @@ def test_toy_schedule_per_step_count(teacher):
     import dataclasses
 
     from bench import students
-    from bench.spec import apply_config_overrides
-    from bench.train_data import training_data_for
+    from bench.assets.train_data import training_data_for
+    from bench.core.spec import apply_config_overrides
 
     data = training_data_for(teacher)
     teacher = dataclasses.replace(teacher, training_scale="toy")    # tiny's own is the plumbing schedule

@@ -9,9 +9,14 @@ import math
 import pytest
 import torch
 
-from bench.spec import apply_config_overrides, format_config_value
-from bench.train_data import SyntheticPairs
-from bench.training import TOY_PREFIX, Trainer, apply_toy_schedule
+from bench.assets.train_data import SyntheticPairs
+from bench.core.spec import (
+    TOY_PREFIX,
+    apply_config_overrides,
+    apply_toy_schedule,
+    format_config_value,
+)
+from bench.engine.training import Trainer
 from methods import SampleRequest, get_method_class, method_names
 from methods.base import Denoiser, Method, Student, TrainingContext, TrainingMethod
 
@@ -35,7 +40,7 @@ def first_supported_steps(method: Method) -> int:
 
 def plumbing_context(method: TrainingMethod, teacher, max_train_steps: int = 1) -> tuple[TrainingMethod, TrainingContext]:
     """The method on the tiny teacher's plumbing schedule, and a context for one step at batch 2."""
-    from bench.students import training_plan
+    from bench.engine.students import training_plan
 
     steps = 1 if method.student_per_step_count else None
     train_method, schedule = training_plan(method, teacher, max_train_steps=max_train_steps, steps=steps)

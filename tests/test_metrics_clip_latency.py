@@ -1,4 +1,4 @@
-"""CLIP score (bench/metrics/clip_score.py) and latency (bench/metrics/latency.py)."""
+"""CLIP score (bench/scoring/metrics/clip_score.py) and latency (bench/scoring/metrics/latency.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from bench.errors import MissingResourceError, UsageError
-from bench.fingerprint import sha256_file
-from bench.metrics.clip_score import (
+from bench.core.errors import MissingResourceError, UsageError
+from bench.core.fingerprint import sha256_file
+from bench.scoring.metrics.clip_score import (
     GIGAGAN_PREFIX,
     ClipScoreConfig,
     ClipScorer,
@@ -24,7 +24,11 @@ from bench.metrics.clip_score import (
     resolve_clip_weights,
     weights_sha256,
 )
-from bench.metrics.latency import LatencyResult, measure_latency, summarize_timings
+from bench.scoring.metrics.latency import (
+    LatencyResult,
+    measure_latency,
+    summarize_timings,
+)
 
 SOT, EOT = 49406, 49407
 

@@ -1,4 +1,4 @@
-"""Image protocol, feature extraction, FID and PRDC (bench/metrics/{features,standins,fid,prdc}.py)."""
+"""Image protocol, feature extraction, FID and PRDC (bench/scoring/metrics/{features,standins,fid,prdc}.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -13,13 +13,19 @@ from PIL import Image
 from prdc import compute_prdc
 from torchvision.transforms import functional as TF
 
-from bench.errors import MissingResourceError, UsageError
-from bench.fingerprint import sha256_file
-from bench.metrics import features as feat
-from bench.metrics.features import ImageProtocol, extract_features, list_images, preprocess, protocol_for_suite
-from bench.metrics.fid import fid_folders, fid_from_features
-from bench.metrics.prdc import prdc
-from bench.metrics.standins import standin_extractor
+from bench.core.errors import MissingResourceError, UsageError
+from bench.core.fingerprint import sha256_file
+from bench.scoring.metrics import features as feat
+from bench.scoring.metrics.features import (
+    ImageProtocol,
+    extract_features,
+    list_images,
+    preprocess,
+    protocol_for_suite,
+)
+from bench.scoring.metrics.fid import fid_folders, fid_from_features
+from bench.scoring.metrics.prdc import prdc
+from bench.scoring.metrics.standins import standin_extractor
 
 
 @pytest.fixture(autouse=True)

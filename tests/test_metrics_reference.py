@@ -1,19 +1,19 @@
-"""Reference image checks and the feature cache (bench/metrics/reference.py)."""
+"""Reference image checks and the feature cache (bench/scoring/metrics/reference.py)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+import cleanfid
 import numpy as np
 import pytest
-import cleanfid
 from PIL import Image
 
-from bench.errors import MissingResourceError, UsageError
-from bench.metrics import reference as ref
-from bench.metrics.features import protocol_for_suite
-from bench.metrics.fid import fid_folders
-from bench.metrics.standins import standin_extractor
+from bench.core.errors import MissingResourceError, UsageError
+from bench.scoring.metrics import reference as ref
+from bench.scoring.metrics.features import protocol_for_suite
+from bench.scoring.metrics.fid import fid_folders
+from bench.scoring.metrics.standins import standin_extractor
 
 
 @pytest.fixture(autouse=True)

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.profile import (
+from bench.perf.profile import (
     HALF_ON_CPU_NOTE,
     SpeedRow,
     _measure_into,
@@ -106,7 +106,7 @@ def test_profile_reports_every_field(profiled):
 def test_throughput_peak_memory_excludes_the_warm_up():
     """The batch peak is reset after the warm-up, as measure_latency does for batch 1: a 400 MiB
     buffer that only the first (warm-up) call allocates must not count."""
-    from bench.metrics import latency
+    from bench.scoring.metrics import latency
 
     if latency._reset_cpu_peak() is None:
         pytest.skip("this kernel does not let a process reset its VmHWM (/proc/self/clear_refs)")
@@ -154,16 +154,15 @@ def test_half_precision_is_skipped_on_cpu_with_a_note(profiled):
 def test_diffusers_pipeline_makes_the_same_images_as_the_harness(tiny_teacher, one_thread, method_name):
     """The pipeline being timed generates what our harness generates: same decoded images at batch 1
     and at batch 3, and the same denoiser-only latents (DDIM 2 steps is the reference case)."""
-    from bench.commands import load_method
-    from bench.evaluate import latency_closures
-    from bench.run import _throughput_closure
+    from bench.core.spec import load_method
+    from bench.scoring.timing import latency_closures, throughput_closure
 
     method, steps, guidance, seed = load_method(method_name), 2, 3.0, 7
     student = profile_student(method, tiny_teacher)
     with sampling_teacher(tiny_teacher, student.denoiser.unet) as teacher:
         ctx = types.SimpleNamespace(teacher=teacher)
         ours_e2e, ours_denoiser = latency_closures(ctx, method, student, "a red circle", steps, guidance, seed, "fast")
-        ours_batch = _throughput_closure(ctx, method, student, "a red circle", steps, guidance, seed, 3)
+        ours_batch = throughput_closure(ctx, method, student, "a red circle", steps, guidance, seed, 3)
         plan, reason = diffusers_plan(method, teacher, steps)
         assert plan is not None, reason
         pipe = diffusers_pipeline(teacher, student.denoiser.unet, plan.scheduler)
@@ -183,9 +182,9 @@ def test_diffusers_pipeline_makes_the_same_images_as_the_harness(tiny_teacher, o
 def test_unsupported_step_counts_are_skipped_with_the_reason(tiny_teacher):
     """LCM samples at most original_inference_steps=50 steps: both rows of 51 steps say why,
     and nothing is built or timed for them."""
-    from bench.commands import load_method
-    from bench.profile import parse_spec, profile_method_latency
     from bench.cli import build_parser
+    from bench.core.spec import load_method
+    from bench.perf.profile import parse_spec, profile_method_latency
 
     spec = parse_spec(build_parser().parse_args(["profile", "--methods", "lcm", "--steps", "51", "--device", "cpu"]))
     rows = profile_method_latency(spec, tiny_teacher, load_method("lcm"), "fp32", progress=False)
@@ -223,7 +222,7 @@ def test_cuda_device_without_cuda_is_a_usage_error(tmp_path, capsys):
 
 
 def test_papers_latencies_get_this_runs_number_beside_them_on_the_sd15_architecture():
-    from bench.profile import render_reported_table, reported_latencies
+    from bench.perf.profile import render_reported_table, reported_latencies
 
     ours = {"pipeline": "ours", "method": "lcm", "steps": 2, "dtype": "fp16", "median_ms": 123.0}
     table = render_reported_table(reported_latencies(), [ours], beside=True)
@@ -260,8 +259,8 @@ def test_gradient_checkpointing_is_enabled_and_changes_no_number(tiny_teacher, o
 
     from diffusers import UNet2DConditionModel
 
-    from bench.commands import load_method
-    from bench.profile import measure_training_step, training_source
+    from bench.core.spec import load_method
+    from bench.perf.profile import measure_training_step, training_source
 
     method = load_method("lcm-lora")
     data, _ = training_source(tiny_teacher)
@@ -283,8 +282,8 @@ def test_a_stale_accelerate_state_does_not_block_the_next_precision():
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    from bench.profile import new_trainer
-    from bench.training import Trainer, TrainSchedule
+    from bench.engine.training import Trainer, TrainSchedule
+    from bench.perf.profile import new_trainer
 
     schedule = TrainSchedule(max_train_steps=1, train_batch_size=1, learning_rate=1e-4, checkpointing_steps=0)
     try:
@@ -298,8 +297,8 @@ def test_a_stale_accelerate_state_does_not_block_the_next_precision():
 
 
 def test_pixel_space_teacher_has_no_pipeline_row(tiny_teacher):
-    from bench.commands import load_method
-    from bench.teachers import IdentityCodec
+    from bench.assets.teachers import IdentityCodec
+    from bench.core.spec import load_method
 
     pixel_teacher = dataclasses.replace(tiny_teacher, codec=IdentityCodec(4))
     plan, reason = diffusers_plan(load_method("ddim"), pixel_teacher, 2)
@@ -327,8 +326,8 @@ def test_no_sampling_measures_training_only_with_the_config_override(tmp_path):
 def test_dmd_is_timed_on_one_regression_batch_of_pairs(tiny_teacher):
     """The toy schedule's 512 regression pairs (the paper's 500K) are cut to one regression batch for
     timing; a config that asks for fewer keeps its own."""
-    from bench.commands import load_method
-    from bench.students import training_plan
+    from bench.core.spec import load_method
+    from bench.engine.students import training_plan
 
     toy_scaled = dataclasses.replace(tiny_teacher, training_scale="toy")   # tiny's own: the plumbing schedule
     method, _ = training_plan(load_method("dmd"), toy_scaled)
@@ -341,7 +340,7 @@ def test_dmd_is_timed_on_one_regression_batch_of_pairs(tiny_teacher):
     unused = type(method)(dataclasses.replace(method.config, regression_weight=0.0))
     assert unused.for_step_timing() == (unused, "")
     # the training measurement uses it: the row says so
-    from bench.profile import measure_training_step, training_source
+    from bench.perf.profile import measure_training_step, training_source
 
     row = measure_training_step(load_method("dmd"), toy_scaled, training_source(tiny_teacher)[0], 2, False, 1, 1)
     assert row.status == "measured" and row.note == note
@@ -375,7 +374,7 @@ def _fake_report(device: str, method: str, complete: bool = True) -> dict:
 
 
 def test_merge_puts_the_runs_of_one_device_in_one_report(tmp_path):
-    from bench.profile import merge_reports
+    from bench.perf.profile import merge_reports
 
     paths = []
     for i, (method, complete) in enumerate([("lcm", False), ("mcm", True)]):
@@ -389,7 +388,7 @@ def test_merge_puts_the_runs_of_one_device_in_one_report(tmp_path):
     assert merged["notes"] == ["note lcm", "shared note", "note mcm"]
     other = tmp_path / "other.json"
     other.write_text(json.dumps(_fake_report("NVIDIA A100", "dmd")))
-    from bench.errors import UsageError
+    from bench.core.errors import UsageError
 
     with pytest.raises(UsageError, match="different device names"):
         merge_reports([str(paths[0]), str(other)])
@@ -425,7 +424,7 @@ def test_a_graphed_text_encoder_returns_copies_the_teacher_may_keep(tiny_teacher
     the embedding is the plain text encoder's."""
     import copy
 
-    from bench.speedup import outputs_copied
+    from bench.perf.speedup import outputs_copied
 
     graph_memory = torch.zeros(2, 3)
 

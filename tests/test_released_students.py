@@ -1,4 +1,4 @@
-"""Released students (bench.released, bench.students.load_student, bench.toy.students): released
+"""Released students (bench.assets.released, bench.engine.students.load_student, bench.engine.toy_students): released
 first, then the cache, then training; hash-checked; float16; LoRA students as LoRA weights only;
 the plumbing schedule of the tiny teacher; the committed toy students match the current recipes."""
 from __future__ import annotations
@@ -14,9 +14,13 @@ import torch
 from safetensors import safe_open
 
 from bench import students
-from bench.errors import MissingResourceError
-from bench.released import ReleasedStudentError, ReleasedStudents, default_released_dir
-from bench.train_data import training_data_for
+from bench.assets.released import (
+    ReleasedStudentError,
+    ReleasedStudents,
+    default_released_dir,
+)
+from bench.assets.train_data import training_data_for
+from bench.core.errors import MissingResourceError
 from methods.lcm import LCM, LCMConfig, LCMLoRA, LCMLoRAConfig
 
 GOLDEN = Path(__file__).parent / "golden" / "training_hashes.json"
@@ -163,7 +167,7 @@ def test_the_cli_reports_a_damaged_released_toy_student_in_one_line(tmp_path, mo
     with open(root / "lcm.safetensors", "r+b") as handle:
         handle.seek(4096)
         handle.write(bytes(4096))
-    monkeypatch.setattr("bench.released.default_released_dir", lambda: root)
+    monkeypatch.setattr("bench.assets.released.default_released_dir", lambda: root)
     out = tmp_path / "samples"
     code = main(["sample", "--method", "lcm", "--steps", "1", "--num-images", "2", "--out", str(out), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
@@ -197,7 +201,7 @@ def test_retrain_trains_anew_once_per_command(teacher, tmp_path, monkeypatch):
 
 
 def test_student_policy_rejects_retrain_with_released_only():
-    from bench.errors import UsageError
+    from bench.core.errors import UsageError
 
     with pytest.raises(UsageError, match="--retrain"):
         students.StudentPolicy(source="released", retrain=True)
@@ -212,7 +216,7 @@ def test_the_committed_toy_students_match_the_current_recipes():
     """Every registered distillation method (mcm: S = 1, 2, 4, 8) has a released toy student whose
     file hashes as recorded and whose fingerprint is the one the current code trains under: a change
     to a default config, a toy schedule or the teacher fails here until the students are rebuilt."""
-    from bench.toy.students import released_plan, verify_students
+    from bench.engine.toy_students import released_plan, verify_students
 
     names = [p.name for p in released_plan()]
     assert {"lcm", "lcm-lora", "scott", "splam", "dmd", "dmd2", "mcm-s1", "mcm-s2", "mcm-s4", "mcm-s8"} <= set(names)
@@ -239,7 +243,7 @@ def test_training_a_toy_student_reproduces_its_recorded_hash():
     """The honest training check: lcm on the toy teacher, 3 steps from seed 0 at one thread, hashed;
     equal to the hash recorded for this machine type (torch version, CPU capability, threads),
     which is how the released students were trained. Another machine type has no recorded hash."""
-    from bench.teachers import load_toy_teacher
+    from bench.assets.teachers import load_toy_teacher
 
     teacher = load_toy_teacher()
     loaded = students.load_student(LCM(), teacher, steps=1, max_train_steps=3, progress=False,
@@ -257,7 +261,7 @@ def test_run_rows_record_their_student_and_released_only_fails_fast(tmp_path, ca
     "trained"; the teacher solver's say nothing; `--student-source released` stops with exit 1
     before sampling when no released student matches."""
     from bench.cli import main
-    from bench.results import load_all
+    from bench.scoring.results import load_all
 
     common = ["--teacher", "tiny", "--suite", "smoke", "--num-images", "2", "--metrics", "fid", "--quiet"]
     assert main(["run", "--methods", "ddim,lcm", "--steps", "1", "--out", str(tmp_path / "a"), *common]) == 0

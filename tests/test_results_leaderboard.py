@@ -13,8 +13,9 @@ import pytest
 from PIL import Image
 
 from bench import atomic
-from bench.errors import BenchError, UsageError
-from bench.leaderboard import (
+from bench.core.errors import BenchError, UsageError
+from bench.publish.leaderboard import add_arguments as lb_add_arguments
+from bench.publish.leaderboard import (
     best_in_groups,
     build,
     load_reported,
@@ -24,10 +25,9 @@ from bench.leaderboard import (
     suite_json,
     write_leaderboards,
 )
-from bench.leaderboard import add_arguments as lb_add_arguments
-from bench.leaderboard import command as lb_command
-from bench.report import PLOT_SIZE_PX, GridLayout, pareto_front, write_report
-from bench.results import ResultsStore, Row, load_all, new_run_id, rows_to_frame
+from bench.publish.leaderboard import command as lb_command
+from bench.publish.report import PLOT_SIZE_PX, GridLayout, pareto_front, write_report
+from bench.scoring.results import ResultsStore, Row, load_all, new_run_id, rows_to_frame
 
 GOLDEN = Path(__file__).parent / "golden"
 UPDATE_GOLDEN = os.environ.get("UPDATE_GOLDEN") == "1"

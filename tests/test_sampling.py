@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from bench.cli import main
-from bench.sampling import image_seed
+from bench.engine.sampling import image_seed
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -8,8 +8,14 @@ import dataclasses
 import pytest
 import torch
 from torch import nn
+from training_helpers import (  # tests/ is on sys.path
+    Killed,
+    KilledAt,
+    guided_teacher,
+    trainer,
+)
 
-from bench.train_data import SyntheticPairs
+from bench.assets.train_data import SyntheticPairs
 from methods import get_method_class
 from methods.base import TrainingContext
 from methods.consistency import (
@@ -31,8 +37,6 @@ from methods.scott import (
     scott_teacher_solver,
     trainable_fraction,
 )
-
-from training_helpers import Killed, KilledAt, guided_teacher, trainer  # tests/ is on sys.path
 
 
 @pytest.fixture(autouse=True)
@@ -349,7 +353,7 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(teacher, tmp
 
 
 def test_student_cache_trains_once_and_samples(teacher, tmp_path, monkeypatch):
-    """bench.students: the toy schedule (tiny is a random-weight teacher), train, save, load."""
+    """bench.engine.students: the toy schedule (tiny is a random-weight teacher), train, save, load."""
     from bench import students
     from methods.base import SampleRequest
 

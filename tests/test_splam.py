@@ -7,12 +7,17 @@ import dataclasses
 
 import pytest
 import torch
+from training_helpers import (  # tests/ is on sys.path
+    Killed,
+    KilledAt,
+    guided_teacher,
+    trainer,
+)
 
-from bench.train_data import SyntheticPairs
-from bench.training import apply_toy_schedule
+from bench.assets.train_data import SyntheticPairs
+from bench.core.spec import apply_toy_schedule
 from methods import SampleRequest, get_method_class
-from methods.base import TrainingContext
-from methods.base import Denoiser
+from methods.base import Denoiser, TrainingContext
 from methods.consistency import (
     SkippingStepDDIM,
     consistency_loss,
@@ -35,8 +40,6 @@ from methods.splam import (
     splam_teacher_solver,
     splam_training_step,
 )
-
-from training_helpers import Killed, KilledAt, guided_teacher, trainer  # tests/ is on sys.path
 
 
 @pytest.fixture(autouse=True)
@@ -387,7 +390,7 @@ def test_saved_student_samples_with_a_stock_pipeline(teacher, tmp_path):
     LCMScheduler gives the method's samples."""
     from diffusers import LCMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
-    from bench.students import save_student
+    from bench.engine.students import save_student
 
     method = SPLAM(SPLAMConfig(preset="official-code"))
     student = method.train(TrainingContext(teacher, trainer(steps=2), SyntheticPairs(resolution=teacher.resolution)))
@@ -459,7 +462,7 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(teacher, tmp
 
 
 def test_student_cache_trains_once_and_samples(teacher, tmp_path, monkeypatch):
-    """bench.students: the toy schedule, train, save (folded plain U-Net), load, sample."""
+    """bench.engine.students: the toy schedule, train, save (folded plain U-Net), load, sample."""
     from bench import students
 
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))

@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 
 from bench import suites
-from bench.errors import MissingResourceError, UsageError
-from bench.suites import (
+from bench.assets.suites import (
     SUITE_NAMES,
     Suite,
-    describe_suites,
     default_data_root,
+    describe_suites,
     get_suite_spec,
     load_suite,
     parse_coco_captions,
@@ -23,6 +22,7 @@ from bench.suites import (
     select_coco2017_captions,
     select_mjhq_keys,
 )
+from bench.core.errors import MissingResourceError, UsageError
 
 # ---------------------------------------------------------------------------------------------
 # Synthetic files with the real schemas (notes/evaluation.md §6.1, §1.6)

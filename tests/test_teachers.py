@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.errors import MissingResourceError, UsageError
-from bench.teachers import (
+from bench.assets.teachers import (
     TEACHER_SPECS,
     IdentityCodec,
     Teacher,
@@ -24,7 +23,8 @@ from bench.teachers import (
     save_teacher,
     teacher_names,
 )
-from bench.tokenizer import BOS_ID, EOS_ID, build_clip_tokenizer
+from bench.assets.tokenizer import BOS_ID, EOS_ID, build_clip_tokenizer
+from bench.core.errors import MissingResourceError, UsageError
 from methods.diffusion_math import SD15_SCHEDULER_CONFIG
 
 SD15_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"

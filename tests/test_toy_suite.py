@@ -9,10 +9,21 @@ import pytest
 import torch
 from PIL import Image
 
-from bench.cli import DEFAULT_SUITE, DEFAULT_TEACHER, main
-from bench.suites import load_suite
-from bench.toy.suite import FLOOR_METHOD, SHUFFLED_METHOD, toy_image_folder, toy_metric_models
-from bench.toy.world import ToySuiteConfig, draw_pairs, parse_caption, toy_suite_prompts
+from bench.assets.suites import load_suite
+from bench.assets.toy.world import (
+    ToySuiteConfig,
+    draw_pairs,
+    parse_caption,
+    toy_suite_prompts,
+)
+from bench.cli import main
+from bench.core.defaults import DEFAULT_SUITE, DEFAULT_TEACHER
+from bench.scoring.toy import (
+    FLOOR_METHOD,
+    SHUFFLED_METHOD,
+    toy_image_folder,
+    toy_metric_models,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -45,10 +56,10 @@ def test_reference_folder_holds_the_draw_the_prompts_came_from_and_the_floor_dif
 def test_toy_metrics_separate_real_from_wrong():
     """Through the real metric code (clean-fid features, chunked PRDC, the CLIP scorer): a second real
     draw sits near the reference, images of other prompts do not; own captions beat shuffled ones."""
-    from bench.metrics.fid import fid_from_stats
-    from bench.metrics.prdc import prdc
-    from bench.metrics.reference import folder_features
-    from bench.metrics.features import ImageProtocol
+    from bench.scoring.metrics.features import ImageProtocol
+    from bench.scoring.metrics.fid import fid_from_stats
+    from bench.scoring.metrics.prdc import prdc
+    from bench.scoring.metrics.reference import folder_features
 
     n = 300
     extractor, clip = toy_metric_models(("fid", "clip", "coverage"), torch.device("cpu"))
@@ -72,7 +83,7 @@ def test_toy_teacher_goes_through_the_teacher_interface():
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from bench.teachers import load_teacher
+    from bench.assets.teachers import load_teacher
 
     teacher = load_teacher("toy")
     assert isinstance(teacher.unet, UNet2DConditionModel) and isinstance(teacher.text_encoder, CLIPTextModel)
@@ -101,7 +112,7 @@ def test_default_run_scores_teacher_cells_and_the_real_image_rows(tmp_path, one_
 def test_toy_verify_command_checks_the_committed_checkpoints(tmp_path, capsys):
     import shutil
 
-    from bench.toy.checkpoints import default_toy_dir
+    from bench.assets.toy.checkpoints import default_toy_dir
 
     assert main(["toy", "verify"]) == 0
     broken = tmp_path / "toy"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.toy.world import (
+from bench.assets.toy.world import (
     ATTRIBUTES,
     Scene,
     ToySuiteConfig,
@@ -152,7 +152,7 @@ def test_world_config_validation():
 
 import torch  # noqa: E402
 
-from bench.toy.models import (  # noqa: E402
+from bench.assets.toy.models import (  # noqa: E402
     FeatureNetConfig,
     PixelCodec,
     ToyClipConfig,
@@ -239,7 +239,7 @@ def test_pixel_codec_is_lossless():
 import json  # noqa: E402
 import shutil  # noqa: E402
 
-from bench.toy.checkpoints import (  # noqa: E402
+from bench.assets.toy.checkpoints import (  # noqa: E402
     MANIFEST_NAME,
     TOY_MODELS,
     ToyCheckpointError,
@@ -247,8 +247,12 @@ from bench.toy.checkpoints import (  # noqa: E402
     load_toy_checkpoint,
     sha256_file,
 )
-from bench.toy.load import load_toy_clip, load_toy_feature_net, load_toy_teacher_parts  # noqa: E402
-from bench.toy.train import build_and_save  # noqa: E402
+from bench.assets.toy.load import (  # noqa: E402
+    load_toy_clip,
+    load_toy_feature_net,
+    load_toy_teacher_parts,
+)
+from bench.assets.toy.train import build_and_save  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The training harness (bench.training, bench.train_data, bench.students) on the tiny teacher:
+"""The training harness (bench.engine.training, bench.assets.train_data, bench.engine.students) on the tiny teacher:
 deterministic data, exact resume after an interruption, the NaN guard, and the student cache."""
 from __future__ import annotations
 
@@ -7,27 +7,33 @@ import json
 
 import pytest
 import torch
+from training_helpers import Killed, KilledAt  # tests/ is on sys.path
 
+from bench.assets.teachers import TEACHER_SPECS
+from bench.assets.train_data import (
+    ImageCaptionFolder,
+    SyntheticPairs,
+    ToyWorldPairs,
+    batch_seed,
+    training_data_for,
+)
 from bench.cli import main
-from bench.errors import BenchError, UsageError
-from bench.train_data import ImageCaptionFolder, SyntheticPairs, ToyWorldPairs, batch_seed, training_data_for
-from bench.training import (
+from bench.core.errors import BenchError, UsageError
+from bench.core.spec import apply_config_overrides
+from bench.engine.training import (
     NonFiniteLossError,
     Trainer,
     TrainSchedule,
     apply_toy_schedule,
     toy_overrides,
 )
-from bench.spec import apply_config_overrides
-from bench.teachers import TEACHER_SPECS
 from methods.base import TrainingContext
 from methods.diffusion_math import lcm_w_from_guidance_scale
-from methods.dmd import DMD2Config, DMDConfig
+from methods.dmd import DMDConfig
 from methods.lcm import LCM, LCMConfig, LCMLoRA, LCMLoRAConfig
 from methods.mcm import MCMConfig
 from methods.scott import SCottConfig
 from methods.splam import SPLAMConfig
-from training_helpers import Killed, KilledAt  # tests/ is on sys.path
 
 
 @pytest.fixture(autouse=True)
@@ -130,7 +136,7 @@ def test_toy_world_pairs():
     assert images.shape[0] == 3 and images.shape[1] == 3 and len(captions) == 3
     assert torch.equal(images, again) and images.min() >= -1 and images.max() <= 1
     # batch 2 of size 3 is items 6..8 of the world's draw
-    from bench.toy.world import draw_pairs
+    from bench.assets.toy.world import draw_pairs
 
     ref, ref_captions = draw_pairs(1, 9)
     assert captions == ref_captions[6:9]

@@ -7,7 +7,7 @@ import dataclasses
 import types
 from typing import Any
 
-from bench.training import Trainer, TrainSchedule
+from bench.engine.training import Trainer, TrainSchedule
 from methods.consistency import teacher_guided_x0_eps
 
 

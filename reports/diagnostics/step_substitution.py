@@ -31,18 +31,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.commands import load_method
-from bench.metrics.features import extract_features, list_images, protocol_for_suite
-from bench.metrics.fid import feature_statistics, fid_from_stats
-from bench.run import guidance_for
-from bench.sampling import initial_noise, make_generators, to_pil
-from bench.students import load_student
-from bench.suites import load_suite
-from bench.teachers import load_teacher
-from bench.toy.suite import toy_image_folder, toy_metric_models
+from bench.assets.suites import load_suite
+from bench.assets.teachers import load_teacher
+from bench.core.spec import load_method
+from bench.engine.cells import guidance_for
+from bench.engine.sampling import initial_noise, make_generators, to_pil
+from bench.engine.students import load_student
+from bench.scoring.metrics.features import (
+    extract_features,
+    list_images,
+    protocol_for_suite,
+)
+from bench.scoring.metrics.fid import feature_statistics, fid_from_stats
+from bench.scoring.toy import toy_image_folder, toy_metric_models
 from methods.base import SampleRequest, per_sample_randn
 from methods.diffusion_math import add_noise, ddim_step
-
 
 #: methods sampled with LCM's multistep consistency sampler (methods.lcm._LCDMethod.sample_at)
 CONSISTENCY_SAMPLERS = ("lcm", "lcm-lora", "scott", "splam")
@@ -159,7 +162,7 @@ def consistency_rows(args, teacher, suite, fid: FidTerms) -> None:
         if source == "ode":
             return src.rows(lambda xb, rows: src.ode(xb, rows, t, None, max(args.ode_substeps, t // 10), True), x)
         method, den = students[source]
-        guidance = guidance_for(argparse.Namespace(guidance=None), method, teacher)   # as `bench run`
+        guidance = guidance_for(None, method, teacher)   # as `bench run`
         return src.rows(lambda xb, rows: method.sample_at(den, src.student_request(xb, rows, args.steps, guidance),
                                                           [t]), x)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench.results import load_all
+from bench.scoring.results import load_all
 
 VARIANTS = {  # results folder -> column
     "seed-0-1-thread": "float32 original",

@@ -1,0 +1,69 @@
+"""`bench eval`: score a folder of images (FID, CLIP score, Coverage) against a suite's reference.
+
+Images are named by prompt index (``00000.png ...``), also when another tool made them. The same
+functions score every cell of `bench run` (``bench.scoring.evaluate``).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from bench.assets.suites import load_suite
+from bench.core.errors import UsageError
+from bench.scoring.evaluate import (
+    IMAGE_METRICS,
+    add_metric_arguments,
+    build_evaluator,
+    make_rows,
+    parse_metrics,
+    samples_fingerprint_of,
+    samples_metadata,
+)
+from bench.scoring.metrics.features import list_images
+from bench.scoring.results import ResultsStore
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--samples", required=True, metavar="DIR",
+                        help="folder of images named by prompt index (00000.png ...), from any tool")
+    parser.add_argument("--suite", required=True, help="the suite whose prompts made the images")
+    parser.add_argument("--prompts-file", default=None, metavar="FILE", help="prompts, for --suite prompts-file")
+    parser.add_argument("--data-root", default=None, metavar="DIR", help="suite data (env BENCH_DATA_ROOT)")
+    parser.add_argument("--num-images", type=int, default=None, metavar="N", help="the first N prompts made the images")
+    parser.add_argument("--results", default=None, metavar="DIR",
+                        help="also append result rows to DIR/<run_id>.jsonl (e.g. runs/results)")
+    parser.add_argument("--method", default="external", help="label for the rows (default: external)")
+    parser.add_argument("--steps", type=int, default=0, help="label for the rows")
+    parser.add_argument("--teacher", default="external", help="label for the rows")
+    parser.add_argument("--guidance", type=float, default=0.0, help="label for the rows (0: unknown)")
+    parser.add_argument("--seed", type=int, default=0, help="label for the rows")
+    add_metric_arguments(parser)
+
+
+def command(args: argparse.Namespace) -> int:
+    metrics = tuple(m for m in parse_metrics(args.metrics) if m in IMAGE_METRICS)
+    if not metrics:
+        raise UsageError("bench eval scores images: choose --metrics from fid,clip,coverage "
+                         "(latency is measured by bench run)")
+    suite = load_suite(args.suite, data_root=args.data_root, prompts_file=args.prompts_file)
+    if args.num_images is not None:
+        suite = suite.subset(args.num_images)
+    list_images(args.samples, len(suite.prompts), check_indices=True)  # bad folders fail before any model loads
+    evaluator = build_evaluator(suite, metrics, args, progress=not args.quiet)
+    values = evaluator.score_folder(Path(args.samples), progress=not args.quiet)
+    for name, value in values.items():
+        print(f"{name:<10} {value:.6g}")
+    if evaluator.models.note:
+        print(f"note: {evaluator.models.note}")
+    if args.results:
+        store = ResultsStore(Path(args.results))
+        # the NFE `bench sample` recorded (CFG doubles a teacher solver's); a foreign folder: one per step
+        metadata = samples_metadata(Path(args.samples))
+        cell = {"teacher": args.teacher, "method": args.method, "steps": args.steps,
+                "nfe": metadata.get("nfe", args.steps), "guidance": args.guidance, "seed": args.seed,
+                "student": metadata.get("student", "")}
+        store.append(make_rows(values, evaluator=evaluator, cell=cell,
+                               samples_fingerprint=samples_fingerprint_of(Path(args.samples)),
+                               run_id=store.run_id, device=str(evaluator.models.extractor.device
+                                                               if evaluator.models.extractor else "cpu")))
+    return 0

@@ -1,0 +1,162 @@
+"""`bench profile`: speed and memory of methods vs a stock diffusers pipeline, and of training;
+what it measures is documented in ``bench.perf.profile``."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from bench.core.errors import UsageError
+from bench.perf.profile import merge_reports, run_profile
+from bench.perf.profile_report import (
+    render_speed_table,
+    render_train_table,
+    write_report,
+)
+from bench.perf.profile_spec import (
+    DEFAULT_CPU_DTYPES,
+    DEFAULT_CPU_TEACHER,
+    DEFAULT_GPU_DTYPES,
+    DEFAULT_GPU_TEACHER,
+    DEFAULT_OUT,
+    DEFAULT_PROMPT,
+    THROUGHPUT_WARMUP,
+    ProfileSpec,
+)
+
+# ------------------------------------------------------------------------------------------------
+# CLI
+# ------------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--methods", default=None, metavar="A,B", help="comma-separated method names (required)")
+    parser.add_argument("--steps", default="1,2,4", metavar="1,2,4", help="comma-separated step counts (default 1,2,4)")
+    parser.add_argument("--teacher", default=None,
+                        help=f"teacher name (default: {DEFAULT_GPU_TEACHER} on CUDA, the SD-1.5 architecture at "
+                             f"512 px with random weights; {DEFAULT_CPU_TEACHER} on the CPU)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtypes", default=None, metavar="fp16,bf16",
+                        help=f"precisions of the U-Net and text encoder (the SD-1.5 VAE decodes in fp32); default "
+                             f"{DEFAULT_GPU_DTYPES} on CUDA, {DEFAULT_CPU_DTYPES} on the CPU, where fp16/bf16 "
+                             "cells are skipped with a note")
+    parser.add_argument("--batches", default="16,32", metavar="16,32",
+                        help="batch sizes of the throughput measurement (default 16,32)")
+    parser.add_argument("--runs", type=int, default=20, metavar="N",
+                        help="timed batch-1 runs per latency measurement (>= 20)")
+    parser.add_argument("--throughput-runs", type=int, default=5, metavar="N",
+                        help=f"timed runs per throughput batch size, after {THROUGHPUT_WARMUP} warm-up (default 5: "
+                             "a rate over whole batches needs fewer runs than a batch-1 median)")
+    parser.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed warm-up runs (default 3)")
+    parser.add_argument("--guidance", type=float, default=None, metavar="G",
+                        help="classifier-free guidance scale, diffusers convention (default: the method's, "
+                             "else the teacher's)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (image 0 of this seed)")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt every measurement generates")
+    parser.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                        help=f"where <device>.md and <device>.json go (default {DEFAULT_OUT})")
+    parser.add_argument("--train-batch", type=int, default=8, metavar="B", help="training batch size (default 8)")
+    parser.add_argument("--train-steps", type=int, default=5, metavar="N",
+                        help="timed training steps per measurement, after --train-warmup (default 5)")
+    parser.add_argument("--train-warmup", type=int, default=2, metavar="N",
+                        help="untimed training steps first (default 2: the first allocates optimizer state)")
+    parser.add_argument("--no-train", action="store_true", help="skip the training measurements")
+    parser.add_argument("--no-sampling", action="store_true",
+                        help="skip the sampling measurements (latency, throughput, the diffusers pipeline)")
+    parser.add_argument("--speedup", action="store_true",
+                        help="also run the make-it-fast study (bench/perf/speedup.py): the torch profiler's top "
+                             "operators, then end-to-end and per-component batch-1 latency under each variant "
+                             "(eager, channels-last, half-vae, compile, cuda-graphs, cuda-graphs-all)")
+    parser.add_argument("--speedup-at", default=None, metavar="METHOD:STEPS",
+                        help="the method and step count of the study (default: the first method of --methods "
+                             "at its first supported step count of --steps)")
+    parser.add_argument("--speedup-variants", default=None, metavar="A,B",
+                        help="variants of the study (default: all on CUDA; eager,channels-last on the CPU)")
+    parser.add_argument("--merge", default=None, metavar="A.json,B.json",
+                        help="measure nothing: merge reports of earlier runs on one device and teacher (e.g. "
+                             "runs cut to fit a GPU lease) into <out>/<device>.md and .json")
+    parser.add_argument("--config", default=None, metavar="K=V,...",
+                        help="method config overrides, applied to every method of --methods (e.g. for dmd on "
+                             "sd15-arch offline: regression_distance=l2,num_regression_pairs=64)")
+    parser.add_argument("--no-batch-search", action="store_true",
+                        help="GPU: skip the search for the largest training batch that fits")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch CPU threads (default: torch's own choice); recorded in the report")
+
+
+def parse_spec(args: argparse.Namespace) -> ProfileSpec:
+    from bench.assets.teachers import teacher_names
+    from bench.core.spec import load_method, parse_int_list, parse_name_list
+    from bench.engine.cells import resolve_device
+    from bench.engine.sampling import PRECISIONS
+    from bench.scoring.metrics.latency import MIN_RUNS, MIN_WARMUP
+
+    methods = tuple(load_method(name, args.config) for name in parse_name_list(args.methods, "--methods"))
+    steps = tuple(parse_int_list(args.steps, "--steps"))
+    batches = tuple(parse_int_list(args.batches, "--batches"))
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    teacher = args.teacher or (DEFAULT_GPU_TEACHER if cuda else DEFAULT_CPU_TEACHER)
+    if teacher not in teacher_names():
+        raise UsageError(f"unknown teacher {teacher!r}; known teachers: {', '.join(teacher_names())}")
+    dtypes = tuple(parse_name_list(args.dtypes or (DEFAULT_GPU_DTYPES if cuda else DEFAULT_CPU_DTYPES), "--dtypes"))
+    unknown = [d for d in dtypes if d not in PRECISIONS]
+    if unknown:
+        raise UsageError(f"--dtypes takes a comma-separated subset of {','.join(PRECISIONS)}; got {args.dtypes!r}")
+    if args.runs < MIN_RUNS:
+        raise UsageError(f"--runs must be >= {MIN_RUNS} for a stable median, got {args.runs}")
+    if args.throughput_runs < 1:
+        raise UsageError(f"--throughput-runs must be >= 1, got {args.throughput_runs}")
+    if args.warmup < MIN_WARMUP:
+        raise UsageError(f"--warmup must be >= {MIN_WARMUP}, got {args.warmup}")
+    for flag, value in (("--train-batch", args.train_batch), ("--train-steps", args.train_steps)):
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1, got {value}")
+    if args.train_warmup < 0:
+        raise UsageError(f"--train-warmup must be >= 0, got {args.train_warmup}")
+    if args.no_train and args.no_sampling and not args.speedup:
+        raise UsageError("--no-train with --no-sampling leaves nothing to measure; drop one of them")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    from bench.perf.speedup import parse_speedup_at, parse_variants
+
+    speedup_at, variants = None, ()
+    if args.speedup:
+        speedup_at = parse_speedup_at(args.speedup_at, methods, steps)
+        variants = parse_variants(args.speedup_variants, device)
+    elif args.speedup_at or args.speedup_variants:
+        raise UsageError("--speedup-at and --speedup-variants configure the study of --speedup; add --speedup")
+    return ProfileSpec(methods=methods, steps=steps, teacher=teacher, device=device,
+                       dtypes=tuple(dict.fromkeys(dtypes)), batches=tuple(dict.fromkeys(batches)), runs=args.runs,
+                       throughput_runs=args.throughput_runs,
+                       warmup=args.warmup, guidance=args.guidance, seed=args.seed, prompt=args.prompt,
+                       out=Path(args.out), train=not args.no_train,
+                       sampling=not args.no_sampling, config=args.config, speedup_at=speedup_at,
+                       speedup_variants=variants, train_batch=args.train_batch,
+                       train_steps=args.train_steps, train_warmup=args.train_warmup,
+                       batch_search=not args.no_batch_search)
+
+
+def command(args: argparse.Namespace) -> int:
+    if args.merge:
+        if args.methods:
+            raise UsageError("--merge measures nothing; drop --methods (or --merge)")
+        md_path, json_path = write_report(merge_reports(args.merge.split(","), args.out), args.out)
+        print(f"report: {md_path} (and {json_path.name})")
+        return 0
+    if not args.methods:
+        raise UsageError("--methods is required (comma-separated method names; `python -m bench list` shows them)")
+    spec = parse_spec(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    report = run_profile(spec, progress=not args.quiet, partial=lambda so_far: write_report(so_far, spec.out))
+    md_path, json_path = write_report(report, spec.out)
+    if report["latency"]:
+        print(render_speed_table(report["latency"]) + "\n")
+    if report["training"]:
+        print(render_train_table(report["training"]) + "\n")
+    print(f"report: {md_path} (and {json_path.name})")
+    return 0
+
+

@@ -1,0 +1,211 @@
+"""`bench run`: for each method and step count, train-or-load, sample, score; write result rows and
+the leaderboard. Metric models and reference features are resolved before the first image is
+generated; cells whose rows already exist with the same fingerprint are not scored again."""
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+LATENCY_ROWS = {  # result metric name -> LatencyResult attribute
+    "latency_ms": "median_ms", "latency_p90_ms": "p90_ms", "denoiser_ms": "denoiser_median_ms",
+    "throughput_ips": "throughput_images_per_s", "peak_mem_mb": "peak_memory_mb",
+}
+
+
+@dataclass
+class CellOutcome:
+    method: str
+    steps: int
+    status: str          # "scored" | "sampled" | "skipped"
+    note: str = ""
+    samples: Path | None = None
+    values: dict = field(default_factory=dict)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    from bench.scoring.evaluate import add_metric_arguments
+
+    add_metric_arguments(parser)
+    parser.add_argument("--latency-runs", type=int, default=20, metavar="N",
+                        help="timed batch-1 runs per cell after 3 warm-up runs (>= 20)")
+    parser.add_argument("--throughput-batch", type=int, default=8, metavar="B",
+                        help="batch size of the throughput measurement (default 8)")
+    parser.add_argument("--leaderboard-dir", default=None, metavar="DIR",
+                        help="where to write <suite>.md/.json (default: <out>/leaderboards)")
+
+
+def run_benchmark(args: argparse.Namespace, ctx, methods: list, steps_list: list[int], suite) -> int:
+    from bench.engine.cells import guidance_for, sample_one, samples_dir
+    from bench.engine.students import released_student_for
+    from bench.scoring.evaluate import build_evaluator, parse_metrics
+    from bench.scoring.results import ResultsStore, Row, load_all, utc_now_iso
+
+    metrics = parse_metrics(args.metrics)
+    progress = not args.quiet
+    for method in methods:      # --student-source released: a missing student stops the run before any work
+        for steps in steps_list:
+            if method.unsupported_steps_reason(steps) is None:
+                released_student_for(method, ctx.teacher, steps, ctx.students)
+    evaluator = build_evaluator(suite, metrics, args, progress=progress)  # fails fast, before sampling
+    out = Path(args.out)
+    store = ResultsStore(out / "results")
+    outcomes: list[CellOutcome] = []
+    if suite.name == "toy":
+        outcomes += score_real_image_cells(ctx, evaluator, store, suite, progress)
+    for method in methods:
+        guidance = guidance_for(args.guidance, method, ctx.teacher)
+        for steps in steps_list:
+            cell = {"teacher": ctx.teacher_name, "method": method.name, "steps": steps,
+                    "nfe": method.nfe(steps, guidance), "guidance": guidance, "seed": args.seed}
+            reason = method.unsupported_steps_reason(steps)
+            if reason:
+                log.warning("skipped: %s", reason)
+                outcomes.append(CellOutcome(method.name, steps, "skipped", reason))
+                store.append([Row(suite=suite.name, metric="fid", value=float("nan"), fingerprint="skipped",
+                                  run_id=store.run_id, time=utc_now_iso(), device=str(ctx.device),
+                                  num_images=len(suite.prompts), note=f"skipped: {reason}", **cell)])
+                continue
+            out_dir = samples_dir(out, suite.name, ctx.teacher_name, method.name, steps, guidance, args.seed)
+            summary = sample_one(ctx, method, suite, steps, guidance, args.seed, out_dir, args.batch_size,
+                                 args.batching, progress=progress)
+            cell["student"] = summary.student
+            values = score_cell(args, ctx, evaluator, store, method, steps, guidance, cell, out_dir,
+                                summary.fingerprint, progress)
+            outcomes.append(CellOutcome(method.name, steps, "scored" if values else "sampled",
+                                        samples=out_dir, values=values))
+    print(format_outcomes(outcomes, evaluator.models.note))
+    board_dir = Path(args.leaderboard_dir) if args.leaderboard_dir else out / "leaderboards"
+    if metrics:
+        from bench.publish.leaderboard import write_leaderboards
+
+        frame = load_all(out / "results")
+        frame = frame[frame["run_id"] == store.run_id] if "run_id" in frame else frame
+        paths = write_leaderboards(frame, board_dir, suites=[suite.name])
+        print("leaderboard: " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def score_real_image_cells(ctx, evaluator, store, suite, progress: bool) -> list[CellOutcome]:
+    """Rows of real images scored like samples (steps 0): the metric floor and the CLIP score of
+    shuffled captions (bench.scoring.toy), reused by fingerprint like every other cell."""
+    from bench.core.fingerprint import fingerprint
+    from bench.scoring.evaluate import make_rows
+    from bench.scoring.toy import real_image_cells
+
+    outcomes = []
+    for real in real_image_cells(suite.prompts, evaluator.metrics):
+        names = _expected_image_metrics(evaluator, real.metrics)
+        if not names:
+            continue
+        samples_fp = fingerprint({"real_images": real.method, "folder": real.folder.name,
+                                  "prompts": list(real.prompts)})
+        cell = {"teacher": ctx.teacher_name, "method": real.method, "steps": 0, "nfe": 0, "guidance": 0.0,
+                "seed": 0}
+        values = _reuse(store, evaluator, samples_fp, names, cell)
+        if values is None:
+            values = evaluator.score_folder(real.folder, progress=progress, prompts=real.prompts,
+                                            metrics=real.metrics)
+            store.append(make_rows(values, evaluator=evaluator, cell=cell, samples_fingerprint=samples_fp,
+                                   run_id=store.run_id, device=str(ctx.device)))
+        outcomes.append(CellOutcome(real.method, 0, "scored", real.description, real.folder, values))
+    return outcomes
+
+
+def score_cell(args, ctx, evaluator, store, method, steps: int, guidance: float, cell: dict, out_dir: Path,
+               samples_fp: str, progress: bool) -> dict:
+    """Rows of one cell: reused when every expected row exists with its fingerprint, else measured."""
+    from bench.core.fingerprint import fingerprint
+    from bench.scoring.evaluate import IMAGE_METRICS, make_rows
+
+    values: dict[str, float] = {}
+    image_metrics = [m for m in evaluator.metrics if m in IMAGE_METRICS]
+    if image_metrics:
+        found = _reuse(store, evaluator, samples_fp, _expected_image_metrics(evaluator), cell)
+        if found is None:
+            found = evaluator.score_folder(out_dir, progress=progress)
+            store.append(make_rows(found, evaluator=evaluator, cell=cell, samples_fingerprint=samples_fp,
+                                   run_id=store.run_id, device=str(ctx.device)))
+        values.update(found)
+    if "latency" in evaluator.metrics:
+        latency_fp = fingerprint({"samples": samples_fp, "device": _device_name(ctx.device),
+                                  "runs": args.latency_runs, "throughput_batch": args.throughput_batch})
+        found = _reuse(store, evaluator, latency_fp, tuple(LATENCY_ROWS), cell)
+        if found is None:
+            found = measure_cell_latency(args, ctx, method, steps, guidance, evaluator.suite.prompts[0])
+            store.append(make_rows(found, evaluator=evaluator, cell=cell, samples_fingerprint=latency_fp,
+                                   run_id=store.run_id, device=_device_name(ctx.device)))
+        values.update(found)
+    return values
+
+
+def _expected_image_metrics(evaluator, metrics: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    metrics = evaluator.metrics if metrics is None else tuple(m for m in metrics if m in evaluator.metrics)
+    names = []
+    if "fid" in metrics and evaluator.reference.features is not None:
+        names.append("fid")
+    if "coverage" in metrics and evaluator.reference.features is not None:
+        names += ["precision", "recall", "density", "coverage"]
+    if "clip" in metrics and evaluator.models.clip is not None:
+        names.append("clip")
+    return tuple(names)
+
+
+def _reuse(store, evaluator, samples_fp: str, names: tuple[str, ...], cell: dict) -> dict | None:
+    """Values of rows already measured with the same fingerprints (copied into this run under this
+    cell's labels: ``bench eval`` may have scored the same samples as another method name), or None."""
+    from bench.scoring.evaluate import row_fingerprint
+
+    rows = [store.find(row_fingerprint(samples_fp, name, evaluator.protocol()), name) for name in names]
+    if not names or any(r is None for r in rows):
+        return None
+    for row in rows:
+        store.reuse(row, suite=evaluator.suite.name, **cell)
+    log.info("reusing %d result rows for %s", len(rows), samples_fp)
+    return {row.metric: row.value for row in rows}
+
+
+def measure_cell_latency(args, ctx, method, steps: int, guidance: float, prompt: str) -> dict[str, float]:
+    from tqdm.auto import tqdm
+
+    from bench.engine.students import load_student
+    from bench.scoring.metrics.latency import measure_latency
+    from bench.scoring.timing import latency_closures, throughput_closure
+
+    student = load_student(method, ctx.teacher, steps, batching="fast", progress=False, policy=ctx.students)
+    end_to_end, denoiser_only = latency_closures(ctx, method, student, prompt, steps, guidance, args.seed, "fast")
+    throughput = throughput_closure(ctx, method, student, prompt, steps, guidance, args.seed, args.throughput_batch)
+    with tqdm(desc=f"latency {method.name} {steps} step(s)", unit="call", disable=args.quiet,
+              dynamic_ncols=True) as bar:
+        def counted(fn):
+            def call():
+                result = fn()
+                bar.update(1)
+                return result
+            return call
+
+        result = measure_latency(counted(end_to_end), counted(denoiser_only), warmup=3, runs=args.latency_runs,
+                                 device=ctx.device, throughput_fn=counted(throughput),
+                                 throughput_batch=args.throughput_batch, dtype=ctx.precision)
+    values = {name: getattr(result, attr) for name, attr in LATENCY_ROWS.items()}
+    return {k: float(v) for k, v in values.items() if v is not None}
+
+
+def _device_name(device) -> str:
+    from bench.scoring.metrics.latency import device_name
+
+    return device_name(device)
+
+
+def format_outcomes(outcomes: list[CellOutcome], note: str = "") -> str:
+    columns = ("fid", "clip", "coverage", "latency_ms")
+    lines = [f"{'method':<22} {'steps':>5}  " + "  ".join(f"{c:>10}" for c in columns) + "  samples / note"]
+    for o in outcomes:
+        cells = "  ".join(f"{o.values[c]:>10.4g}" if c in o.values else f"{'-':>10}" for c in columns)
+        lines.append(f"{o.method:<22} {o.steps:>5}  {cells}  {o.samples or o.note}")
+    if note:
+        lines.append(f"note: {note}")
+    return "\n".join(lines)

@@ -1,0 +1,246 @@
+"""Sampling engine: prompts -> per-image noise -> method.sample -> VAE decode -> PNGs on disk.
+
+Invariants (DESIGN.md):
+* Image i gets its initial noise and every stochastic draw of its sampler from one CPU generator
+  seeded by (run seed, i) alone (``image_seed``).
+* In ``exact`` batching (the default) every network call sees one image (two rows, uncond and
+  cond, under CFG), so its bytes do not depend on ``--batch-size``, the number of processes or
+  the resume point: CPU and GPU kernels are not batch-invariant in the last bits (a batched
+  UNet call here differs from per-image calls by ~1e-6, enough to flip PNG bytes). ``fast``
+  batching evaluates the whole batch in one call: faster on a GPU, identical in distribution,
+  recorded in the fingerprint because its last bits differ.
+* Each PNG is written atomically and carries its fingerprint, prompt index, prompt and seed in
+  PNG text chunks; an existing file is skipped only when all of them match.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image
+from PIL.PngImagePlugin import PngInfo
+
+from bench.core.atomic import atomic_path, atomic_write_json, is_temp_file
+from bench.core.errors import UsageError
+from bench.core.fingerprint import fingerprint, library_versions
+from methods.base import Denoiser, Method, SampleRequest
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+BATCHING_MODES = ("exact", "fast")
+METADATA_FILE = "metadata.json"
+PNG_KEYS = ("bench_fingerprint", "bench_index", "bench_prompt", "bench_seed")
+
+
+def image_seed(seed: int, index: int) -> int:
+    """The seed of image ``index`` in a run with ``seed``: a hash, so runs with seeds s and s+1
+    share no images (``seed + index`` would shift one onto the other)."""
+    digest = hashlib.sha256(f"distill-bench:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def image_name(index: int) -> str:
+    return f"{index:05d}.png"
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """Everything that changes image i (and nothing that does not, such as N or the batch
+    size): its hash is the per-image fingerprint stored in each PNG."""
+
+    method: str
+    method_config: dict
+    student: str                # LoadedStudent.identity ("teacher" for teacher solvers)
+    teacher: dict               # Teacher.identity
+    resolution: int
+    steps: int
+    guidance_scale: float
+    seed: int
+    precision: str = "fp32"
+    batching: str = "exact"
+    versions: dict = field(default_factory=library_versions)
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(asdict(self))
+
+
+@dataclass
+class SampleSummary:
+    out_dir: Path
+    written: int
+    skipped: int
+    seconds: float
+    fingerprint: str
+    student: str = ""           # where the student came from: "released", "trained", "" (teacher solver)
+
+
+def _encode(teacher: Any, prompts: Sequence[str], exact: bool) -> torch.Tensor:
+    if exact:
+        return torch.cat([teacher.encode_prompts([p]) for p in prompts])
+    return teacher.encode_prompts(list(prompts))
+
+
+def _decode(teacher: Any, latents: torch.Tensor, exact: bool) -> torch.Tensor:
+    if exact:
+        return torch.cat([teacher.codec.decode(latents[i:i + 1]) for i in range(latents.shape[0])])
+    return teacher.codec.decode(latents)
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """[-1, 1] (B, 3, H, W) -> PIL, exactly as diffusers' VaeImageProcessor.postprocess does."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    return VaeImageProcessor(do_normalize=True).postprocess(images.float().cpu(), output_type="pil")
+
+
+def _png_info(spec_fingerprint: str, index: int, prompt: str, seed: int) -> PngInfo:
+    info = PngInfo()
+    for key, value in zip(PNG_KEYS, (spec_fingerprint, str(index), prompt, str(seed))):
+        info.add_itxt(key, value)
+    return info
+
+
+def existing_image_matches(path: Path, spec_fingerprint: str, index: int, prompt: str) -> bool:
+    """True when ``path`` is a complete PNG written for this fingerprint, index and prompt."""
+    try:
+        with Image.open(path) as image:
+            text = {k: v for k, v in image.info.items() if k in PNG_KEYS}  # chunks before IDAT
+            image.verify()  # every chunk's CRC up to IEND: a truncated file fails here
+    except Exception:  # unreadable or truncated: regenerate
+        return False
+    return (text.get("bench_fingerprint") == spec_fingerprint and text.get("bench_index") == str(index)
+            and text.get("bench_prompt") == prompt)
+
+
+def make_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
+    return [torch.Generator("cpu").manual_seed(image_seed(seed, i)) for i in indices]
+
+
+def initial_noise(generators: Sequence[torch.Generator], latent_shape: tuple[int, ...]) -> torch.Tensor:
+    """The first draw of each image's generator: its initial latents."""
+    return torch.stack([torch.randn(latent_shape, generator=g, dtype=torch.float32) for g in generators])
+
+
+def generate_latents(teacher: Any, denoiser: Denoiser, method: Method, prompts: Sequence[str],
+                     indices: Sequence[int], steps: int, guidance_scale: float, seed: int,
+                     uncond: torch.Tensor, batching: str = "exact") -> torch.Tensor:
+    """One batch through the method's sampler; returns latents (B, C, h, w)."""
+    exact = batching == "exact"
+    device, dtype = _module_device_dtype(denoiser.unet)
+    generators = make_generators(seed, indices)
+    noise = initial_noise(generators, teacher.latent_shape).to(device=device, dtype=dtype)
+    cond = _encode(teacher, prompts, exact).to(device=device, dtype=dtype)
+    request = SampleRequest(noise=noise, cond=cond, uncond=uncond.expand(len(prompts), -1, -1).to(device, dtype),
+                            generators=generators, steps=steps, guidance_scale=guidance_scale)
+    return method.sample(denoiser, request)
+
+
+def _module_device_dtype(module: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    param = next(module.parameters())
+    return param.device, param.dtype
+
+
+def process_shard() -> tuple[int, int]:
+    """(process index, number of processes) under `accelerate launch`, (0, 1) otherwise."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or "ACCELERATE_USE_CPU" in os.environ:
+        from accelerate import PartialState
+
+        state = PartialState()
+        return state.process_index, state.num_processes
+    return 0, 1
+
+
+def _barrier() -> None:
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
+
+
+def sample_to_folder(teacher: Any, denoiser: Denoiser, method: Method, prompts: Sequence[str],
+                     spec: SamplingSpec, out_dir: Path, batch_size: int = 8,
+                     suite_fingerprint: str = "", progress: bool = True,
+                     extra_metadata: dict | None = None) -> SampleSummary:
+    """Write ``len(prompts)`` PNGs ``00000.png ...`` into ``out_dir`` plus ``metadata.json``.
+
+    Resumable and shardable: images already on disk with a matching fingerprint are skipped;
+    under `accelerate launch` process r of P takes indices i with i % P == r."""
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    if spec.batching not in BATCHING_MODES:
+        raise UsageError(f"--batching must be one of {', '.join(BATCHING_MODES)}, got {spec.batching!r}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = process_shard()
+    for stale in out_dir.iterdir():
+        if rank == 0 and is_temp_file(stale):
+            stale.unlink(missing_ok=True)  # left by a killed run: the work that was in flight
+
+    spec_fp = spec.fingerprint
+    mine = [i for i in range(len(prompts)) if i % world == rank]
+    pending = [i for i in mine
+               if not existing_image_matches(out_dir / image_name(i), spec_fp, i, prompts[i])]
+    skipped = len(mine) - len(pending)
+    if skipped:
+        log.info("%s: %d image(s) already done, %d to go", out_dir, skipped, len(pending))
+
+    start = time.perf_counter()
+    exact = spec.batching == "exact"
+    uncond = teacher.encode_prompts([""]) if pending else None
+    bar = tqdm(total=len(pending), unit="img", desc=f"{spec.method} {spec.steps} step(s)",
+               disable=not progress or not pending, dynamic_ncols=True)
+    with torch.inference_mode():
+        for first in range(0, len(pending), batch_size):
+            indices = pending[first:first + batch_size]
+            batch_prompts = [prompts[i] for i in indices]
+            latents = generate_latents(teacher, denoiser, method, batch_prompts, indices, spec.steps,
+                                       spec.guidance_scale, spec.seed, uncond, spec.batching)
+            for index, prompt, image in zip(indices, batch_prompts, to_pil(_decode(teacher, latents, exact))):
+                # no fsync: a PNG damaged by an OS crash fails the CRC check on resume and is redone
+                with atomic_path(out_dir / image_name(index), durable=False) as tmp:
+                    image.save(tmp, format="PNG",
+                               pnginfo=_png_info(spec_fp, index, prompt, image_seed(spec.seed, index)))
+            bar.update(len(indices))
+    bar.close()
+    seconds = time.perf_counter() - start
+
+    _barrier()
+    if rank == 0:
+        write_metadata(out_dir, prompts, spec, suite_fingerprint, extra_metadata or {})
+    return SampleSummary(out_dir, len(pending), skipped, seconds, folder_fingerprint(spec, suite_fingerprint, len(prompts)))
+
+
+def folder_fingerprint(spec: SamplingSpec, suite_fingerprint: str, num_images: int) -> str:
+    return fingerprint({"images": spec.fingerprint, "suite": suite_fingerprint, "num_images": num_images})
+
+
+def write_metadata(out_dir: Path, prompts: Sequence[str], spec: SamplingSpec, suite_fingerprint: str,
+                   extra: dict) -> None:
+    metadata = {
+        **extra,
+        "method": spec.method,
+        "steps": spec.steps,
+        "guidance_scale": spec.guidance_scale,
+        "seed": spec.seed,
+        "num_images": len(prompts),
+        "image_fingerprint": spec.fingerprint,
+        "fingerprint": folder_fingerprint(spec, suite_fingerprint, len(prompts)),
+        "suite_fingerprint": suite_fingerprint,
+        "spec": asdict(spec),
+        "prompts": [{"index": i, "file": image_name(i), "prompt": p, "seed": image_seed(spec.seed, i)}
+                    for i, p in enumerate(prompts)],
+    }
+    atomic_write_json(out_dir / METADATA_FILE, metadata)

@@ -1,0 +1,367 @@
+"""CLIP score: mean cosine between OpenCLIP image and prompt embeddings (notes/evaluation.md §2).
+
+Protocol recorded here (see ``ClipScorer.protocol``):
+
+* Model: OpenCLIP ViT-g/14. The default tag ``laion2b_s12b_b42k`` is the one in the GigaGAN, DMD2 and
+  SiD evaluation code; BK-SDM used ``laion2b_s34b_b88k``. The two checkpoints give different numbers,
+  so the tag (and the weights' sha256) goes into every fingerprint.
+* Text: open_clip's own tokenizer. ``SimpleTokenizer.__call__`` builds ``[SOT] + bpe + [EOT]``, keeps the
+  first ``context_length`` (77) tokens and overwrites the last kept slot with EOT, so the pooled
+  (argmax = EOT) position of a long prompt is still the EOT token. An optional prefix (GigaGAN/DMD2's
+  "A photo depicts", after Hessel et al.'s CLIPScore) is prepended before tokenising; it is off by
+  default and recorded as a flag.
+* Images: the transform returned by ``open_clip.create_model_and_transforms`` (shortest-side bicubic
+  resize to 224, centre crop, OpenAI mean/std). Any earlier down-sizing of generated images (GigaGAN/DMD2
+  LANCZOS to 256) is the caller's business and must be recorded by it.
+* Number: the raw cosine between the L2-normalised embeddings, per image and averaged (e.g. 0.31),
+  with no clamping. torchmetrics' ``CLIPScore`` differs: it reports ``100 * cos`` and clamps at 0
+  (``max(mean, 0)`` in ``compute()``). Use :func:`as_paper_scale` only for display next to papers that
+  print ×100.
+
+Weights are never downloaded: a tag is resolved to a file in the Hugging Face cache, or a local
+checkpoint file is given through ``ClipScoreConfig.weights_path`` / ``--clip-weights`` /
+``BENCH_CLIP_PATH``. When neither exists, :func:`resolve_clip_weights` raises one
+:class:`MissingResourceError` before any model is built.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from bench.core.errors import MissingResourceError, UsageError
+from bench.core.fingerprint import sha256_file
+
+logger = logging.getLogger(__name__)
+
+CLIP_WEIGHTS_ENV = "BENCH_CLIP_PATH"
+CLIP_WEIGHTS_FLAG = "--clip-weights"
+GIGAGAN_PREFIX = "A photo depicts"  # GigaGAN / DMD2 evaluation code (CLIPScore, Hessel et al. 2021)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+# open_clip.constants: the default file names of an open_clip checkpoint on the Hub. open_clip tries
+# the safetensors name first (pretrained.download_pretrained_from_hf), and so do we.
+_HF_WEIGHTS_NAME = "open_clip_pytorch_model.bin"
+_HF_SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"
+
+
+@dataclass(frozen=True)
+class ClipScoreConfig:
+    """How CLIP score is computed. Defaults follow the DMD2 / GigaGAN / SiD protocol.
+
+    ``pretrained`` is an open_clip tag: ``laion2b_s12b_b42k`` (DMD2, GigaGAN, SiD) or
+    ``laion2b_s34b_b88k`` (BK-SDM); they do not give the same numbers.
+    ``prefix``: ``None`` (BK-SDM, SiD) or ``GIGAGAN_PREFIX`` (GigaGAN / DMD2 parity).
+    ``weights_path``: a local open_clip checkpoint file; when ``None`` the ``BENCH_CLIP_PATH``
+    environment variable is used, then the Hugging Face cache.
+    ``cache_dir``: the Hugging Face hub cache to search; ``None`` means ``HF_HUB_CACHE`` /
+    ``HF_HOME``/hub / ``~/.cache/huggingface/hub``, read when the weights are resolved.
+    """
+
+    model_name: str = "ViT-g-14"
+    pretrained: str | None = "laion2b_s12b_b42k"
+    prefix: str | None = None
+    batch_size: int = 32
+    weights_path: str | None = None
+    cache_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise UsageError(f"CLIP score batch_size must be >= 1, got {self.batch_size}")
+        if self.prefix is not None and not self.prefix.strip():
+            raise UsageError("CLIP score prefix must be None or a non-empty string")
+
+
+@dataclass(frozen=True)
+class ClipScoreResult:
+    """``mean_cosine``: mean over images of the raw cosine; ``per_image[i]`` pairs image i with prompt i."""
+
+    mean_cosine: float
+    per_image: np.ndarray
+    protocol: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def paper_scale(self) -> float:
+        return as_paper_scale(self.mean_cosine)
+
+
+def as_paper_scale(x: float) -> float:
+    """The ×100 scale some papers print (e.g. 0.31 -> 31.0). Display only; we store the raw cosine."""
+    return 100.0 * x
+
+
+@dataclass(frozen=True)
+class ResolvedClipWeights:
+    path: str
+    source: str  # "config.weights_path", "env:BENCH_CLIP_PATH" or "hf-cache:<repo id>"
+
+
+def hf_hub_cache_dir(environ: Mapping[str, str] | None = None) -> str:
+    """The hub cache huggingface_hub would use, computed from the environment *now*.
+
+    huggingface_hub.constants freezes these at import time; recomputing them here makes the error
+    message name the cache that was really searched when HF_HOME changes later (as in tests).
+    """
+    env = os.environ if environ is None else environ
+    home = env.get("HF_HOME") or os.path.join(env.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "huggingface")
+    cache = env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE") or os.path.join(home, "hub")
+    return os.path.expandvars(os.path.expanduser(cache))
+
+
+def _hub_location(model_name: str, pretrained: str) -> tuple[str, list[str]] | None:
+    """(hf repo id, candidate file names) that open_clip would download for a tag, or None."""
+    from open_clip.pretrained import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(model_name, pretrained)
+    hub = cfg.get("hf_hub", "") if cfg else ""
+    if not hub:
+        return None
+    repo_id, filename = os.path.split(hub)
+    filename = filename or _HF_WEIGHTS_NAME
+    candidates = []
+    if filename == _HF_WEIGHTS_NAME:
+        candidates.append(_HF_SAFE_WEIGHTS_NAME)
+    elif filename.endswith((".bin", ".pth")):
+        candidates.append(filename[:-4] + ".safetensors")
+    candidates.append(filename)
+    return repo_id, candidates
+
+
+def resolve_clip_weights(config: ClipScoreConfig, environ: Mapping[str, str] | None = None) -> ResolvedClipWeights:
+    """Find the checkpoint file for ``config`` without touching the network, or raise one clear error.
+
+    Order: ``config.weights_path``, then ``$BENCH_CLIP_PATH``, then the Hugging Face cache entry of the
+    tag's hub repo (``huggingface_hub.try_to_load_from_cache``, a pure file-system look-up).
+    """
+    env = os.environ if environ is None else environ
+    for source, value in (("config.weights_path", config.weights_path), (f"env:{CLIP_WEIGHTS_ENV}", env.get(CLIP_WEIGHTS_ENV))):
+        if value:
+            path = os.path.expandvars(os.path.expanduser(value))
+            if not os.path.isfile(path):
+                raise MissingResourceError(
+                    f"OpenCLIP weights file {path!r} (from {source}, given for {config.model_name}"
+                    f"{'/' + config.pretrained if config.pretrained else ''}) does not exist or is not a file; "
+                    f"point {CLIP_WEIGHTS_FLAG} or {CLIP_WEIGHTS_ENV} at an open_clip checkpoint "
+                    f"({_HF_SAFE_WEIGHTS_NAME} or {_HF_WEIGHTS_NAME})."
+                )
+            return ResolvedClipWeights(path=path, source=source)
+
+    if not config.pretrained:
+        raise UsageError(
+            f"CLIP score needs trained weights for {config.model_name}: set a pretrained tag or give "
+            f"{CLIP_WEIGHTS_FLAG} PATH / {CLIP_WEIGHTS_ENV}=PATH (random weights are not a metric)."
+        )
+
+    cache_dir = config.cache_dir or hf_hub_cache_dir(env)
+    location = _hub_location(config.model_name, config.pretrained)
+    if location is not None:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id, candidates = location
+        for filename in candidates:
+            found = try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir)
+            if isinstance(found, str) and os.path.isfile(found):
+                return ResolvedClipWeights(path=found, source=f"hf-cache:{repo_id}")
+        where = f"the Hugging Face Hub repo {repo_id} (file {' or '.join(candidates)})"
+        fetch_hint = f" On a machine with internet: `huggingface-cli download {repo_id} {candidates[-1]}`."
+    else:
+        where = "no Hugging Face Hub repo (not a hub-hosted open_clip tag)"
+        fetch_hint = ""
+    offline = env.get("HF_HUB_OFFLINE") or env.get("TRANSFORMERS_OFFLINE")
+    raise MissingResourceError(
+        f"CLIP score weights {config.model_name}/{config.pretrained} are not available offline: they would "
+        f"come from {where}, and they are not in the Hugging Face cache {cache_dir}"
+        f"{' (HF_HUB_OFFLINE is set)' if offline else ''}; nothing is downloaded. Give a local open_clip "
+        f"checkpoint file with {CLIP_WEIGHTS_FLAG} PATH or {CLIP_WEIGHTS_ENV}=PATH.{fetch_hint}"
+    )
+
+
+def weights_sha256(path: str) -> str:
+    """sha256 of a checkpoint file. A Hugging Face cache blob of an LFS file is named by that sha256."""
+    real = os.path.realpath(path)
+    name = os.path.basename(real)
+    if re.fullmatch(r"[0-9a-f]{64}", name) and os.path.basename(os.path.dirname(real)) == "blobs":
+        return name
+    logger.info("hashing CLIP weights %s for the fingerprint", real)
+    return sha256_file(real)
+
+
+def _natural_key(path: Path) -> tuple:
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path.name))
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image files of ``folder`` (not recursive) in natural order: 2.png before 10.png."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UsageError(f"image folder {str(folder)!r} does not exist")
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()), key=_natural_key)
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _as_rgb(item: Image.Image | Path) -> Image.Image:
+    if isinstance(item, Path):
+        with Image.open(item) as image:
+            return image.convert("RGB")
+    return item if item.mode == "RGB" else item.convert("RGB")
+
+
+class ClipScorer:
+    """Scores (image, prompt) pairs with an open_clip model. Build with :meth:`from_config` (real
+    weights) or :meth:`from_model` (an already-built model, e.g. a tiny one in tests or the toy world).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        preprocess: Callable[[Image.Image], torch.Tensor],
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        identity: str,
+        config: ClipScoreConfig,
+        device: torch.device | str | None = None,
+    ) -> None:
+        self.model = model
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.identity = identity
+        self.config = config
+        if device is None:
+            params = list(model.parameters()) if hasattr(model, "parameters") else []
+            device = params[0].device if params else "cpu"
+        self.device = torch.device(device)
+        if hasattr(model, "eval"):
+            model.eval()
+
+    @classmethod
+    def from_config(
+        cls,
+        config: ClipScoreConfig | None = None,
+        device: torch.device | str = "cpu",
+        environ: Mapping[str, str] | None = None,
+    ) -> ClipScorer:
+        """Load the real model through open_clip's loader from a local file; never downloads."""
+        config = config or ClipScoreConfig()
+        resolved = resolve_clip_weights(config, environ)  # raises before any work
+        import open_clip
+        from open_clip.pretrained import get_pretrained_cfg
+
+        # Preprocessing as the tag defines it, even though the weights come from a file path.
+        tag_cfg = get_pretrained_cfg(config.model_name, config.pretrained) if config.pretrained else {}
+        overrides = {}
+        if tag_cfg:
+            overrides = dict(
+                image_mean=tag_cfg.get("mean"),
+                image_std=tag_cfg.get("std"),
+                image_interpolation=tag_cfg.get("interpolation"),
+                image_resize_mode=tag_cfg.get("resize_mode"),
+            )
+        logger.info("loading OpenCLIP %s from %s (%s)", config.model_name, resolved.path, resolved.source)
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            config.model_name, pretrained=resolved.path, device=device, **overrides
+        )
+        tokenizer = open_clip.get_tokenizer(config.model_name)
+        return cls(model, preprocess, tokenizer, weights_sha256(resolved.path), config, device)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        preprocess: Callable[[Image.Image], torch.Tensor],
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        identity: str,
+        config: ClipScoreConfig | None = None,
+        device: torch.device | str | None = None,
+    ) -> ClipScorer:
+        """Wrap an open_clip-like model (``encode_image``/``encode_text``); ``identity`` names its weights."""
+        return cls(model, preprocess, tokenizer, identity, config or ClipScoreConfig(), device)
+
+    def protocol(self) -> dict[str, Any]:
+        """What changes the number: goes into fingerprints and result rows."""
+        return {
+            "metric": "clip_score",
+            "model_name": self.config.model_name,
+            "pretrained": self.config.pretrained,
+            "weights": self.identity,
+            "prefix": self.config.prefix,
+            "value": "raw mean cosine, no clamp",
+            "context_length": getattr(self.tokenizer, "context_length", None),
+        }
+
+    def text_for(self, prompt: str) -> str:
+        """The text actually tokenised for ``prompt`` (with the configured prefix, if any)."""
+        if self.config.prefix is None:
+            return prompt
+        return f"{self.config.prefix.strip()} {prompt.strip()}"
+
+    def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
+        tokens = self.tokenizer([self.text_for(p) for p in prompts])
+        eot = getattr(self.tokenizer, "eot_token_id", None)
+        if eot is not None and tokens.ndim == 2:
+            full = tokens[:, -1] != 0
+            if bool((tokens[full, -1] != eot).any()):
+                raise RuntimeError("tokenizer truncated a prompt without keeping the end-of-text token")
+            if bool(full.any()):
+                logger.info("%d of %d prompts filled the %d-token context (truncated, EOT kept)",
+                            int(full.sum()), len(prompts), tokens.shape[1])
+        return tokens
+
+    @torch.inference_mode()
+    def cosines(self, images: Sequence[Image.Image | Path], prompts: Sequence[str]) -> torch.Tensor:
+        """Raw cosine of each (image i, prompt i) pair, for one batch."""
+        pixels = torch.stack([self.preprocess(_as_rgb(item)) for item in images]).to(self.device)
+        tokens = self.tokenize(prompts).to(self.device)
+        image_emb = F.normalize(self.model.encode_image(pixels).float(), dim=-1)
+        text_emb = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
+        return (image_emb * text_emb).sum(dim=-1)
+
+    def score(
+        self,
+        images: Sequence[Image.Image] | str | Path,
+        prompts: Sequence[str],
+        progress: bool = True,
+    ) -> ClipScoreResult:
+        """CLIP score of images (PIL images, or a folder read in natural file-name order) against prompts."""
+        items: Sequence[Image.Image | Path]
+        items = list_images(images) if isinstance(images, (str, Path)) else list(images)
+        prompts = list(prompts)
+        if len(items) != len(prompts):
+            raise UsageError(f"CLIP score needs one prompt per image: {len(items)} images, {len(prompts)} prompts")
+        if not items:
+            raise UsageError("CLIP score of zero images is undefined")
+        from tqdm.auto import tqdm
+
+        size = self.config.batch_size
+        parts = []
+        for image_batch, prompt_batch in tqdm(
+            zip(_batches(items, size), _batches(prompts, size)),
+            total=(len(items) + size - 1) // size,
+            desc="CLIP score",
+            disable=not progress,
+            leave=False,
+        ):
+            parts.append(self.cosines(image_batch, prompt_batch).cpu())
+        per_image = torch.cat(parts).double().numpy()
+        return ClipScoreResult(mean_cosine=float(per_image.mean()), per_image=per_image, protocol=self.protocol())
+
+
+def clip_score(
+    images: Sequence[Image.Image] | str | Path,
+    prompts: Sequence[str],
+    config: ClipScoreConfig | None = None,
+    device: torch.device | str = "cpu",
+) -> ClipScoreResult:
+    """One-shot CLIP score with the real weights (see :meth:`ClipScorer.from_config`)."""
+    return ClipScorer.from_config(config, device=device).score(images, prompts)
