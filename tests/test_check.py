@@ -8,14 +8,9 @@ import json
 
 import pytest
 
+from bench.cli.check import add_arguments, command
 from bench.core.errors import UsageError
-from bench.publish.check import (
-    Tolerance,
-    add_arguments,
-    check,
-    command,
-    parse_tolerances,
-)
+from bench.publish.check import Tolerance, check, parse_tolerances
 from bench.publish.leaderboard import write_leaderboards
 from bench.scoring.results import ResultsStore, Row, rows_to_frame
 

@@ -400,7 +400,7 @@ def test_sampler_equals_lcm_scheduler_on_the_step_list(teacher, steps):
 
 
 def test_load_student_trains_saves_and_samples(teacher, tmp_path):
-    from bench import students
+    from bench.engine import students
 
     method = DMD(DMDConfig(toy_num_regression_pairs=4, toy_train_batch_size=2, toy_regression_batch_size=2,
                            regression_solver_steps=3, regression_chunk_size=2, toy_checkpointing_steps=1))
@@ -422,8 +422,8 @@ def test_the_student_samples_at_the_timestep_it_was_trained_at(teacher, monkeypa
     `bench sample` must sample it there too (load_student's sampler), not at the paper's [999],
     while the sampling fingerprint keeps the config the user asked for."""
     import methods.dmd as dmd_module
-    from bench import students
     from bench.assets.suites import load_suite
+    from bench.engine import students
     from bench.engine.cells import SamplingContext, sample_one
 
     method = DMD(DMDConfig(toy_num_regression_pairs=4, toy_train_batch_size=2, toy_regression_batch_size=2,

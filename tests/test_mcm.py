@@ -506,8 +506,8 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(teacher, tmp
 
 
 def test_one_student_per_step_count(teacher, tmp_path, monkeypatch):
-    from bench import students
     from bench.assets.train_data import training_data_for
+    from bench.engine import students
 
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("BENCH_TRAIN_DATA", raising=False)
@@ -534,9 +534,9 @@ def test_toy_schedule_per_step_count(teacher):
     the student an explicit --config of the same schedule names, and any explicit schedule wins."""
     import dataclasses
 
-    from bench import students
     from bench.assets.train_data import training_data_for
     from bench.core.spec import apply_config_overrides
+    from bench.engine import students
 
     data = training_data_for(teacher)
     teacher = dataclasses.replace(teacher, training_scale="toy")    # tiny's own is the plumbing schedule

@@ -14,11 +14,10 @@ import pytest
 import torch
 
 from bench.cli import main
-from bench.perf.profile import (
-    HALF_ON_CPU_NOTE,
-    SpeedRow,
+from bench.perf.profile_report import device_slug
+from bench.perf.profile_spec import HALF_ON_CPU_NOTE, SpeedRow
+from bench.perf.sampling_speed import (
     _measure_into,
-    device_slug,
     diffusers_closures,
     diffusers_pipeline,
     diffusers_plan,
@@ -183,8 +182,9 @@ def test_unsupported_step_counts_are_skipped_with_the_reason(tiny_teacher):
     """LCM samples at most original_inference_steps=50 steps: both rows of 51 steps say why,
     and nothing is built or timed for them."""
     from bench.cli import build_parser
+    from bench.cli.profile import parse_spec
     from bench.core.spec import load_method
-    from bench.perf.profile import parse_spec, profile_method_latency
+    from bench.perf.sampling_speed import profile_method_latency
 
     spec = parse_spec(build_parser().parse_args(["profile", "--methods", "lcm", "--steps", "51", "--device", "cpu"]))
     rows = profile_method_latency(spec, tiny_teacher, load_method("lcm"), "fp32", progress=False)
@@ -222,7 +222,7 @@ def test_cuda_device_without_cuda_is_a_usage_error(tmp_path, capsys):
 
 
 def test_papers_latencies_get_this_runs_number_beside_them_on_the_sd15_architecture():
-    from bench.perf.profile import render_reported_table, reported_latencies
+    from bench.perf.profile_report import render_reported_table, reported_latencies
 
     ours = {"pipeline": "ours", "method": "lcm", "steps": 2, "dtype": "fp16", "median_ms": 123.0}
     table = render_reported_table(reported_latencies(), [ours], beside=True)
@@ -260,7 +260,7 @@ def test_gradient_checkpointing_is_enabled_and_changes_no_number(tiny_teacher, o
     from diffusers import UNet2DConditionModel
 
     from bench.core.spec import load_method
-    from bench.perf.profile import measure_training_step, training_source
+    from bench.perf.training_speed import measure_training_step, training_source
 
     method = load_method("lcm-lora")
     data, _ = training_source(tiny_teacher)
@@ -283,7 +283,7 @@ def test_a_stale_accelerate_state_does_not_block_the_next_precision():
     from accelerate.state import AcceleratorState
 
     from bench.engine.training import Trainer, TrainSchedule
-    from bench.perf.profile import new_trainer
+    from bench.perf.training_speed import new_trainer
 
     schedule = TrainSchedule(max_train_steps=1, train_batch_size=1, learning_rate=1e-4, checkpointing_steps=0)
     try:
@@ -340,14 +340,14 @@ def test_dmd_is_timed_on_one_regression_batch_of_pairs(tiny_teacher):
     unused = type(method)(dataclasses.replace(method.config, regression_weight=0.0))
     assert unused.for_step_timing() == (unused, "")
     # the training measurement uses it: the row says so
-    from bench.perf.profile import measure_training_step, training_source
+    from bench.perf.training_speed import measure_training_step, training_source
 
     row = measure_training_step(load_method("dmd"), toy_scaled, training_source(tiny_teacher)[0], 2, False, 1, 1)
     assert row.status == "measured" and row.note == note
 
 
 def test_a_run_that_stops_midway_keeps_the_methods_it_finished(tmp_path, monkeypatch):
-    from bench import profile
+    from bench.perf import profile
 
     measured = profile.profile_method_latency
 
@@ -446,7 +446,7 @@ def test_a_graphed_text_encoder_returns_copies_the_teacher_may_keep(tiny_teacher
 
 def test_a_study_that_stops_midway_keeps_the_variants_it_finished(tmp_path, monkeypatch):
     """A GPU lease can end inside a variant's compilation: the variants before it are in the report."""
-    from bench import speedup
+    from bench.perf import speedup
 
     measured = speedup.measure_variant
 

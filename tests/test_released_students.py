@@ -13,7 +13,6 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from bench import students
 from bench.assets.released import (
     ReleasedStudentError,
     ReleasedStudents,
@@ -21,6 +20,7 @@ from bench.assets.released import (
 )
 from bench.assets.train_data import training_data_for
 from bench.core.errors import MissingResourceError
+from bench.engine import students
 from methods.lcm import LCM, LCMConfig, LCMLoRA, LCMLoRAConfig
 
 GOLDEN = Path(__file__).parent / "golden" / "training_hashes.json"

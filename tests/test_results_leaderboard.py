@@ -12,20 +12,20 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bench import atomic
+from bench.assets.reported import load_reported
+from bench.cli.leaderboard import add_arguments as lb_add_arguments
+from bench.cli.leaderboard import command as lb_command
+from bench.core import atomic
 from bench.core.errors import BenchError, UsageError
-from bench.publish.leaderboard import add_arguments as lb_add_arguments
 from bench.publish.leaderboard import (
     best_in_groups,
     build,
-    load_reported,
     render_markdown,
     rows_from_leaderboard,
     select_cells,
     suite_json,
     write_leaderboards,
 )
-from bench.publish.leaderboard import command as lb_command
 from bench.publish.report import PLOT_SIZE_PX, GridLayout, pareto_front, write_report
 from bench.scoring.results import ResultsStore, Row, load_all, new_run_id, rows_to_frame
 

@@ -354,7 +354,7 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(teacher, tmp
 
 def test_student_cache_trains_once_and_samples(teacher, tmp_path, monkeypatch):
     """bench.engine.students: the toy schedule (tiny is a random-weight teacher), train, save, load."""
-    from bench import students
+    from bench.engine import students
     from methods.base import SampleRequest
 
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))

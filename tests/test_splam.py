@@ -463,7 +463,7 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(teacher, tmp
 
 def test_student_cache_trains_once_and_samples(teacher, tmp_path, monkeypatch):
     """bench.engine.students: the toy schedule, train, save (folded plain U-Net), load, sample."""
-    from bench import students
+    from bench.engine import students
 
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("BENCH_TRAIN_DATA", raising=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import suites
+from bench.assets import suites
 from bench.assets.suites import (
     SUITE_NAMES,
     Suite,

@@ -19,14 +19,8 @@ from bench.assets.train_data import (
 )
 from bench.cli import main
 from bench.core.errors import BenchError, UsageError
-from bench.core.spec import apply_config_overrides
-from bench.engine.training import (
-    NonFiniteLossError,
-    Trainer,
-    TrainSchedule,
-    apply_toy_schedule,
-    toy_overrides,
-)
+from bench.core.spec import apply_config_overrides, apply_toy_schedule, toy_overrides
+from bench.engine.training import NonFiniteLossError, Trainer, TrainSchedule
 from methods.base import TrainingContext
 from methods.diffusion_math import lcm_w_from_guidance_scale
 from methods.dmd import DMDConfig
@@ -326,7 +320,7 @@ def test_fp16_loss_scaling_overflow_skips_the_step_and_lowers_the_scale(teacher)
 
 
 def test_fp16_loss_scaling_stops_when_the_gradients_stay_non_finite(teacher, monkeypatch):
-    from bench import training
+    from bench.engine import training
 
     monkeypatch.setattr(training, "MAX_SKIPPED_IN_A_ROW", 3)
     method = _method("lcm-lora")
@@ -346,7 +340,7 @@ def test_fp16_loss_scaling_stops_when_the_gradients_stay_non_finite(teacher, mon
 
 @pytest.mark.parametrize("name", ["lcm", "lcm-lora"])
 def test_load_student_trains_once_saves_and_exports(teacher, tmp_path, monkeypatch, name):
-    from bench import students
+    from bench.engine import students
     from methods.base import SampleRequest
 
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
@@ -390,7 +384,7 @@ def test_load_student_trains_once_saves_and_exports(teacher, tmp_path, monkeypat
 
 
 def test_load_student_resumes_a_killed_training(teacher, tmp_path, monkeypatch):
-    from bench import students
+    from bench.engine import students
 
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     method = LCMLoRA(LCMLoRAConfig(lora_rank=4, lora_alpha=4.0, toy_train_batch_size=2, toy_checkpointing_steps=1))
