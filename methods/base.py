@@ -15,6 +15,7 @@ picks a device.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Protocol, Sequence
@@ -247,8 +248,6 @@ class DiffusersScheduler:
 def scheduler_from_teacher_config(cls: type, scheduler_config: dict, **overrides: Any) -> Any:
     """``cls.from_config`` of a teacher's scheduler config, keeping only the keys ``cls`` takes (the
     teacher's may be PNDM's), so diffusers warns about nothing."""
-    import inspect
-
     accepted = inspect.signature(cls.__init__).parameters
     return cls.from_config({k: v for k, v in scheduler_config.items() if k in accepted}, **overrides)
 

@@ -21,7 +21,7 @@ from typing import ClassVar
 import torch
 
 from methods.base import Denoiser, Method, SampleRequest
-from methods.diffusion_math import SD15_SCHEDULER_CONFIG
+from methods.diffusion_math import SD15_SCHEDULER_CONFIG, NoiseSchedule
 from methods.registry import register_method
 from methods.timesteps import SPACINGS
 
@@ -74,7 +74,6 @@ class PNDM(Method):
 
     def nfe(self, steps: int, guidance_scale: float) -> int:
         # PLMS repeats one timestep at the start (diffusers' second-order warm-up): steps + 1 calls.
-        from methods.diffusion_math import NoiseSchedule
 
         calls = len(self.timesteps(Denoiser(torch.nn.Identity(), NoiseSchedule.sd15()), steps))
         return calls * (1 if guidance_scale == 1.0 else 2)

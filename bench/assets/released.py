@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from bench.core.atomic import atomic_write_json, atomic_write_with
 from bench.core.errors import MissingResourceError
@@ -128,8 +130,6 @@ class ReleasedStudents:
 
     def read(self, student: ReleasedStudent) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """The verified file's tensors (floating ones as float32) and its safetensors metadata."""
-        from safetensors import safe_open
-
         self.verify(student)
         with safe_open(str(student.path), framework="pt") as handle:
             metadata = handle.metadata() or {}
@@ -140,8 +140,6 @@ class ReleasedStudents:
                 record: dict[str, Any]) -> ReleasedStudent:
         """Write ``<name>.safetensors`` (floating tensors as float16) and its manifest record,
         each atomically; returns the new release."""
-        from safetensors.torch import save_file
-
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / f"{name}.safetensors"
         half = {k: (v.detach().to(torch.float16) if v.is_floating_point() else v.detach()).contiguous().clone()

@@ -73,8 +73,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from bench.assets.toy.world import ToySuiteConfig, toy_suite_prompts
 from bench.core.errors import MissingResourceError, UsageError
 from bench.core.fingerprint import fingerprint, sha256_lines
+from bench.core.fingerprint import fingerprint as config_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -440,9 +442,6 @@ TOY_RULE = (
 
 
 def _load_toy(spec: SuiteSpec, data_root: Path) -> Suite:
-    from bench.assets.toy.world import ToySuiteConfig, toy_suite_prompts
-    from bench.core.fingerprint import fingerprint as config_fingerprint
-
     config = ToySuiteConfig(n=spec.count) if spec.count is not None else ToySuiteConfig()
     prompts = toy_suite_prompts(config.prompt_seed, config.n, config.world)
     protocol = _protocol(

@@ -55,6 +55,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
+from bench.assets.tokenizer import build_clip_tokenizer
+from bench.assets.toy.load import load_toy_teacher_parts
 from bench.core.errors import MissingResourceError, UsageError
 from bench.core.fingerprint import fingerprint
 from methods.diffusion_math import NoiseSchedule
@@ -397,7 +399,6 @@ def _build_from_configs(spec: TeacherSpec, device, dtype, vae_upcast) -> Teacher
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from bench.assets.tokenizer import build_clip_tokenizer
 
     configs = read_teacher_configs(spec.config_dir)
     # one seed per component (seed, seed+1, seed+2) so that each module's weights depend on the
@@ -427,8 +428,6 @@ def load_toy_teacher(root: str | os.PathLike | None = None, device: str | torch.
 
 def _load_toy(spec: TeacherSpec, device, dtype, root: Path | None = None) -> Teacher:
     """The toy world's trained teacher from its hash-checked checkpoint (bench.assets.toy.load)."""
-    from bench.assets.toy.load import load_toy_teacher_parts
-
     parts = load_toy_teacher_parts(root)
     _place(parts.unet, device, dtype)
     _place(parts.text_encoder, device, dtype)

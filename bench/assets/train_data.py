@@ -37,8 +37,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
+from PIL import Image
 
+from bench.assets.toy.load import load_toy_world
+from bench.assets.toy.world import ToyWorldConfig, draw_pairs, with_resolution
 from bench.core.errors import MissingResourceError, UsageError
+from bench.core.fingerprint import fingerprint
 
 TRAIN_DATA_ENV = "BENCH_TRAIN_DATA"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
@@ -123,19 +127,13 @@ class ToyWorldPairs:
     seed: int = 0
 
     def _world(self):
-        from bench.assets.toy.world import ToyWorldConfig
-
         return self.world if self.world is not None else ToyWorldConfig()
 
     @property
     def identity(self) -> dict[str, Any]:
-        from bench.core.fingerprint import fingerprint
-
         return {"source": "toy-world", "seed": self.seed, "world": fingerprint(self._world())}
 
     def batch(self, index: int, batch_size: int) -> tuple[torch.Tensor, list[str]]:
-        from bench.assets.toy.world import draw_pairs
-
         images, captions = draw_pairs(self.seed, batch_size, self._world(), start=index * batch_size)
         images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         return images, list(captions)
@@ -189,7 +187,6 @@ class ImageCaptionFolder:
         return torch.randperm(len(self.items), generator=_generator(self.seed, epoch, "epoch"))
 
     def _load(self, position: int, g: torch.Generator) -> tuple[torch.Tensor, str]:
-        from PIL import Image
         from torchvision.transforms.functional import (
             InterpolationMode,
             pil_to_tensor,
@@ -269,9 +266,6 @@ def training_data_for(teacher: Any, seed: int = 0, root: str | os.PathLike | Non
     if root is not None:
         return ImageCaptionFolder(root, teacher.resolution, seed=seed)
     if is_toy_world_teacher(teacher):
-        from bench.assets.toy.load import load_toy_world
-        from bench.assets.toy.world import with_resolution
-
         return ToyWorldPairs(with_resolution(load_toy_world(), teacher.resolution), seed=seed)
     if is_random_weights_teacher(teacher):
         return SyntheticPairs(resolution=teacher.resolution, seed=seed)

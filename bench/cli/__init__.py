@@ -7,10 +7,13 @@ the traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from typing import Callable, Sequence
 
+from bench.cli import commands
+from bench.cli.run import add_run_arguments
 from bench.core.defaults import DEFAULT_SUITE, DEFAULT_TEACHER
 from bench.core.errors import BenchError, UsageError
 
@@ -131,7 +134,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_student_args(p)
     _add_suite_args(p)
     _add_sampling_args(p)
-    from bench.cli.run import add_run_arguments
 
     add_run_arguments(p)
     _add_common(p)
@@ -159,8 +161,6 @@ _EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _import(module_name: str):
-    import importlib
-
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as err:
@@ -177,8 +177,6 @@ def _configure_logging(args: argparse.Namespace) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from bench.cli import commands
-
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "list": commands.cmd_list, "sample": commands.cmd_sample, "train": commands.cmd_train,
         "run": commands.cmd_run,

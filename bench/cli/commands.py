@@ -7,6 +7,9 @@ from pathlib import Path
 
 import torch
 
+from bench.assets.suites import describe_suites, load_suite
+from bench.assets.teachers import TEACHER_SPECS, load_teacher
+from bench.cli.run import run_benchmark
 from bench.core.defaults import DEFAULT_SUITE, DEFAULT_TEACHER
 from bench.core.errors import UsageError
 from bench.core.spec import (
@@ -22,7 +25,9 @@ from bench.engine.cells import (
     resolve_precision,
     sample_one,
 )
+from bench.engine.sampling import PRECISIONS
 from bench.engine.students import StudentPolicy, export_student, load_student
+from methods import get_method_class, method_names
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +38,11 @@ log = logging.getLogger(__name__)
 
 
 def load_teacher_from_args(args: argparse.Namespace, device: torch.device, precision: str):
-    from bench.assets.teachers import load_teacher
-    from bench.engine.sampling import PRECISIONS
-
     name = args.teacher if (args.teacher or args.teacher_path) else DEFAULT_TEACHER
     return load_teacher(name, path=args.teacher_path, device=device, dtype=PRECISIONS[precision])
 
 
 def load_suite_from_args(args: argparse.Namespace):
-    from bench.assets.suites import load_suite
-
     name = args.suite or (None if args.prompts_file else DEFAULT_SUITE)
     suite = load_suite(name or "prompts-file", data_root=args.data_root, prompts_file=args.prompts_file)
     if args.num_images is not None:
@@ -75,10 +75,6 @@ def teacher_label(args: argparse.Namespace, teacher) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from bench.assets.suites import describe_suites
-    from bench.assets.teachers import TEACHER_SPECS
-    from methods import get_method_class, method_names
-
     if args.names:
         print(",".join(method_names()))
         return 0
@@ -163,8 +159,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bench.cli.run import run_benchmark
-
     methods = [load_method(name) for name in parse_name_list(args.methods, "--methods")]
     steps = parse_int_list(args.steps, "--steps")
     suite = load_suite_from_args(args)

@@ -7,7 +7,11 @@ from pathlib import Path
 
 import torch
 
+from bench.assets.teachers import teacher_names
 from bench.core.errors import UsageError
+from bench.core.spec import load_method, parse_int_list, parse_name_list
+from bench.engine.cells import resolve_device
+from bench.engine.sampling import PRECISIONS
 from bench.perf.profile import merge_reports, run_profile
 from bench.perf.profile_report import (
     render_speed_table,
@@ -24,6 +28,8 @@ from bench.perf.profile_spec import (
     THROUGHPUT_WARMUP,
     ProfileSpec,
 )
+from bench.perf.speedup import parse_speedup_at, parse_variants
+from bench.scoring.metrics.latency import MIN_RUNS, MIN_WARMUP
 
 # ------------------------------------------------------------------------------------------------
 # CLI
@@ -86,12 +92,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_spec(args: argparse.Namespace) -> ProfileSpec:
-    from bench.assets.teachers import teacher_names
-    from bench.core.spec import load_method, parse_int_list, parse_name_list
-    from bench.engine.cells import resolve_device
-    from bench.engine.sampling import PRECISIONS
-    from bench.scoring.metrics.latency import MIN_RUNS, MIN_WARMUP
-
     methods = tuple(load_method(name, args.config) for name in parse_name_list(args.methods, "--methods"))
     steps = tuple(parse_int_list(args.steps, "--steps"))
     batches = tuple(parse_int_list(args.batches, "--batches"))
@@ -119,7 +119,6 @@ def parse_spec(args: argparse.Namespace) -> ProfileSpec:
         raise UsageError("--no-train with --no-sampling leaves nothing to measure; drop one of them")
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
-    from bench.perf.speedup import parse_speedup_at, parse_variants
 
     speedup_at, variants = None, ()
     if args.speedup:

@@ -8,6 +8,25 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from bench.core.fingerprint import fingerprint
+from bench.engine.cells import guidance_for, sample_one, samples_dir
+from bench.engine.students import load_student, released_student_for
+from bench.publish.leaderboard import write_leaderboards
+from bench.scoring.evaluate import (
+    IMAGE_METRICS,
+    add_metric_arguments,
+    build_evaluator,
+    make_rows,
+    parse_metrics,
+    row_fingerprint,
+)
+from bench.scoring.metrics.latency import device_name, measure_latency
+from bench.scoring.results import ResultsStore, Row, load_all, utc_now_iso
+from bench.scoring.timing import latency_closures, throughput_closure
+from bench.scoring.toy import real_image_cells
+
 log = logging.getLogger(__name__)
 
 LATENCY_ROWS = {  # result metric name -> LatencyResult attribute
@@ -27,8 +46,6 @@ class CellOutcome:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    from bench.scoring.evaluate import add_metric_arguments
-
     add_metric_arguments(parser)
     parser.add_argument("--latency-runs", type=int, default=20, metavar="N",
                         help="timed batch-1 runs per cell after 3 warm-up runs (>= 20)")
@@ -39,11 +56,6 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_benchmark(args: argparse.Namespace, ctx, methods: list, steps_list: list[int], suite) -> int:
-    from bench.engine.cells import guidance_for, sample_one, samples_dir
-    from bench.engine.students import released_student_for
-    from bench.scoring.evaluate import build_evaluator, parse_metrics
-    from bench.scoring.results import ResultsStore, Row, load_all, utc_now_iso
-
     metrics = parse_metrics(args.metrics)
     progress = not args.quiet
     for method in methods:      # --student-source released: a missing student stops the run before any work
@@ -80,8 +92,6 @@ def run_benchmark(args: argparse.Namespace, ctx, methods: list, steps_list: list
     print(format_outcomes(outcomes, evaluator.models.note))
     board_dir = Path(args.leaderboard_dir) if args.leaderboard_dir else out / "leaderboards"
     if metrics:
-        from bench.publish.leaderboard import write_leaderboards
-
         frame = load_all(out / "results")
         frame = frame[frame["run_id"] == store.run_id] if "run_id" in frame else frame
         paths = write_leaderboards(frame, board_dir, suites=[suite.name])
@@ -92,10 +102,6 @@ def run_benchmark(args: argparse.Namespace, ctx, methods: list, steps_list: list
 def score_real_image_cells(ctx, evaluator, store, suite, progress: bool) -> list[CellOutcome]:
     """Rows of real images scored like samples (steps 0): the metric floor and the CLIP score of
     shuffled captions (bench.scoring.toy), reused by fingerprint like every other cell."""
-    from bench.core.fingerprint import fingerprint
-    from bench.scoring.evaluate import make_rows
-    from bench.scoring.toy import real_image_cells
-
     outcomes = []
     for real in real_image_cells(suite.prompts, evaluator.metrics):
         names = _expected_image_metrics(evaluator, real.metrics)
@@ -118,9 +124,6 @@ def score_real_image_cells(ctx, evaluator, store, suite, progress: bool) -> list
 def score_cell(args, ctx, evaluator, store, method, steps: int, guidance: float, cell: dict, out_dir: Path,
                samples_fp: str, progress: bool) -> dict:
     """Rows of one cell: reused when every expected row exists with its fingerprint, else measured."""
-    from bench.core.fingerprint import fingerprint
-    from bench.scoring.evaluate import IMAGE_METRICS, make_rows
-
     values: dict[str, float] = {}
     image_metrics = [m for m in evaluator.metrics if m in IMAGE_METRICS]
     if image_metrics:
@@ -157,8 +160,6 @@ def _expected_image_metrics(evaluator, metrics: tuple[str, ...] | None = None) -
 def _reuse(store, evaluator, samples_fp: str, names: tuple[str, ...], cell: dict) -> dict | None:
     """Values of rows already measured with the same fingerprints (copied into this run under this
     cell's labels: ``bench eval`` may have scored the same samples as another method name), or None."""
-    from bench.scoring.evaluate import row_fingerprint
-
     rows = [store.find(row_fingerprint(samples_fp, name, evaluator.protocol()), name) for name in names]
     if not names or any(r is None for r in rows):
         return None
@@ -169,12 +170,6 @@ def _reuse(store, evaluator, samples_fp: str, names: tuple[str, ...], cell: dict
 
 
 def measure_cell_latency(args, ctx, method, steps: int, guidance: float, prompt: str) -> dict[str, float]:
-    from tqdm.auto import tqdm
-
-    from bench.engine.students import load_student
-    from bench.scoring.metrics.latency import measure_latency
-    from bench.scoring.timing import latency_closures, throughput_closure
-
     student = load_student(method, ctx.teacher, steps, batching="fast", progress=False, policy=ctx.students)
     end_to_end, denoiser_only = latency_closures(ctx, method, student, prompt, steps, guidance, args.seed, "fast")
     throughput = throughput_closure(ctx, method, student, prompt, steps, guidance, args.seed, args.throughput_batch)
@@ -195,8 +190,6 @@ def measure_cell_latency(args, ctx, method, steps: int, guidance: float, prompt:
 
 
 def _device_name(device) -> str:
-    from bench.scoring.metrics.latency import device_name
-
     return device_name(device)
 
 

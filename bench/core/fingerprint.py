@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.metadata as md
 import json
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,6 @@ def sha256_lines(lines: list[str]) -> str:
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries whose numerics can change an output."""
-    import importlib.metadata as md
-
     names = ["torch", "diffusers", "transformers", "clean-fid", "open_clip_torch", "prdc", "numpy", "pillow"]
     versions = {}
     for name in names:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+from tqdm.auto import tqdm
 
 from bench.core.atomic import atomic_path, atomic_write_json, is_temp_file
 from bench.core.errors import UsageError
@@ -149,8 +151,6 @@ def _module_device_dtype(module: torch.nn.Module) -> tuple[torch.device, torch.d
 
 def process_shard() -> tuple[int, int]:
     """(process index, number of processes) under `accelerate launch`, (0, 1) otherwise."""
-    import os
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or "ACCELERATE_USE_CPU" in os.environ:
         from accelerate import PartialState
 
@@ -160,8 +160,6 @@ def process_shard() -> tuple[int, int]:
 
 
 def _barrier() -> None:
-    import os
-
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState
 
@@ -176,8 +174,6 @@ def sample_to_folder(teacher: Any, denoiser: Denoiser, method: Method, prompts: 
 
     Resumable and shardable: images already on disk with a matching fingerprint are skipped;
     under `accelerate launch` process r of P takes indices i with i % P == r."""
-    from tqdm.auto import tqdm
-
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     if spec.batching not in BATCHING_MODES:

@@ -50,6 +50,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import importlib.metadata as md
 import json
 import logging
 import os
@@ -62,10 +63,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from bench.assets.released import (
     ReleasedStudent,
+    ReleasedStudentError,
     ReleasedStudents,
     rebuild_command,
     release_name,
@@ -144,8 +147,6 @@ def students_dir() -> Path:
 
 
 def training_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
     versions = library_versions()
     for name in ("accelerate", "peft", "safetensors"):
         try:
@@ -336,8 +337,6 @@ def load_student_unet(folder: Path, teacher: Any, fuse: bool = True) -> nn.Modul
 
 def load_released_unet(store: ReleasedStudents, released: ReleasedStudent, teacher: Any) -> nn.Module:
     """The U-Net of a released student (hash-checked first), on the teacher's device and dtype."""
-    from bench.assets.released import ReleasedStudentError
-
     if released.kind == "lora":
         store.verify(released)
         return _lora_unet(teacher, released.path.parent, released.path.name, fuse=True)
@@ -485,8 +484,6 @@ def load_student(method: Method, teacher: Any, steps: int, batching: str = "exac
 def release_student(student: LoadedStudent, store: ReleasedStudents) -> ReleasedStudent:
     """Publish a student trained on this machine (``bench toy train --what students``): its
     weights in float16 (a LoRA student: its LoRA weights only) and its record."""
-    from safetensors import safe_open
-
     if student.source != "trained" or student.path is None:
         raise BenchError(f"only a student trained on this machine can be released, not a {student.source} one")
     info = student.info

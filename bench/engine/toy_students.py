@@ -23,7 +23,17 @@ from bench.assets.released import (
     rebuild_command,
     release_name,
 )
+from bench.assets.teachers import load_toy_teacher
+from bench.assets.train_data import training_data_for
 from bench.core.errors import UsageError
+from bench.engine.students import (
+    StudentPolicy,
+    load_student,
+    release_student,
+    student_fingerprint,
+    training_plan,
+)
+from methods import get_method_class, method_names
 
 log = logging.getLogger(__name__)
 
@@ -43,16 +53,12 @@ class PlannedStudent:
         return release_name(self.method, self.steps)
 
     def load_method(self):
-        from methods import get_method_class
-
         return get_method_class(self.method)()
 
 
 def released_plan() -> list[PlannedStudent]:
     """Every student to release, from the method registry: each method that trains, once, or once
     per S of :data:`RELEASED_STEP_COUNTS` it supports when it trains one student per step count."""
-    from methods import get_method_class, method_names
-
     plan = []
     for name in method_names():
         cls = get_method_class(name)
@@ -78,8 +84,6 @@ def select(plan: list[PlannedStudent], names: str | None) -> list[PlannedStudent
 
 
 def _toy_teacher(root: Path | None):
-    from bench.assets.teachers import load_toy_teacher
-
     return load_toy_teacher(None if root is None else root)
 
 
@@ -87,8 +91,6 @@ def build_students(names: str | None = None, root: Path | None = None, retrain: 
                    progress: bool = True) -> list[ReleasedStudent]:
     """Train (or take from the cache) and release the planned students named in ``names``, on the
     toy teacher in ``root`` (default: the committed one), into ``root/students``."""
-    from bench.engine.students import StudentPolicy, load_student, release_student
-
     chosen = select(released_plan(), names)
     teacher = _toy_teacher(root)
     store = ReleasedStudents(None if root is None else Path(root) / "students")
@@ -106,9 +108,6 @@ def verify_students(root: Path | None = None) -> list[str]:
     """One line per planned student: its file matches its recorded sha256 and its recorded
     fingerprint is the one the current code and toy teacher train under. Raises
     :class:`ReleasedStudentError` (naming the rebuild command) at the first one that does not."""
-    from bench.assets.train_data import training_data_for
-    from bench.engine.students import student_fingerprint, training_plan
-
     teacher = _toy_teacher(root)
     store = ReleasedStudents(None if root is None else Path(root) / "students")
     lines = []

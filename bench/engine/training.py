@@ -56,8 +56,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm.auto import tqdm
 
+from bench.assets.teachers import VaeCodec
 from bench.assets.train_data import TrainingData, batch_seed
 from bench.core.errors import BenchError
 from bench.engine.lpips import lpips_distance
@@ -335,8 +338,6 @@ class Trainer:
         """Images and captions of micro-batch ``index`` -> latents and prompt embeddings. With a
         VAE codec the latents are a posterior sample (as the reference scripts encode), drawn from
         the batch's own generator."""
-        from bench.assets.teachers import VaeCodec
-
         images, captions = data.batch(index, self.schedule.train_batch_size)
         images = images.to(self.device)
         if isinstance(teacher.codec, VaeCodec):
@@ -354,8 +355,6 @@ class Trainer:
     def fit(self, state: TrainingState, training_step: Callable[[Any, TrainingBatch], torch.Tensor],
             data: TrainingData, teacher: Any) -> TrainReport:
         """Run optimizer steps from the newest checkpoint (or 0) to ``max_train_steps``."""
-        from tqdm.auto import tqdm
-
         schedule = self.schedule
         resumed = self.restore(state)
         start = self._step
@@ -434,8 +433,6 @@ class Trainer:
 
     def save_state(self, state: TrainingState, seconds: float = 0.0) -> Path:
         """Checkpoint after optimizer step ``self._step``: temp folder, then rename."""
-        from safetensors.torch import save_file
-
         assert self.checkpoint_dir is not None
         name = f"step-{self._step:08d}"
         final = self.checkpoint_dir / name
@@ -466,8 +463,6 @@ class Trainer:
     def restore(self, state: TrainingState) -> int | None:
         """Load the newest checkpoint into ``state`` (models, optimizer, LR scheduler, RNG, extra
         tensors, loss history). Returns its step, or None when there is none."""
-        from safetensors.torch import load_file
-
         if self.checkpoint_dir is not None and self.checkpoint_dir.is_dir() and self.is_main_process:
             for stale in self.checkpoint_dir.glob(".step-*.tmp"):
                 shutil.rmtree(stale, ignore_errors=True)   # a checkpoint a kill interrupted

@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,6 +24,16 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
+from PIL import Image
+
+from bench.scoring.metrics.features import (
+    extract_features,
+    list_images,
+    protocol_for_suite,
+)
+from bench.scoring.metrics.prdc import prdc
+from bench.scoring.metrics.standins import standin_extractor
 
 Printer = Callable[[str], None]
 
@@ -39,12 +50,8 @@ def benchmark_prdc(n: int = 5000, dim: int = 2048, nearest_k: int = 5, seed: int
                    out: Printer = print) -> dict:
     """Time our ``prdc`` and ``prdc.compute_prdc`` on the same features, alternating, ``repeats``
     times each; print the median times, their ratio and the max |diff| of the four numbers."""
-    import statistics
-
-    import torch
     from prdc import compute_prdc
 
-    from bench.scoring.metrics.prdc import prdc
 
     real, fake = _gaussians(n, dim, seed)
     ours_times, theirs_times, diffs = [], [], []
@@ -123,16 +130,6 @@ def benchmark_prdc_large(n: int = 30000, dim: int = 2048, nearest_k: int = 5, se
 def benchmark_feature_throughput(num_images: int = 256, batch_size: int = 32, size: int = 512,
                                  suite: str = "coco2014-30k", out: Printer = print) -> dict:
     """Images/s of the folder feature path on CPU with the stand-in extractor (``size``-px PNGs)."""
-    import torch
-    from PIL import Image
-
-    from bench.scoring.metrics.features import (
-        extract_features,
-        list_images,
-        protocol_for_suite,
-    )
-    from bench.scoring.metrics.standins import standin_extractor
-
     extractor = standin_extractor(seed=0, device="cpu")
     protocol = protocol_for_suite(suite)
     rng = np.random.default_rng(0)

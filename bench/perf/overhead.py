@@ -15,6 +15,12 @@ from pathlib import Path
 
 import torch
 
+from bench.assets.suites import load_suite
+from bench.assets.teachers import load_teacher
+from bench.engine.sampling import SamplingSpec, image_seed, sample_to_folder
+from bench.engine.students import load_student
+from methods import get_method_class
+
 BENCHMARKS = ("overhead", "prdc", "prdc-large", "features")
 
 
@@ -24,7 +30,6 @@ def _bare_diffusers_loop(teacher, prompts: list[str], steps: int, guidance: floa
     from diffusers import DDIMScheduler
     from diffusers.image_processor import VaeImageProcessor
 
-    from bench.engine.sampling import image_seed
 
     scheduler = DDIMScheduler.from_config(teacher.scheduler_config, timestep_spacing="trailing")
     scheduler.set_timesteps(steps)
@@ -49,12 +54,6 @@ def _bare_diffusers_loop(teacher, prompts: list[str], steps: int, guidance: floa
 
 def measure_overhead(num_images: int = 32, steps: int = 4, batch_size: int = 8, repeats: int = 3,
                      batching: str = "exact") -> dict:
-    from bench.assets.suites import load_suite
-    from bench.assets.teachers import load_teacher
-    from bench.engine.sampling import SamplingSpec, sample_to_folder
-    from bench.engine.students import load_student
-    from methods import get_method_class
-
     teacher = load_teacher("tiny")
     prompts = [p for _, p in zip(range(num_images), _cycle(load_suite("smoke").prompts))]
     method = get_method_class("ddim")()

@@ -49,6 +49,7 @@ labelled as measured on another GPU.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from pathlib import Path
@@ -56,7 +57,10 @@ from typing import Any, Callable
 
 import torch
 
+from bench.assets.teachers import load_teacher
 from bench.core.errors import UsageError
+from bench.engine.cells import guidance_for
+from bench.engine.sampling import PRECISIONS
 from bench.perf.profile_report import (
     device_info,
     report_notes,
@@ -77,6 +81,7 @@ from bench.perf.sampling_speed import (
     profile_student,
     sampling_teacher,
 )
+from bench.perf.speedup import run_study
 from bench.perf.training_speed import profile_method_training
 
 log = logging.getLogger(__name__)
@@ -91,9 +96,6 @@ def run_profile(spec: ProfileSpec, progress: bool = True, partial: Callable[[dic
     """Every measurement of ``spec``; returns the report (JSON-serialisable). ``partial`` is given
     the report so far (``"complete": False``) after each method and after the study, so a run
     stopped midway keeps what it measured."""
-    from bench.assets.teachers import load_teacher
-    from bench.engine.sampling import PRECISIONS
-
     speed: list[SpeedRow] = []
     training: list[TrainRow] = []
     speedup: list[dict] = []
@@ -169,9 +171,6 @@ def speedup_study(spec: ProfileSpec, teacher, dtype: str, progress: bool = True,
                   on_variant: Callable | None = None):
     """The make-it-fast study (bench/perf/speedup.py) of ``spec.speedup_at`` in ``dtype``; ``on_variant``
     as in ``run_study``."""
-    from bench.engine.cells import guidance_for
-    from bench.perf.speedup import run_study
-
     method, steps = spec.speedup_at
     guidance = guidance_for(spec.guidance, method, teacher)
     student = profile_student(method, teacher)
@@ -186,8 +185,6 @@ def speedup_study(spec: ProfileSpec, teacher, dtype: str, progress: bool = True,
 def merge_reports(paths: list[str], out: str | Path = DEFAULT_OUT) -> dict:
     """One report from several of one device, teacher and library versions: their rows in order,
     each run's command listed (``runs``)."""
-    import json
-
     reports = []
     for path in paths:
         try:

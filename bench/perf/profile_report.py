@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from bench.assets.reported import load_reported
+from bench.core.atomic import atomic_write_json, atomic_write_text
 from bench.perf.profile_spec import (
     HALF_ON_CPU_NOTE,
     REPORTED_TABLES,
@@ -18,6 +20,8 @@ from bench.perf.profile_spec import (
     THROUGHPUT_WARMUP,
     ProfileSpec,
 )
+from bench.perf.speedup import render_study
+from bench.scoring.metrics.latency import device_name
 from methods import get_method_class, method_names
 
 log = logging.getLogger(__name__)
@@ -29,8 +33,6 @@ log = logging.getLogger(__name__)
 
 
 def device_info(device: torch.device) -> dict:
-    from bench.scoring.metrics.latency import device_name
-
     info = {"name": device_name(device), "type": device.type, "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(), "python": platform.python_version()}
     if device.type == "cuda":
@@ -61,8 +63,6 @@ def device_slug(name: str) -> str:
 def reported_latencies() -> list[dict]:
     """The batch-1 latencies printed in SCott Table 2 and DMD Table 3 (bench/data/reported.json),
     one per (paper, table, method, steps)."""
-    from bench.assets.reported import load_reported
-
     data = load_reported()
     tables = {(t["paper"], t["table"]): t for t in data.get("tables", [])}
     rows, seen = [], set()
@@ -211,8 +211,6 @@ def render_markdown(report: dict) -> str:
         lines += ["## Sampling: batch-1 latency, throughput, peak memory", "",
                   render_speed_table(report["latency"]), ""]
     if report.get("speedup"):
-        from bench.perf.speedup import render_study
-
         lines += ["## Making it fast: where batch-1 time goes, and what each switch buys", "",
                   "Each variant runs on its own copies of the networks; `bench run` samples as "
                   "`eager`. Components are measured in isolation; `/ best components` is the end-to-end median "
@@ -234,8 +232,6 @@ def render_markdown(report: dict) -> str:
 
 def write_report(report: dict, out: str | Path) -> tuple[Path, Path]:
     """``<out>/<device-slug>.md`` and ``.json``, each written atomically."""
-    from bench.core.atomic import atomic_write_json, atomic_write_text
-
     out = Path(out)
     stem = device_slug(report["device"]["name"])
     md_path, json_path = out / f"{stem}.md", out / f"{stem}.json"

@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from bench.scoring.metrics.latency import _proc_status_kib, _reset_cpu_peak
+
 log = logging.getLogger(__name__)
 
 DEFAULT_GPU_TEACHER = "sd15-arch"
@@ -160,8 +162,6 @@ def free_memory(device: torch.device) -> None:
 
 
 def reset_peak(device: torch.device) -> bool:
-    from bench.scoring.metrics.latency import _reset_cpu_peak
-
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -171,8 +171,6 @@ def reset_peak(device: torch.device) -> bool:
 
 def read_peak(device: torch.device, reset_ok: bool) -> tuple[float | None, str | None]:
     """Peak memory in MiB since ``reset_peak`` (same kinds as bench.scoring.metrics.latency)."""
-    from bench.scoring.metrics.latency import _proc_status_kib
-
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
     hwm = _proc_status_kib("VmHWM") if reset_ok else None

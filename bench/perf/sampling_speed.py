@@ -13,6 +13,10 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from bench.assets.teachers import VaeCodec
+from bench.engine.cells import guidance_for
+from bench.engine.sampling import make_generators
+from bench.engine.students import LoadedStudent, _place, load_student, training_plan
 from bench.perf.profile_spec import (
     THROUGHPUT_WARMUP,
     ProfileSpec,
@@ -22,7 +26,9 @@ from bench.perf.profile_spec import (
     reset_peak,
 )
 from bench.perf.training_speed import new_trainer, training_context, training_source
-from methods.base import DiffusersScheduler
+from bench.scoring.metrics.latency import _time_runs, measure_latency
+from bench.scoring.timing import latency_closures, throughput_closure
+from methods.base import Denoiser, DiffusersScheduler
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +40,6 @@ log = logging.getLogger(__name__)
 
 def profile_method_latency(spec: ProfileSpec, teacher, method, dtype: str, progress: bool = True) -> list[SpeedRow]:
     """The ours + diffusers rows of ``method`` at every step count of ``spec``."""
-    from bench.engine.cells import guidance_for
-
     guidance = guidance_for(spec.guidance, method, teacher)
     rows: list[SpeedRow] = []
     supported = []
@@ -68,9 +72,6 @@ def profile_method_latency(spec: ProfileSpec, teacher, method, dtype: str, progr
 def profile_student(method, teacher):
     """What ``method`` samples with, for timing: the teacher for teacher solvers
     (``load_student``), else an untrained student of the exact architecture."""
-    from bench.engine.students import LoadedStudent, load_student, training_plan
-    from methods.base import Denoiser
-
     if not method.trains:
         return load_student(method, teacher, 1, batching="fast", progress=False)
     unet = untrained_student_unet(method, teacher)
@@ -81,8 +82,6 @@ def profile_student(method, teacher):
 def untrained_student_unet(method, teacher) -> nn.Module:
     """The student U-Net ``method.train`` would start from (``init_training_state`` then
     ``student_from_state``, no optimizer step), on the teacher's device and dtype, LoRA fused."""
-    from bench.engine.students import _place, training_plan
-
     train_method, schedule = training_plan(method, teacher)
     schedule = dataclasses.replace(schedule, max_train_steps=0, checkpointing_steps=0)
     trainer = new_trainer(schedule, next(teacher.unet.parameters()).device, f"profile {method.name}")
@@ -121,8 +120,6 @@ def sampling_teacher(teacher, unet: nn.Module) -> Iterator[Any]:
 
 def measure_ours(spec: ProfileSpec, teacher, method, student, steps: int, guidance: float, dtype: str) -> SpeedRow:
     """Our harness: the closures `bench run` times."""
-    from bench.scoring.timing import latency_closures, throughput_closure
-
     ctx = types.SimpleNamespace(teacher=teacher)
     end_to_end, denoiser_only = latency_closures(ctx, method, student, spec.prompt, steps, guidance, spec.seed, "fast")
     batch_fns = {b: throughput_closure(ctx, method, student, spec.prompt, steps, guidance, spec.seed, b)
@@ -134,8 +131,6 @@ def measure_ours(spec: ProfileSpec, teacher, method, student, steps: int, guidan
 def _measure_into(row: SpeedRow, spec: ProfileSpec, end_to_end: Callable, denoiser_only: Callable,
                   batch_fns: dict[int, Callable]) -> SpeedRow:
     """Batch 1 (end to end + denoiser only), then each batch size on its own, all by measure_latency."""
-    from bench.scoring.metrics.latency import _time_runs, measure_latency
-
     result = measure_latency(end_to_end, denoiser_only, warmup=spec.warmup, runs=spec.runs, device=spec.device,
                              dtype=row.dtype)
     row.median_ms, row.p90_ms, row.mean_ms = result.median_ms, result.p90_ms, result.mean_ms
@@ -160,8 +155,6 @@ def _measure_into(row: SpeedRow, spec: ProfileSpec, end_to_end: Callable, denois
 
 def diffusers_plan(method, teacher, steps: int) -> tuple[DiffusersScheduler | None, str]:
     """(the method's stock diffusers scheduler, "") or (None, why there is no pipeline comparison)."""
-    from bench.assets.teachers import VaeCodec
-
     if not isinstance(teacher.codec, VaeCodec):
         return None, (f"teacher {teacher.name} is pixel-space (no VAE): StableDiffusionPipeline needs one, so "
                       "there is no pipeline comparison")
@@ -186,8 +179,6 @@ def diffusers_closures(pipe, plan: DiffusersScheduler, teacher, prompt: str, ste
                        batches=()) -> tuple[Callable, Callable, dict[int, Callable]]:
     """End-to-end, denoiser-only and batch-B closures of the pipeline, doing what ours do (module
     docstring): decoded images (B, 3, H, W) from the end-to-end and batch closures."""
-    from bench.engine.sampling import make_generators
-
     uncond = teacher.encode_prompts([""])
     cond = teacher.encode_prompts([prompt])
     vae = pipe.vae

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import logging
 import time
 import types
@@ -48,8 +49,14 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
 
+from bench.assets.teachers import VaeCodec
 from bench.core.errors import UsageError
+from bench.core.spec import parse_name_list
+from bench.scoring.metrics.latency import measure_latency
+from bench.scoring.timing import latency_closures
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +132,6 @@ class SpeedupStudy:
 
 
 def parse_variants(text: str | None, device: torch.device) -> tuple[str, ...]:
-    from bench.core.spec import parse_name_list
-
     if text is None:
         return DEFAULT_VARIANTS if device.type == "cuda" else CPU_VARIANTS
     names = tuple(dict.fromkeys(parse_name_list(text, "--speedup-variants")))
@@ -163,8 +168,6 @@ def parse_speedup_at(text: str | None, methods, steps: tuple[int, ...]) -> tuple
 
 def variant_networks(teacher, unet: nn.Module, variant: Variant):
     """Copies of the sampling networks with ``variant`` applied: (teacher with them, U-Net)."""
-    from bench.assets.teachers import VaeCodec
-
     unet = copy.deepcopy(unet)
     text_encoder = copy.deepcopy(teacher.text_encoder)
     vae = copy.deepcopy(teacher.codec.vae)
@@ -205,8 +208,6 @@ def _sync(device: torch.device) -> None:
 
 def _timed(fn: Callable, spec, dtype: str):
     """``fn`` timed by ``measure_latency`` with the run's warm-up and runs (a LatencyResult)."""
-    from bench.scoring.metrics.latency import measure_latency
-
     return measure_latency(fn, None, warmup=spec.warmup, runs=spec.runs, device=spec.device, dtype=dtype)
 
 
@@ -214,9 +215,6 @@ def measure_variant(spec, teacher, method, student, steps: int, guidance: float,
                     latents: torch.Tensor, reference: torch.Tensor) -> VariantRow:
     """One variant: first call, end to end, each component in isolation; for a half-precision VAE,
     its decode of ``latents`` against ``reference`` (the fp32 decode of the same latents)."""
-    from bench.assets.teachers import VaeCodec
-    from bench.scoring.timing import latency_closures
-
     row = VariantRow(variant.name, variant.what, dtype)
     device = spec.device
     if variant.half_vae and not isinstance(teacher.codec, VaeCodec):
@@ -258,8 +256,6 @@ def measure_variant(spec, teacher, method, student, steps: int, guidance: float,
     finally:
         del v_teacher, v_unet, v_student
         torch._dynamo.reset()
-        import gc
-
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -284,9 +280,6 @@ def profile_operators(end_to_end: Callable, device: torch.device, runs: int = PR
     """The torch profiler over ``runs`` end-to-end calls: (top operators by self device time per
     run, total device (kernel) ms per run, wall ms per run under the profiler). On the CPU, by self
     CPU time, and no device time."""
-    from torch.autograd import DeviceType
-    from torch.profiler import ProfilerActivity, profile
-
     cuda = device.type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     end_to_end()
@@ -319,8 +312,6 @@ def run_study(spec, teacher, method, student, steps: int, guidance: float, dtype
               on_variant: Callable[[SpeedupStudy], None] | None = None) -> SpeedupStudy:
     """The study; ``on_variant`` is given the study so far after each variant (a GPU lease may end
     in the middle of a compilation: what was measured before it is kept)."""
-    from bench.scoring.timing import latency_closures
-
     study = SpeedupStudy(method.name, steps, dtype, guidance)
     ctx = types.SimpleNamespace(teacher=teacher)
     end_to_end, denoiser_only = latency_closures(ctx, method, student, spec.prompt, steps, guidance, spec.seed,

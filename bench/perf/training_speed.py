@@ -11,7 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.assets.train_data import SyntheticPairs, training_data_for
 from bench.core.errors import MissingResourceError
+from bench.engine.students import training_plan
+from bench.engine.training import Trainer
 from bench.perf.profile_spec import (
     MAX_SEARCH_BATCH,
     ProfileSpec,
@@ -20,6 +23,7 @@ from bench.perf.profile_spec import (
     read_peak,
     reset_peak,
 )
+from bench.scoring.metrics.latency import summarize_timings
 from methods.base import TrainingContext
 
 log = logging.getLogger(__name__)
@@ -42,7 +46,6 @@ def new_trainer(schedule, device: torch.device, description: str):
     then bf16 in one (single-process) run needs a fresh state, so a stale one is reset here."""
     from accelerate.state import AcceleratorState
 
-    from bench.engine.training import Trainer
 
     mixed = "no" if device.type == "cpu" else schedule.mixed_precision      # as Trainer decides
     shared = AcceleratorState._shared_state
@@ -92,8 +95,6 @@ class _TickingData:
 def training_source(teacher, seed: int = 0):
     """The teacher's training data; synthetic pairs where it has none here (step time does not
     depend on the pictures). Returns (data, note)."""
-    from bench.assets.train_data import SyntheticPairs, training_data_for
-
     try:
         return training_data_for(teacher, seed=seed), ""
     except MissingResourceError:
@@ -113,8 +114,6 @@ def measure_training_step(method, teacher, data, batch: int, gradient_checkpoint
                           timed_steps: int) -> TrainRow:
     """``warmup_steps + timed_steps`` optimizer steps of ``method`` through ``Trainer.fit``; the
     timed ones' step times and the peak memory over all of them (optimizer state included)."""
-    from bench.engine.students import training_plan
-
     device = next(teacher.unet.parameters()).device
     train_method, schedule = training_plan(method, teacher)
     train_method, timing_note = train_method.for_step_timing()
@@ -142,7 +141,6 @@ def measure_training_step(method, teacher, data, batch: int, gradient_checkpoint
     finally:
         trainer.accelerator.free_memory()
         del state
-    from bench.scoring.metrics.latency import summarize_timings
 
     row.timings_ms = clock.intervals_ms()[warmup_steps:]
     row.step_median_ms, row.step_p90_ms, row.step_mean_ms = summarize_timings(row.timings_ms)

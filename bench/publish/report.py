@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import pandas as pd
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from bench.core.atomic import atomic_write_text, atomic_write_with
 from bench.core.errors import BenchError
@@ -303,8 +304,6 @@ def choose_prompts(folders: Sequence[SampleFolder], count: int) -> tuple[list[in
 
 
 def _font(size: int):
-    from PIL import ImageFont
-
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: fixed bitmap font
@@ -312,8 +311,6 @@ def _font(size: int):
 
 
 def _fit(image, side: int):
-    from PIL import Image, ImageOps
-
     image = ImageOps.contain(image.convert("RGB"), (side, side), Image.Resampling.LANCZOS)
     canvas = Image.new("RGB", (side, side), "white")
     canvas.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
@@ -323,8 +320,6 @@ def _fit(image, side: int):
 def draw_grid(pairs: Sequence[tuple[Entry, SampleFolder]], indices: Sequence[int], path: Path,
               layout: GridLayout = GridLayout()) -> tuple[int, int]:
     """Rows: method@steps; columns: prompt index. Returns the image size."""
-    from PIL import Image, ImageDraw
-
     width, height = layout.size(len(pairs), len(indices))
     grid = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(grid)

@@ -15,9 +15,29 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
+from bench.core.atomic import atomic_path
 from bench.core.errors import UsageError
 from bench.core.fingerprint import fingerprint, library_versions
+from bench.core.paths import cache_dir
+from bench.scoring.metrics.clip_score import ClipScoreConfig, ClipScorer
+from bench.scoring.metrics.features import (
+    ImageProtocol,
+    inception_extractor,
+    list_images,
+    protocol_for_suite,
+)
+from bench.scoring.metrics.fid import fid_from_stats
+from bench.scoring.metrics.prdc import prdc
+from bench.scoring.metrics.reference import (
+    folder_features,
+    reference_features,
+    samples_features,
+)
+from bench.scoring.metrics.standins import standin_extractor
+from bench.scoring.results import Row, utc_now_iso
+from bench.scoring.toy import toy_image_folder, toy_metric_models
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +90,6 @@ class Evaluator:
         """FID / CLIP / PRDC numbers of one samples folder (features cached by fingerprint).
         ``prompts`` (default: the suite's) are what CLIP scores image i against; ``metrics``
         narrows ``self.metrics``."""
-        from bench.scoring.metrics.fid import fid_from_stats
-        from bench.scoring.metrics.prdc import prdc
-        from bench.scoring.metrics.reference import samples_features
-
         metrics = self.metrics if metrics is None else tuple(m for m in metrics if m in self.metrics)
         prompts = self.suite.prompts if prompts is None else prompts
         values: dict[str, float] = {}
@@ -101,7 +117,6 @@ def standin_clip_scorer(seed: int = 0, device: str | torch.device = "cpu"):
     import open_clip
     from open_clip.transform import image_transform
 
-    from bench.scoring.metrics.clip_score import ClipScorer
 
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -121,11 +136,6 @@ def standin_clip_scorer(seed: int = 0, device: str | torch.device = "cpu"):
 def smoke_reference_folder(num_images: int = 16, resolution: int = 16, seed: int = 0) -> Path:
     """Deterministic smooth random images standing in for the smoke suite's real images, written
     once into the cache (the stand-in feature network then gives real, meaningless, numbers)."""
-    from PIL import Image
-
-    from bench.core.atomic import atomic_path
-    from bench.core.paths import cache_dir
-
     folder = cache_dir() / "reference-images" / f"smoke-n{num_images}-r{resolution}-s{seed}"
     if len(list(folder.glob("*.png"))) == num_images:
         return folder
@@ -145,20 +155,14 @@ def metric_models_for(suite, metrics: tuple[str, ...], inception_path: str | Non
                       device: torch.device | str | None = None) -> MetricModels:
     """Real models for real suites (fail fast when the weights are missing), the trained toy models
     for the toy suite, stand-ins for smoke."""
-    from bench.scoring.metrics.features import inception_extractor
-    from bench.scoring.metrics.standins import standin_extractor
-
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     wants_features = any(m in metrics for m in ("fid", "coverage"))
     if suite.name == "toy":
-        from bench.scoring.toy import toy_metric_models
-
         return MetricModels(*toy_metric_models(metrics, device), note=TOY_NOTE)
     if suite.name in ("smoke",) or suite.name == "prompts-file":
         extractor = standin_extractor(seed=0, device=device) if wants_features else None
         clip = standin_clip_scorer(device=device) if "clip" in metrics else None
         return MetricModels(extractor, clip, note=STANDIN_NOTE)
-    from bench.scoring.metrics.clip_score import ClipScoreConfig, ClipScorer
 
     extractor = inception_extractor(inception_path, device=device) if wants_features else None
     clip = None
@@ -174,13 +178,8 @@ def metric_models_for(suite, metrics: tuple[str, ...], inception_path: str | Non
 def reference_for(suite, models: MetricModels, data_root: str | None, metrics: tuple[str, ...],
                   progress: bool = True) -> Reference:
     """The suite's reference features; checked (and computed or loaded from the cache) up front."""
-    from bench.scoring.metrics.features import protocol_for_suite
-    from bench.scoring.metrics.reference import folder_features, reference_features
-
     wants_features = any(m in metrics for m in ("fid", "coverage"))
     if suite.name in ("smoke", "prompts-file"):
-        from bench.scoring.metrics.features import ImageProtocol
-
         protocol = ImageProtocol(resolution=None, center_crop_long_edge=False, resize_filter="none")
         if not wants_features:
             return Reference(None, protocol, "none")
@@ -194,8 +193,6 @@ def reference_for(suite, models: MetricModels, data_root: str | None, metrics: t
     if not wants_features:
         return Reference(None, protocol, "none")
     if suite.name == "toy":
-        from bench.scoring.toy import toy_image_folder
-
         folder = toy_image_folder("reference", len(suite.prompts))
         return Reference(folder_features(folder, models.extractor, protocol, progress=progress), protocol,
                          f"toy: the {len(suite.prompts)} world images the prompts were drawn with")
@@ -251,8 +248,6 @@ def add_metric_arguments(parser: argparse.ArgumentParser) -> None:
 
 def make_rows(values: dict[str, float], *, evaluator: Evaluator, cell: dict, samples_fingerprint: str,
               run_id: str, device: str) -> list:
-    from bench.scoring.results import Row, utc_now_iso
-
     protocol = evaluator.protocol()
     note = evaluator.models.note
     rows = []
@@ -280,6 +275,5 @@ def samples_fingerprint_of(folder: Path) -> str:
     meta = samples_metadata(folder)
     if meta:
         return meta["fingerprint"]
-    from bench.scoring.metrics.features import list_images
 
     return fingerprint([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in list_images(folder)])

@@ -17,14 +17,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
+from bench.assets.toy.load import load_toy_clip, load_toy_feature_net
 from bench.assets.toy.world import (
     ToySuiteConfig,
     draw_pairs,
     redraw_for_captions,
     toy_suite_prompts,
 )
+from bench.core.atomic import atomic_path
 from bench.core.fingerprint import fingerprint
+from bench.core.paths import cache_dir
+from bench.scoring.metrics.clip_score import ClipScoreConfig, ClipScorer
+from bench.scoring.metrics.features import FeatureExtractor
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +43,6 @@ SHUFFLED_METHOD = "real-shuffled-captions"
 def toy_image_folder(kind: str, n: int, suite: ToySuiteConfig = ToySuiteConfig()) -> Path:
     """``reference`` (the draw the prompts come from) or ``floor`` (a redraw conditioned on the same
     prompts) images 0..n-1 as ``00000.png ...`` in the cache; written once, atomically per file."""
-    from PIL import Image
-
-    from bench.core.atomic import atomic_path
-    from bench.core.paths import cache_dir
-
     if kind not in ("reference", "floor"):
         raise ValueError(f"kind must be 'reference' or 'floor', got {kind!r}")
     if not 1 <= n <= suite.n:
@@ -66,10 +67,6 @@ def toy_image_folder(kind: str, n: int, suite: ToySuiteConfig = ToySuiteConfig()
 
 def toy_metric_models(metrics: tuple[str, ...], device: torch.device):
     """(feature extractor or None, CLIP scorer or None) from the committed, hash-checked checkpoints."""
-    from bench.assets.toy.load import load_toy_clip, load_toy_feature_net
-    from bench.scoring.metrics.clip_score import ClipScoreConfig, ClipScorer
-    from bench.scoring.metrics.features import FeatureExtractor
-
     extractor = clip = None
     if any(m in metrics for m in ("fid", "coverage")):
         net = load_toy_feature_net().to(device)

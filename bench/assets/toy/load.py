@@ -15,7 +15,12 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from bench.assets.toy.checkpoints import load_toy_checkpoint
+from bench.assets.tokenizer import build_clip_tokenizer
+from bench.assets.toy.checkpoints import (
+    ToyCheckpointError,
+    load_toy_checkpoint,
+    rebuild_command,
+)
 from bench.assets.toy.models import (
     FeatureNetConfig,
     PixelCodec,
@@ -29,6 +34,7 @@ from bench.assets.toy.models import (
     toy_clip_tokenizer,
 )
 from bench.assets.toy.world import ToyWorldConfig
+from methods.diffusion_math import SD15_SCHEDULER_CONFIG
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +48,6 @@ def _identity(entry: dict[str, Any]) -> str:
 def _load_strict(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
     missing, unexpected = module.load_state_dict(state, strict=False)
     if missing or unexpected:
-        from bench.assets.toy.checkpoints import ToyCheckpointError, rebuild_command
-
         raise ToyCheckpointError(
             f"toy {what} checkpoint does not fit its config (missing {list(missing)[:3]}, unexpected "
             f"{list(unexpected)[:3]}); rebuild it with `{rebuild_command(what)}`")
@@ -109,9 +113,6 @@ class ToyTeacherParts:
 
 
 def load_toy_teacher_parts(root: Path | None = None) -> ToyTeacherParts:
-    from bench.assets.tokenizer import build_clip_tokenizer
-    from methods.diffusion_math import SD15_SCHEDULER_CONFIG
-
     ckpt = load_toy_checkpoint("teacher", root)
     config = ToyTeacherConfig.from_dict(ckpt.entry["config"])
     unet = build_toy_unet(config.unet)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.assets.tokenizer import build_clip_tokenizer
 from bench.assets.toy.checkpoints import (
     TOY_MODELS,
     save_state_dict,
@@ -43,6 +44,7 @@ from bench.assets.toy.models import (
     toy_clip_tokenizer,
 )
 from bench.assets.toy.world import ATTRIBUTES, ToyWorldConfig, draw_scenes, render_batch
+from methods.diffusion_math import NoiseSchedule, add_noise
 
 logger = logging.getLogger(__name__)
 
@@ -143,8 +145,6 @@ class PromptIds:
 
 def teacher_tokenizer():
     """The SD-style tokenizer (transformers ``CLIPTokenizer``) the toy teacher is trained and run with."""
-    from bench.assets.tokenizer import build_clip_tokenizer
-
     return build_clip_tokenizer()
 
 
@@ -272,8 +272,6 @@ def train_teacher(config: TeacherTrainConfig, world: ToyWorldConfig, seed: int =
                   tokenize: Callable[[list[str]], torch.Tensor] | None = None) -> tuple[nn.Module, nn.Module, dict]:
     """Epsilon-prediction training on the SD-1.5 schedule with caption dropout for CFG; returns the
     EMA U-Net, the (EMA) text encoder and a training record."""
-    from methods.diffusion_math import NoiseSchedule, add_noise
-
     model_cfg = config.model
     codec = model_cfg.codec()
     if model_cfg.resolution != world.resolution or model_cfg.unet.sample_size * codec.downsample != world.resolution:

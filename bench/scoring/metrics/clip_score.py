@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from tqdm.auto import tqdm
 
 from bench.core.errors import MissingResourceError, UsageError
 from bench.core.fingerprint import sha256_file
@@ -341,7 +342,6 @@ class ClipScorer:
             raise UsageError(f"CLIP score needs one prompt per image: {len(items)} images, {len(prompts)} prompts")
         if not items:
             raise UsageError("CLIP score of zero images is undefined")
-        from tqdm.auto import tqdm
 
         size = self.config.batch_size
         parts = []

@@ -36,6 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
+from bench.assets.suites import default_data_root
 from bench.core.atomic import atomic_path
 from bench.core.errors import MissingResourceError, UsageError
 from bench.core.fingerprint import (
@@ -88,8 +89,6 @@ class ReferenceImages:
 
 
 def _resolve_data_root(data_root: str | os.PathLike | None) -> tuple[Path, str]:
-    from bench.assets.suites import default_data_root
-
     if data_root is not None and str(data_root) != "":
         origin = "--data-root"
     elif os.environ.get(DATA_ROOT_ENV):
