@@ -297,7 +297,7 @@ def test_a_stale_accelerate_state_does_not_block_the_next_precision():
 
 
 def test_pixel_space_teacher_has_no_pipeline_row(tiny_teacher):
-    from bench.assets.teachers import IdentityCodec
+    from bench.assets.teachers.model import IdentityCodec
     from bench.core.spec import load_method
 
     pixel_teacher = dataclasses.replace(tiny_teacher, codec=IdentityCodec(4))

@@ -243,7 +243,7 @@ def test_training_a_toy_student_reproduces_its_recorded_hash():
     """The honest training check: lcm on the toy teacher, 3 steps from seed 0 at one thread, hashed;
     equal to the hash recorded for this machine type (torch version, CPU capability, threads),
     which is how the released students were trained. Another machine type has no recorded hash."""
-    from bench.assets.teachers import load_toy_teacher
+    from bench.assets.teachers.built import load_toy_teacher
 
     teacher = load_toy_teacher()
     loaded = students.load_student(LCM(), teacher, steps=1, max_train_steps=3, progress=False,

@@ -17,15 +17,9 @@ from bench.cli.leaderboard import add_arguments as lb_add_arguments
 from bench.cli.leaderboard import command as lb_command
 from bench.core import atomic
 from bench.core.errors import BenchError, UsageError
-from bench.publish.leaderboard import (
-    best_in_groups,
-    build,
-    render_markdown,
-    rows_from_leaderboard,
-    select_cells,
-    suite_json,
-    write_leaderboards,
-)
+from bench.publish.cells import select_cells
+from bench.publish.leaderboard import build, render_markdown, rows_from_leaderboard, suite_json, write_leaderboards
+from bench.publish.markdown import best_in_groups
 from bench.publish.report import PLOT_SIZE_PX, GridLayout, pareto_front, write_report
 from bench.scoring.results import ResultsStore, Row, load_all, new_run_id, rows_to_frame
 

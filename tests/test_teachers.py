@@ -13,16 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.assets.teachers import (
-    TEACHER_SPECS,
-    IdentityCodec,
-    Teacher,
-    VaeCodec,
-    load_teacher,
-    read_teacher_configs,
-    save_teacher,
-    teacher_names,
-)
+from bench.assets.teachers import load_teacher, save_teacher
+from bench.assets.teachers.built import read_teacher_configs
+from bench.assets.teachers.model import TEACHER_SPECS, IdentityCodec, Teacher, VaeCodec, teacher_names
 from bench.assets.tokenizer import BOS_ID, EOS_ID, build_clip_tokenizer
 from bench.core.errors import MissingResourceError, UsageError
 from methods.diffusion_math import SD15_SCHEDULER_CONFIG

@@ -9,7 +9,7 @@ import pytest
 import torch
 from training_helpers import Killed, KilledAt  # tests/ is on sys.path
 
-from bench.assets.teachers import TEACHER_SPECS
+from bench.assets.teachers.model import TEACHER_SPECS
 from bench.assets.train_data import (
     ImageCaptionFolder,
     SyntheticPairs,

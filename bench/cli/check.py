@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TextIO
 
 from bench.core.errors import UsageError
+from bench.publish.cells import load_leaderboard_json
 from bench.publish.check import (
     check,
     current_from_results,
@@ -18,7 +19,6 @@ from bench.publish.check import (
     restrict_to_methods,
     rows_of,
 )
-from bench.publish.leaderboard import load_leaderboard_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

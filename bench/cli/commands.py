@@ -8,7 +8,8 @@ from pathlib import Path
 import torch
 
 from bench.assets.suites import describe_suites, load_suite
-from bench.assets.teachers import TEACHER_SPECS, load_teacher
+from bench.assets.teachers import load_teacher
+from bench.assets.teachers.model import TEACHER_SPECS
 from bench.cli.run import run_benchmark
 from bench.core.defaults import DEFAULT_SUITE, DEFAULT_TEACHER
 from bench.core.errors import UsageError

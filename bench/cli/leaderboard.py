@@ -10,11 +10,8 @@ from typing import Any
 import pandas as pd
 
 from bench.core.errors import UsageError
-from bench.publish.leaderboard import (
-    load_leaderboard_json,
-    rows_from_leaderboard,
-    write_leaderboards,
-)
+from bench.publish.cells import load_leaderboard_json
+from bench.publish.leaderboard import rows_from_leaderboard, write_leaderboards
 from bench.scoring.results import load_all
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from bench.assets.teachers import teacher_names
+from bench.assets.teachers.model import teacher_names
 from bench.core.errors import UsageError
 from bench.core.spec import load_method, parse_int_list, parse_name_list
 from bench.engine.cells import resolve_device

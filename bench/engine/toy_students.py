@@ -23,7 +23,7 @@ from bench.assets.released import (
     rebuild_command,
     release_name,
 )
-from bench.assets.teachers import load_toy_teacher
+from bench.assets.teachers.built import load_toy_teacher
 from bench.assets.train_data import training_data_for
 from bench.core.errors import UsageError
 from bench.engine.students import (

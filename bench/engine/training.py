@@ -60,7 +60,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from bench.assets.teachers import VaeCodec
+from bench.assets.teachers.model import VaeCodec
 from bench.assets.train_data import TrainingData, batch_seed
 from bench.core.errors import BenchError
 from bench.engine.lpips import lpips_distance

@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from bench.assets.teachers import VaeCodec
+from bench.assets.teachers.model import VaeCodec
 from bench.engine.cells import guidance_for
 from bench.engine.sampling import make_generators
 from bench.engine.students import LoadedStudent, _place, load_student, training_plan

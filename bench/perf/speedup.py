@@ -52,7 +52,7 @@ from torch import nn
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from bench.assets.teachers import VaeCodec
+from bench.assets.teachers.model import VaeCodec
 from bench.core.errors import UsageError
 from bench.core.spec import parse_name_list
 from bench.scoring.metrics.latency import measure_latency

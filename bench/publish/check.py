@@ -66,12 +66,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from bench.core.errors import UsageError
-from bench.publish.leaderboard import (
-    Key,
-    build,
-    index_rows,
-    suite_json,
-)
+from bench.publish.cells import Key, index_rows
+from bench.publish.leaderboard import build, suite_json
 from bench.scoring.results import METRICS, load_all, metric_spec
 
 DEFAULT_TOLERANCES: Mapping[str, float] = {

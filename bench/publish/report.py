@@ -37,12 +37,9 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from bench.core.atomic import atomic_write_text, atomic_write_with
 from bench.core.errors import BenchError
-from bench.publish.leaderboard import (
-    Entry,
-    build,
-    format_guidance,
-    render_section_markdown,
-)
+from bench.publish.cells import Entry, format_guidance
+from bench.publish.leaderboard import build
+from bench.publish.markdown import render_section_markdown
 from bench.scoring.results import metric_spec, normalize_frame
 
 log = logging.getLogger(__name__)
