@@ -239,10 +239,10 @@ def test_coco2014_caption_list_is_preferred_and_verbatim(tmp_path, monkeypatch):
     assert suite.image_ids is None
     assert suite.protocol["list"].startswith("custom") and suite.protocol["seed"] is None
     assert suite.protocol["sources"] == [{"file": "coco2014/captions_coco14_test.txt",
-                                          "sha256": suites._sha256_bytes(path.read_bytes())}]
+                                          "sha256": suites.loaders._sha256_bytes(path.read_bytes())}]
     assert suite.protocol["reference"] == "val2014 (all 40 images)"
     # recognised as DMD2's file when its sha256 matches
-    monkeypatch.setattr(suites, "DMD2_LIST_SHA256", suites._sha256_bytes(path.read_bytes()))
+    monkeypatch.setattr(suites.loaders, "DMD2_LIST_SHA256", suites.loaders._sha256_bytes(path.read_bytes()))
     dmd2 = spec("coco2014-30k", **COCO14_SMALL).load(tmp_path)
     assert dmd2.protocol["list"] == "DMD2 list"
     assert dmd2.fingerprint != suite.fingerprint
