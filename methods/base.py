@@ -1,4 +1,4 @@
-"""The method contract (DESIGN.md, "The method contract").
+"""The method contract.
 
 A method is a recipe with two halves:
 

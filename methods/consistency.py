@@ -1,9 +1,9 @@
 """Latent Consistency Distillation (LCD): the training step and the multistep consistency sampler
 that LCM, LCM-LoRA, SCott and SPLAM share (Luo et al. 2023, arXiv:2310.04378, Alg. 1 and Eq. 7-9;
-code: diffusers ``examples/consistency_distillation/train_lcm_distill_sd_wds.py``; notes/methods.md
-§0.4-0.7, §1.1).
+code: diffusers ``examples/consistency_distillation/train_lcm_distill_sd_wds.py`` and
+``LCMScheduler``).
 
-One training step on a batch of latents z with prompts c (the algorithm box, notes §1.1)::
+One training step on a batch of latents z with prompts c (the algorithm box)::
 
     n ~ U{0..N-1};  t_{n+k} = solver.timesteps[n];  t_n = max(t_{n+k} - k, 0)      (k = T / N = 20)
     x_{t_{n+k}} = alpha z + sigma eps                                              (forward process)
@@ -61,7 +61,7 @@ from methods.diffusion_math import (
 
 Tensor = torch.Tensor
 
-#: LCMScheduler timestep spacings (notes §0.7). "diffusers-2023-11": evenly spaced indices into the
+#: LCMScheduler timestep spacings. "diffusers-2023-11": evenly spaced indices into the
 #: 50-point grid (diffusers PR #5836, 2023-11-20, the current LCMScheduler); "original": every
 #: (50 // n)-th grid point (luosiallen/latent-consistency-model and diffusers before that PR).
 LCM_TIMESTEP_SPACINGS: tuple[str, ...] = ("diffusers-2023-11", "original")
@@ -83,8 +83,8 @@ class ConsistencyDistillationConfig:
     preset: str = "paper"   # "paper" | "official-code"
 
     # -- LCD solver and parameterisation (paper and code agree) --------------------------------
-    # Grid points N: skipping step k = T / N = 20 on T = 1000 (paper: k = 20, notes §1.1
-    # [SECONDARY]; code --num_ddim_timesteps=50).
+    # Grid points N: skipping step k = T / N = 20 on T = 1000 (LCM paper: k = 20; code
+    # --num_ddim_timesteps=50).
     num_ddim_timesteps: int = 50
     # c_skip/c_out constants (code: get_scalings_for_boundary_condition_discrete, sigma_data=0.5,
     # --timestep_scaling_factor=10; must equal the sampler's, luosiallen#30).
@@ -138,7 +138,7 @@ class ConsistencyDistillationConfig:
     # LCM_TIMESTEP_SPACINGS. Toy, measured (same students, N = 1000, FID at 4 / 8 steps): "original"
     # gives LCM 2.51 / 1.67 and LCM-LoRA 1.94 / 1.18 against 2.44 / 1.64 and 1.96 / 1.18.
     timestep_spacing: str = "diffusers-2023-11"
-    original_inference_steps: int = 50      # LCMScheduler default; LCM-Dreamshaper uses 50 (notes §1.3)
+    original_inference_steps: int = 50      # LCMScheduler default; LCM-Dreamshaper uses 50 (diffusers docs)
 
     #: {preset name: {field: value}} for the None-default fields; set by each subclass
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
@@ -188,7 +188,7 @@ def lcm_grid(num_train_timesteps: int = 1000, num_points: int = 50) -> list[int]
 
 def lcm_timesteps(steps: int, num_train_timesteps: int = 1000, original_inference_steps: int = 50,
                   spacing: str = "diffusers-2023-11") -> list[int]:
-    """Decreasing inference timesteps of an ``steps``-step LCM sampler (notes §0.7):
+    """Decreasing inference timesteps of an ``steps``-step LCM sampler:
 
     * "diffusers-2023-11": ``origin[floor(linspace(0, N, steps, endpoint=False))]``,
       4 steps -> [999, 759, 499, 259] (``LCMScheduler.set_timesteps``)
@@ -208,8 +208,9 @@ def lcm_timesteps(steps: int, num_train_timesteps: int = 1000, original_inferenc
 
 @dataclass(frozen=True)
 class SkippingStepDDIM:
-    """LCM's teacher ODE solver (notes §0.6): DDIM from t_{n+k} = grid[n] to t_n = grid[n] - k in
-    one step, k = T / N. At n = 0 the end point is t = 0 (abar_0, where f is the identity)."""
+    """LCM's teacher ODE solver (``DDIMSolver`` of the LCD script): DDIM from t_{n+k} = grid[n] to
+    t_n = grid[n] - k in one step, k = T / N. At n = 0 the end point is t = 0 (abar_0, where f is the
+    identity)."""
 
     schedule: NoiseSchedule
     num_points: int = 50
@@ -359,7 +360,7 @@ def consistency_function(model_output: Tensor, x_t: Tensor, t: Tensor | int, sch
 
 def consistency_loss(pred: Tensor, target: Tensor, loss_type: str = "l2", huber_c: float = 0.001) -> Tensor:
     """d(pred, target): mean squared error (paper), or the elementwise pseudo-Huber
-    mean(sqrt((pred - target)^2 + c^2) - c) of the code's --loss_type=huber (notes §1.1)."""
+    mean(sqrt((pred - target)^2 + c^2) - c) of the code's --loss_type=huber."""
     pred, target = pred.float(), target.float()
     if loss_type == "l2":
         return F.mse_loss(pred, target, reduction="mean")
@@ -434,13 +435,13 @@ def lcd_draws(state: LCDState, batch: Any) -> LCDDraws:
     cfg, schedule, g = state.config, state.schedule, batch.generator
     latents = batch.latents
     device, bsz = latents.device, latents.shape[0]
-    # 1. timesteps t_{n+k} (start) and t_n (end), e.g. on the skipping-step grid (notes §0.6)
+    # 1. timesteps t_{n+k} (start) and t_n (end), e.g. on the skipping-step grid
     t_start, t_end = state.solver.draw(bsz, g)
     # 2. x_{t_{n+k}} ~ q(x_t | z)
     noise = torch.randn(latents.shape, generator=g, dtype=torch.float32).to(device, latents.dtype)
     alpha, sigma = schedule.alpha_sigma(t_start)
     x_start = add_noise(latents, noise, alpha.to(device, latents.dtype), sigma.to(device, latents.dtype))
-    # 3. w ~ U[w_min, w_max] (LCM convention) and its Fourier embedding (notes §0.4)
+    # 3. w ~ U[w_min, w_max] (LCM convention) and its Fourier embedding (``guidance_scale_embedding``)
     w = (cfg.w_max - cfg.w_min) * torch.rand(bsz, generator=g, dtype=torch.float32) + cfg.w_min
     w_emb = (guidance_scale_embedding(w, state.w_embedding_dim).to(device, latents.dtype)
              if state.w_embedding_dim else None)

@@ -2,7 +2,7 @@
 
 The teacher's own first-order solver, as a baseline with no training. Each step goes between two
 explicit consecutive timesteps of the schedule (never ``t - T // n`` as ``DDIMScheduler.step``
-does, which is wrong whenever the spacing is not uniform; notes/methods.md §0.8):
+does, which is wrong whenever the spacing is not uniform; diffusers issue #12633):
 
     x_0, eps = D(x_t, t)                                          (CFG, diffusers convention)
     x_s = sqrt(abar_s) x_0 + sqrt(1 - abar_s - std^2) eps + std z                      (Eq. 12)

@@ -35,8 +35,8 @@ def _as_column(value: Tensor | float, like: Tensor) -> Tensor:
 @dataclass(frozen=True)
 class NoiseSchedule:
     """The discrete VP schedule of a teacher: ``abar[t]`` for t = 0..T-1, plus the value the
-    last sampling step lands on (``final_abar``; SD-1.5 has ``set_alpha_to_one=False`` so it is
-    ``abar[0]``, notes/methods.md §0.1)."""
+    last sampling step lands on (``final_abar``; SD-1.5's scheduler config has
+    ``set_alpha_to_one=False`` so it is ``abar[0]``)."""
 
     alphas_cumprod: Tensor  # float64, shape (T,)
     final_alphas_cumprod: float
@@ -106,7 +106,7 @@ SD15_SCHEDULER_CONFIG: dict = {
 
 
 # ------------------------------------------------------------------------------------------------
-# Parameterisations (notes/methods.md §0.2)
+# Parameterisations (diffusers ``train_lcm_distill_sd_wds.py``: ``get_predicted_original_sample``)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -153,7 +153,7 @@ def model_output_to_x0_eps(output: Tensor, x_t: Tensor, alpha: Tensor, sigma: Te
 
 
 # ------------------------------------------------------------------------------------------------
-# Classifier-free guidance: two conventions, named so they cannot be confused (notes §0.3)
+# Classifier-free guidance: two conventions, named so they cannot be confused (g = w + 1)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -168,7 +168,7 @@ def cfg_lcm(uncond: Tensor, cond: Tensor, w: float | Tensor) -> Tensor:
 
 
 def lcm_w_from_guidance_scale(guidance_scale: float) -> float:
-    """The diffusers LCM pipeline embeds ``w = guidance_scale - 1`` (notes §0.3)."""
+    """The diffusers LCM pipeline embeds ``w = guidance_scale - 1``."""
     return guidance_scale - 1.0
 
 
@@ -257,8 +257,8 @@ def addim_analytic_x_var(abar_t: Tensor, fraction: float = 0.1, prior_variance: 
     return fraction / (1.0 / prior_variance + alpha**2 / sigma**2)
 
 
-# ER-SDE noise-scale functions phi(x) of Cui et al. 2023 (reference code ``customized_func``,
-# notes/methods.md §2.2). x is lambda = sigma/alpha.
+# ER-SDE noise-scale functions phi(x) of Cui et al. 2023 (reference code ``customized_func``
+# in QinpengCui/ER-SDE-Solver ``er_sde_solver.py``). x is lambda = sigma/alpha.
 ER_SDE_NOISE_SCALES: dict[str, Callable[[Tensor], Tensor]] = {
     "ode": lambda x: x,                                              # func_type 1: DDIM
     "sde": lambda x: x**2,                                           # func_type 2: DDPM posterior
@@ -299,7 +299,7 @@ def er_sde_step(x_t: Tensor, x0: Tensor, abar_t: Tensor, abar_s: Tensor,
 
 
 # ------------------------------------------------------------------------------------------------
-# Consistency-model pieces (LCM family, notes §0.4-0.5)
+# Consistency-model pieces (LCM family; diffusers ``LCMScheduler`` and the LCD scripts)
 # ------------------------------------------------------------------------------------------------
 
 

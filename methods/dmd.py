@@ -1,7 +1,7 @@
 """DMD and DMD2: distribution matching distillation into a one-step (DMD) or few-step (DMD2)
 generator (Yin et al. 2024, "One-step Diffusion with Distribution Matching Distillation",
 arXiv:2311.18828; Yin et al. 2024, "Improved Distribution Matching Distillation for Fast Image
-Synthesis", arXiv:2405.14867, code tianweiy/DMD2; notes/methods.md §3).
+Synthesis", arXiv:2405.14867, code tianweiy/DMD2).
 
 One training iteration (DMD Alg. 1 with DMD2's two time-scale update rule; r = 1 is DMD)::
 
@@ -88,7 +88,7 @@ DM_GRADIENT_FORMS: tuple[str, ...] = ("algorithm-2", "eq-7")
 
 @dataclass(frozen=True)
 class DMDConfig:
-    """DMD (SD-1.5, LAION-Aesthetic 6.25+, FID model; DMD §4.3, App. B; notes §3.1)."""
+    """DMD (SD-1.5, LAION-Aesthetic 6.25+, FID model; DMD §4.3, App. B)."""
 
     # -- generator (§3.1): the teacher U-Net at t = T - 1 on pure noise (DMD2 code: t = 999)
     denoising_step_list: tuple[int, ...] = (999,)
@@ -174,8 +174,8 @@ class DMDConfig:
     # A faster fake score also damps the oscillation at t = 999 (1200 steps: 17.28 at
     # fake_learning_rate = learning_rate, 11.41 at 2e-4). Updating the generator every
     # iteration, the snapshot FID swings by +-1 between checkpoints 100 steps apart and longer
-    # runs get worse; giving the fake score 5 updates per generator step (DMD2's rule, notes
-    # §3.2: the fake score must keep up with the generator's outputs) lets 800 generator steps
+    # runs get worse; giving the fake score 5 updates per generator step (DMD2 §4.2's rule:
+    # the fake score must keep up with the generator's outputs) lets 800 generator steps
     # improve on 400 and cuts the spread over training seeds from 2.6 to 0.5. Only seed 0 is
     # below the teacher's 4-step DDIM (1.98).
     toy_denoising_step_list: tuple[int, ...] | None = (399,)
@@ -224,7 +224,7 @@ class DMDConfig:
 
 @dataclass(frozen=True)
 class DMD2Config(DMDConfig):
-    """DMD2 SD-1.5 (code experiments/sdv1.5, notes §3.2): no regression loss, TTUR r = 10, real
+    """DMD2 SD-1.5 (tianweiy/DMD2 ``experiments/sdv1.5``): no regression loss, TTUR r = 10, real
     guidance 1.75, stage-1 schedule (~40K iterations); GAN (stage 2: 1e-3 / 1e-2) selectable.
     Multi-step: the 4-step list of the code's SDXL recipe with backward simulation."""
 

@@ -3,7 +3,7 @@ Reverse-Time SDEs for Diffusion Models", arXiv:2309.06169).
 
 The extended reverse-time SDE family is indexed by a noise-scale function phi of
 lambda = sigma/alpha; its first-order (Euler) VP solver, reference ``ER_SDE_Solver.vp_1_order``
-(QinpengCui/ER-SDE-Solver ``er_sde_solver.py``; notes/methods.md §2.2), is
+(QinpengCui/ER-SDE-Solver ``er_sde_solver.py``), is
 
     r   = phi(lambda_s) / phi(lambda_t)
     x_s = (alpha_s/alpha_t) r x_t + alpha_s (1 - r) x_0

@@ -6,7 +6,7 @@ Module", arXiv:2311.05556). The training step and the sampler are in methods/con
 Values: the paper's are the defaults (``preset="paper"``); ``preset="official-code"`` switches
 every value that differs to the official code's (diffusers ``examples/consistency_distillation``
 README and scripts, identical in luosiallen/latent-consistency-model); any single field can be set
-with ``--config field=value``. Where they differ (notes/methods.md §1.1, §1.2, §8):
+with ``--config field=value``. Where they differ:
 
 | field             | lcm paper      | lcm code      | lcm-lora report | lcm-lora code |
 |-------------------|----------------|---------------|-----------------|---------------|
@@ -17,9 +17,9 @@ with ``--config field=value``. Where they differ (notes/methods.md §1.1, §1.2,
 | train_batch_size  | 72             | 12 per GPU    | 12 (a)          | 12 per GPU    |
 | max_train_steps   | 100_000        | 1000 (b)      | 1000 (a)        | 1000 (b)      |
 
-(a) not stated in the report as far as the notes go: the code's value (loss: LCM's). (b) the README's
-illustrative command. The LCM paper numbers are from a secondary summary of its §4 (notes §1.1,
-[SECONDARY]); check them against the PDF before quoting them.
+(a) not found in the report: the code's value (loss: LCM's). (b) the README's illustrative
+command. The LCM paper numbers are from a third-party summary of its §4 (users quote the same
+values in luosiallen/latent-consistency-model#31); check them against the PDF before quoting them.
 
 Full ``lcm`` students are a diffusers ``UNet2DConditionModel`` with ``time_cond_proj_dim=256``
 (the teacher's weights, a new ``time_embedding.cond_proj`` at its default init, or zero with
@@ -61,7 +61,7 @@ from methods.consistency import (
 from methods.diffusion_math import guidance_scale_embedding, lcm_w_from_guidance_scale
 from methods.registry import register_method
 
-#: LoRA target modules of diffusers train_lcm_distill_lora_sd_wds.py (notes §1.2).
+#: LoRA target modules of diffusers train_lcm_distill_lora_sd_wds.py.
 LCM_LORA_TARGET_MODULES: tuple[str, ...] = (
     "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
     "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj",
@@ -86,11 +86,11 @@ def check_cond_proj_init(*values: str | None) -> None:
 @dataclass(frozen=True)
 class LCMConfig(ConsistencyDistillationConfig):
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        # LCM paper §4 (via notes §1.1 [SECONDARY]): w ~ U[2, 14], squared L2, EMA 0.999943,
+        # LCM paper §4 (third-party summary, luosiallen#31): w ~ U[2, 14], squared L2, EMA 0.999943,
         # lr 8e-6, batch 72 at 512 px, 100K iterations.
         "paper": dict(w_min=2.0, w_max=14.0, loss_type="l2", ema_decay=0.999943, learning_rate=8e-6,
                       train_batch_size=72, max_train_steps=100_000),
-        # diffusers README / train_lcm_distill_sd_wds.py defaults (notes §1.1): --w_min 5 --w_max 15
+        # diffusers README / train_lcm_distill_sd_wds.py defaults: --w_min 5 --w_max 15
         # --loss_type huber --ema_decay 0.95 --learning_rate 1e-6 --train_batch_size 12
         # --max_train_steps 1000.
         "official-code": dict(w_min=5.0, w_max=15.0, loss_type="huber", ema_decay=0.95, learning_rate=1e-6,
@@ -189,7 +189,7 @@ def build_w_conditioned_unet(teacher_unet: nn.Module, time_cond_proj_dim: int, s
                               cond_proj_init: str = "default") -> nn.Module:
     """The LCM student: ``UNet2DConditionModel.from_config(teacher, time_cond_proj_dim=D)`` with
     the teacher's weights loaded non-strictly. The new ``time_embedding.cond_proj`` keeps its
-    default init (not zero) as in the reference (notes §0.4) with ``cond_proj_init="default"``;
+    default init (not zero) as in ``train_lcm_distill_sd_wds.py`` with ``cond_proj_init="default"``;
     ``"zero"`` zeroes it, so that the student starts as the teacher exactly. fp32 master weights,
     CPU; the random init is seeded by ``seed``."""
     check_cond_proj_init(cond_proj_init)
@@ -250,7 +250,7 @@ class _LCDMethod(TrainingMethod):
         return self.config.training_fields()
 
     def timesteps(self, denoiser: Denoiser, steps: int) -> list[int]:
-        """The LCM inference timesteps, pinned by ``timestep_spacing`` (notes §0.7)."""
+        """The LCM inference timesteps, pinned by ``timestep_spacing``."""
         return lcm_timesteps(steps, denoiser.schedule.num_train_timesteps, self.config.original_inference_steps,
                              self.config.timestep_spacing)
 
@@ -275,7 +275,7 @@ class _LCDMethod(TrainingMethod):
         cfg, teacher, trainer = self.config, ctx.teacher, ctx.trainer
         student = student.to(trainer.device).train()
         params = [p for p in student.parameters() if p.requires_grad]
-        if any(p.dtype != torch.float32 for p in params):   # the reference raises too (notes §1.1)
+        if any(p.dtype != torch.float32 for p in params):   # train_lcm_distill_sd_wds.py raises too
             raise ValueError(f"{self.name}: the student's trainable weights must be float32 master weights")
         optimizer, lr_scheduler = make_optimizer(params, cfg, trainer.schedule.learning_rate,
                                                  trainer.schedule.max_train_steps, trainer.num_processes)
@@ -330,7 +330,7 @@ class LCM(_LCDMethod):
                                                          "time_cond_proj_dim": self.config.time_cond_proj_dim})
 
     def timestep_cond(self, denoiser: Denoiser, request: SampleRequest) -> torch.Tensor:
-        """The w embedding of the request's guidance scale (notes §1.3)."""
+        """The w embedding of the request's guidance scale g, w = g - 1 as in the diffusers LCM pipeline."""
         dim = getattr(denoiser.unet.config, "time_cond_proj_dim", None)
         if not dim:
             raise ValueError("lcm samples with its student U-Net (time_cond_proj_dim set); this denoiser's "
@@ -348,7 +348,7 @@ class LCMLoRA(_LCDMethod):
     config_class: ClassVar[type] = LCMLoRAConfig
     reported_names: ClassVar[tuple[str, ...]] = ("LCM-LoRA",)
     # The guidance is distilled into the adapter (fixed w = 7.5, report §3.1); the model card samples
-    # with guidance_scale 1.0 (no CFG) to 2 (notes §1.3).
+    # with guidance_scale 1.0 (no CFG) to 2 (diffusers#5773).
     default_guidance_scale: ClassVar[float | None] = 1.0
 
     def init_training_state(self, ctx: TrainingContext) -> LCDState:

@@ -1,12 +1,12 @@
 """Multistep Consistency Models (Heek, Hoogeboom & Salimans 2024, arXiv:2403.06807): consistency
 distillation within S segments of the time axis, one student per segment count S, sampled with S
-deterministic DDIM steps. No official code exists; this follows the paper (notes/methods.md §5).
+deterministic DDIM steps. No official code exists; this follows the paper.
 
 Continuous time tau in [0, 1] maps onto the teacher's discrete timesteps as
 ``timestep(j / T) = round(j * 1000 / T) - 1`` (round half to even), tau = 0 being the schedule's
 final abar (SD-1.5: abar_0). The S segment boundaries tau = k / S are then the "trailing" DDIM
-timesteps, S = 4 -> [999, 749, 499, 249] -> final (notes §5.3), so a student equal to its teacher
-samples exactly as the teacher's trailing DDIM at S steps.
+timesteps, S = 4 -> [999, 749, 499, 249] -> final (Alg. 2's sampler), so a student equal to its
+teacher samples exactly as the teacher's trailing DDIM at S steps.
 
 Training step (Algorithm 1, distillation), on data x with prompt c::
 
@@ -119,7 +119,7 @@ class MCMConfig:
     # -- optimisation --------------------------------------------------------------------------
     train_batch_size: int = 2048            # App. A.1 (both settings)
     max_train_steps: int = 30_000           # App. A.1, text-to-image (ImageNet: 200K)
-    # Not stated in the paper: the LCM paper's full-U-Net SD-1.5 value (notes §1.1), Adam(W).
+    # Not stated in the paper: the LCM paper's full-U-Net SD-1.5 value (arXiv:2310.04378), Adam(W).
     learning_rate: float = 8e-6
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0              # not stated; the LCM code's --max_grad_norm

@@ -1,6 +1,6 @@
-"""SCott: Stochastic Consistency Distillation (Liu, Xie et al., AAAI 2025, arXiv:2403.01505;
-papers/scott-2403.01505.md; notes/methods.md §2). No code was released: the paper is the
-specification, and every choice it leaves open is a config field (see ``SCottConfig``).
+"""SCott: Stochastic Consistency Distillation (Liu, Xie et al., AAAI 2025, arXiv:2403.01505).
+No code was released: the paper is the specification, and every choice it leaves open is a
+config field (see ``SCottConfig``).
 
 SCott is latent consistency distillation (methods/consistency.py, shared with LCM) with two
 changes: a stronger, stochastic teacher step and an adversarial term. One training step::
@@ -69,8 +69,8 @@ DISC_REAL_TIMESTEPS: tuple[str, ...] = ("paired", "zero")
 DISC_INPUTS: tuple[str, ...] = ("clean", "noised")
 DISC_HEADS: tuple[str, ...] = ("patch", "mean")
 
-#: The discriminator's LoRA modules: LCM-LoRA's list (notes §1.2) restricted to the decoder, so
-#: ``downsamplers`` (encoder only) is left out.
+#: The discriminator's LoRA modules: LCM-LoRA's list (diffusers ``train_lcm_distill_lora_sd_wds.py``)
+#: restricted to the decoder, so ``downsamplers`` (encoder only) is left out.
 SCOTT_DISC_LORA_MODULES: tuple[str, ...] = tuple(m for m in LCM_LORA_TARGET_MODULES if not m.startswith("down"))
 
 
@@ -89,8 +89,7 @@ class SCottConfig(LCMConfig):
     * CHOICE w range: the paper embeds w in the student but does not give its range; LCM paper's
       U[2, 14] (LCM convention), which covers the CFG scale 3 (w = 2) SCott samples with for the
       COCO-30K table (Table 3, "use a CFG scale of 3 following DMD").
-    * CHOICE EMA rate 0.95: not in the paper; the LCM code's value (the less reliable summary in
-      notes §2.1 says the same).
+    * CHOICE EMA rate 0.95: not in the paper; the LCM code's value.
     * CHOICE teacher sub-step: first-order ER-SDE (the repo's ``er_sde_step``). The ablation text
       mentions a "2-order ER-SDE 5"; the second-order Taylor step is not implemented.
     * CHOICE discriminator head (unspecified): ``disc_head="patch"``: the LoRA decoder's output map

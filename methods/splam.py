@@ -1,7 +1,6 @@
-"""SPLAM: Sub-Path Linear Approximation Model (Xu et al., ECCV 2024, arXiv:2404.13903;
-papers/splam-2404.13903.txt §4, Algorithm 1; notes/methods.md §4). Released code:
-MCG-NJU/SPLAM ``splam/train_splam_distill_sd_wds.py`` (a fork of the LCM script, incomplete:
-no Multiple Estimation, notes §4.1).
+"""SPLAM: Sub-Path Linear Approximation Model (Xu et al., ECCV 2024, arXiv:2404.13903,
+§4 and Algorithm 1). Released code: MCG-NJU/SPLAM ``splam/train_splam_distill_sd_wds.py`` (a fork
+of the LCM script, incomplete: no Multiple Estimation).
 
 Sub-Path Linear Approximation Distillation (Algorithm 1), on the shared LCD path
 (methods/consistency.py)::
@@ -80,7 +79,7 @@ class SPLAMConfig(ConsistencyDistillationConfig):
     |-----------------------|-----------------------------------|--------------------------------|
     | skip (k)              | 100 (§5.1)                        | 20 (one DDIM step)             |
     | w (fixed)             | g = 3 -> w = 2 (§5.1, Eq. 18) (a) | w_scale 8 (LCM conv., g = 9)   |
-    | sigma_gamma           | linear mix (§4.2)                 | square-root form (notes §4.1)  |
+    | sigma_gamma           | linear mix (§4.2)                 | square-root form               |
     | gamma_embedding       | zero at gamma = 1 (§4.2)          | Fourier(10 - 10 gamma) (b)     |
     | gamma_embedding_scale | 0.01 (CHOICE, c)                  | 10                             |
     | loss                  | huber (§5.1)                      | huber, c = 0.001               |
@@ -89,7 +88,7 @@ class SPLAMConfig(ConsistencyDistillationConfig):
     paper's "guidance scale 3" is g = 3, w = g - 1 = 2 in the LCM convention these fields use.
     (b) non-zero at gamma = 1; folded into ``time_embedding.linear_1.bias`` at save time.
     (c) The embedding is LCM's Fourier embedding of s (1 - gamma), which multiplies its argument
-    by 1000 (notes §0.4). The code's s = 10 turns every gamma < 1 into a random-phase vector: at
+    by 1000. The code's s = 10 turns every gamma < 1 into a random-phase vector: at
     gamma = 0.999 the embedding is still 9.1 away from its gamma = 1 value (a typical pair is 16
     apart), so gamma = 1, the only value sampling uses (Eq. 19), is never near a training input,
     and on the toy world the sampled images were noise (1-step FID 54 after 250 steps; the same
@@ -137,8 +136,8 @@ class SPLAMConfig(ConsistencyDistillationConfig):
     ends 19, 39, 59 and 79 are never online points, so F there is whatever the shared weights give
     (at first the teacher's x_0 = E[z | z_{t-k}], smooth), and every chain of targets through them
     learns it: the 4-step sampler's t = 259 chains through 159 to 59 (and 759 to 59). "all-grid"
-    draws every grid point and clamps t - k at 0, as LCM's script does for its skip (notes §1.1,
-    t_n = max(t_{n+k} - k, 0)), where c_skip = 1 makes the target the teacher's Multiple
+    draws every grid point and clamps t - k at 0, as LCM's script does for its skip
+    (t_n = max(t_{n+k} - k, 0)), where c_skip = 1 makes the target the teacher's Multiple
     Estimation solution itself, so every chain ends at the boundary. With the released code's
     k = 20 the two draws are the same. Measured (toy, N = 1000, one thread beside another job,
     the toy's 6000 cosine steps, ~65 min; FID at 1/2/4/8 steps): "paper" 10.08/3.83/2.18/1.54,
@@ -345,7 +344,7 @@ def splam_training_step(state: LCDState, batch: Any, gamma: Tensor | None = None
 def fold_gamma_embedding(unet: nn.Module, kind: str) -> nn.Module:
     """A plain ``UNet2DConditionModel`` (``time_cond_proj_dim=None``) equal to ``unet`` at
     gamma = 1. ``TimestepEmbedding`` computes linear_1(t_emb + W_c e), so the constant W_c e of
-    gamma = 1 moves into linear_1's bias: b' = b + W_1 W_c e (notes §4.2); with "paper-zero"
+    gamma = 1 moves into linear_1's bias: b' = b + W_1 W_c e; with "paper-zero"
     e = 0 and nothing moves."""
     from diffusers import UNet2DConditionModel
 

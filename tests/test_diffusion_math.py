@@ -1,5 +1,5 @@
-"""Unit tests of methods/diffusion_math.py: closed forms, tabled values (notes/methods.md §0) and
-equality with diffusers where it has the same function."""
+"""Unit tests of methods/diffusion_math.py: closed forms, tabled values (SD-1.5 schedule, computed
+in float64) and equality with diffusers where it has the same function."""
 from __future__ import annotations
 
 import pytest
@@ -23,10 +23,11 @@ def _pairs(sd15, t):
 
 
 # ------------------------------------------------------------------------------------------------
-# Noise schedule (notes §0.1)
+# Noise schedule (SD-1.5: ``scaled_linear`` betas of diffusers' ``DDPMScheduler``)
 # ------------------------------------------------------------------------------------------------
 
-# t: (abar, alpha, sigma, lambda = sigma/alpha), notes/methods.md §0.1 table (rounded as printed).
+# t: (abar, alpha, sigma, lambda = sigma/alpha), computed in float64 from SD-1.5's betas
+# linspace(0.00085**0.5, 0.012**0.5, 1000)**2 and rounded.
 SD15_TABLE = {
     0: (0.99915, 0.99957, 0.02915, 0.0292),
     19: (0.98224, 0.99108, 0.13325, 0.1345),
@@ -54,7 +55,7 @@ def test_sd15_schedule_final_and_diffusers(sd15):
     assert sd15.num_train_timesteps == 1000
     # float32 values of diffusers, held in float64 exactly
     assert torch.equal(sd15.alphas_cumprod, ddim.alphas_cumprod.to(torch.float64))
-    # set_alpha_to_one=False: the last step lands on abar_0 (notes §0.1)
+    # set_alpha_to_one=False (SD-1.5's scheduler config): the last step lands on abar_0
     assert sd15.final_alphas_cumprod == pytest.approx(float(ddim.final_alpha_cumprod), abs=0)
     assert sd15.final_alphas_cumprod == sd15.alphas_cumprod[0].item()
     assert sd15.abar(None).item() == sd15.final_alphas_cumprod
@@ -65,7 +66,7 @@ def test_sd15_schedule_final_and_diffusers(sd15):
 
 
 # ------------------------------------------------------------------------------------------------
-# Parameterisations (notes §0.2)
+# Parameterisations (as diffusers ``train_lcm_distill_sd_wds.py`` converts them)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -99,7 +100,7 @@ def test_add_noise_and_v_match_diffusers(sd15):
 
 
 # ------------------------------------------------------------------------------------------------
-# Guidance (notes §0.3-0.4) and consistency scalings (§0.5)
+# Guidance (both CFG conventions, w embedding) and consistency scalings (``LCMScheduler``)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -143,13 +144,13 @@ def test_guidance_scale_embedding_matches_diffusers(dim):
     got = dm.guidance_scale_embedding(w, embedding_dim=dim)
     assert got.shape == (5, dim)
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
-    # emb(0) = [0...0, 1...1] (notes §0.4): not the zero vector
+    # emb(0) = [0...0, 1...1]: not the zero vector
     half = dim // 2
     assert torch.all(got[0, :half] == 0) and torch.all(got[0, half:2 * half] == 1)
 
 
 # ------------------------------------------------------------------------------------------------
-# DDIM step (notes §0.8) and its x_t form
+# DDIM step (arXiv:2010.02502, Eq. 12 and 16) and its x_t form
 # ------------------------------------------------------------------------------------------------
 
 PAIRS = [(999, 749), (749, 499), (499, 259), (259, 19), (19, None), (999, None), (500, 499)]
@@ -184,7 +185,7 @@ def test_ddim_step_closed_forms(sd15, t, s):
 
 
 # ------------------------------------------------------------------------------------------------
-# ER-SDE step (notes §2.2)
+# ER-SDE step (QinpengCui/ER-SDE-Solver ``vp_1_order``)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -217,7 +218,7 @@ def test_er_sde_square_is_ddpm_posterior(sd15, t, s):
 
 
 def test_er_sde_5_ratio_999_to_975(sd15):
-    """notes §2.2: for SDE_5, t=999 -> 975 gives r ~ 0.829."""
+    """For SDE_5 (the reference ``customized_func`` type 7), t=999 -> 975 gives r ~ 0.829."""
     lam = lambda t: ((1 - sd15.abar(t)) / sd15.abar(t)).sqrt()  # noqa: E731
     phi = dm.ER_SDE_NOISE_SCALES["sde_5"]
     r = (phi(lam(975)) / phi(lam(999))).item()

@@ -122,6 +122,8 @@ def test_config_overrides_from_the_command_line():
 
 
 def test_timestep_schedules_match_the_notes():
+    """The grid and the timesteps of diffusers ``LCMScheduler`` (since PR #5836) and of the original
+    spacing (luosiallen/latent-consistency-model, diffusers before that PR)."""
     assert lcm_grid()[:3] == [19, 39, 59] and lcm_grid()[-1] == 999
     assert lcm_timesteps(1) == [999]
     assert lcm_timesteps(2) == [999, 499]

@@ -25,7 +25,7 @@ from bench.assets.suites import (
 from bench.core.errors import MissingResourceError, UsageError
 
 # ---------------------------------------------------------------------------------------------
-# Synthetic files with the real schemas (notes/evaluation.md §6.1, §1.6)
+# Synthetic files with the real schemas (COCO captions json, MJHQ-30K ``meta_data.json``)
 
 
 def coco_doc(num_images: int, *, year: int, seed: int = 0, first_id: int = 9) -> dict:

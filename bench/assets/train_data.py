@@ -18,9 +18,10 @@ Sources:
   the training source of the toy teacher's students.
 * :class:`ImageCaptionFolder`: a folder of images, each with a caption in a ``.txt`` file of the
   same stem (``cat_001.jpg`` + ``cat_001.txt``), searched recursively; for real teachers (SD-1.5).
-  Preprocessing follows the LCM reference scripts (notes/methods.md §1.1): resize the shorter side
-  to the resolution (bilinear, antialiased), random crop to a square, scale to [-1, 1]. Point the
-  harness at one with ``BENCH_TRAIN_DATA=DIR``.
+  Preprocessing follows the LCM reference scripts (diffusers
+  ``examples/consistency_distillation/train_lcm_distill_sd_wds.py``): resize the shorter side to the
+  resolution (bilinear, antialiased), random crop to a square, scale to [-1, 1]. Point the harness
+  at one with ``BENCH_TRAIN_DATA=DIR``.
 
 WebDataset shards (the LAION tars the reference scripts stream) are **not supported yet**: unpack
 them into a folder (``tar xf shard.tar -C DIR``; a shard holds ``KEY.jpg`` + ``KEY.txt`` pairs,

@@ -1,4 +1,5 @@
-"""Fingerprints: a stable hash of everything that changes an output (DESIGN.md, invariants)."""
+"""Fingerprints: a stable hash of everything that changes an output (invariant: rows with different
+fingerprints never share a cell)."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,6 +1,6 @@
 """Sampling engine: prompts -> per-image noise -> method.sample -> VAE decode -> PNGs on disk.
 
-Invariants (DESIGN.md):
+Invariants:
 * Image i gets its initial noise and every stochastic draw of its sampler from one CPU generator
   seeded by (run seed, i) alone (``image_seed``).
 * In ``exact`` batching (the default) every network call sees one image (two rows, uncond and

@@ -11,7 +11,7 @@ The :class:`Trainer` owns everything around the step: the accelerate ``Accelerat
 DDP, mixed precision, gradient accumulation), batches (data, VAE encoding, text encoding), the
 optimizer step with gradient clipping, the NaN/Inf guard, checkpoints, resume and the progress bar.
 
-Determinism and resume (DESIGN.md invariants):
+Determinism and resume (invariants):
 
 * Micro-batch ``i = (step * accumulation + micro) * processes + rank`` gets its images and
   captions from ``data.batch(i, batch_size)`` and every random draw of the method and of the VAE

@@ -6,7 +6,7 @@
 :class:`Row` field; ``versions`` and ``protocol`` stay JSON text), which is what the leaderboard,
 the report and ``bench check`` consume. Lines are written with :mod:`json` rather than
 ``DataFrame.to_json`` because the latter rounds floats to 15 significant digits.
-One process writes a given run's file (metrics are scored in one process, DESIGN.md "Scale").
+One process writes a given run's file (metrics are scored in one process).
 
 A run's file is only ever extended, and every extension rewrites the whole file to a temporary
 file beside it and renames it into place (:mod:`bench.core.atomic`), so a reader, or a run killed at

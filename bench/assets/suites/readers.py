@@ -91,7 +91,8 @@ class CocoCaptions:
 
 
 def parse_coco_captions(path: Path, data: bytes, where: str) -> CocoCaptions:
-    """Validate the COCO captions schema (notes/evaluation.md §6.1) and group captions by image.
+    """Validate the COCO captions schema (``captions_val2014.json`` / ``captions_val2017.json`` of the
+    official ``annotations_trainval2014/2017.zip``) and group captions by image.
 
     Every image must have at least one caption and every annotation must name a listed image;
     image ids and annotation ids must be unique integers.

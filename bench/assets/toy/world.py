@@ -118,7 +118,8 @@ class Scene:
 
 
 def item_rng(seed: int, index: int) -> np.random.Generator:
-    """The generator that owns item ``index`` of a draw with ``seed`` (DESIGN.md, determinism)."""
+    """The generator that owns item ``index`` of a draw with ``seed`` (determinism: item i depends on
+    (seed, i) only)."""
     return np.random.default_rng([int(seed), int(index)])
 
 

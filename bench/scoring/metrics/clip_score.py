@@ -1,4 +1,5 @@
-"""CLIP score: mean cosine between OpenCLIP image and prompt embeddings (notes/evaluation.md §2).
+"""CLIP score: mean cosine between OpenCLIP image and prompt embeddings (as in DMD2's
+``main/coco_eval/coco_evaluator.py``).
 
 Protocol recorded here (see ``ClipScorer.protocol``):
 

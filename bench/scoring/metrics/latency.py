@@ -1,6 +1,6 @@
 """Latency: batch-1 end-to-end time of a sampler, its denoiser-only share, throughput, peak memory.
 
-Protocol (notes/evaluation.md §4): the caller builds the closures. ``end_to_end`` runs one image at
+Protocol: the caller builds the closures. ``end_to_end`` runs one image at
 batch 1: text encoding + every denoiser evaluation + VAE decode, no safety checker, no PIL/PNG
 encoding, no disk I/O. ``denoiser_only`` runs just the denoiser evaluations of the same sample.
 Each closure is called ``warmup`` times untimed, then ``runs`` (>= 20) times timed; we report the
