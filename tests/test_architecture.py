@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[1]
 LAYERS = {"bench.core": 0, "bench.assets": 1, "bench.engine": 2, "bench.scoring": 3, "bench.publish": 4,
           "bench.perf": 4, "bench.cli": 5}
 #: third-party packages a function may import at first use: heavy to import (seconds) or optional

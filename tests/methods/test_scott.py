@@ -7,13 +7,13 @@ import dataclasses
 
 import pytest
 import torch
-from torch import nn
-from training_helpers import (  # tests/ is on sys.path
+from conftest import (
     Killed,
     KilledAt,
     guided_teacher,
     trainer,
 )
+from torch import nn
 
 from bench.assets.train_data import SyntheticPairs
 from methods import get_method_class
@@ -38,15 +38,7 @@ from methods.scott import (
     trainable_fraction,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):
-    yield
-
-
-@pytest.fixture(scope="module")
-def teacher(tiny_teacher):
-    return tiny_teacher
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(**kw) -> SCottConfig:

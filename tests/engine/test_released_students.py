@@ -23,18 +23,9 @@ from bench.core.errors import MissingResourceError
 from bench.engine import students
 from methods.lcm import LCM, LCMConfig, LCMLoRA, LCMLoRAConfig
 
-GOLDEN = Path(__file__).parent / "golden" / "training_hashes.json"
+pytestmark = pytest.mark.usefixtures("one_thread", "isolated_cache")
 
-
-@pytest.fixture(autouse=True)
-def _isolated(one_thread, tmp_path, monkeypatch):
-    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("BENCH_TRAIN_DATA", raising=False)
-
-
-@pytest.fixture(scope="module")
-def teacher(tiny_teacher):
-    return tiny_teacher
+GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "training_hashes.json"
 
 
 def small(cls, config_cls, **fields):

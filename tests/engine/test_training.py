@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from training_helpers import Killed, KilledAt  # tests/ is on sys.path
+from conftest import Killed, KilledAt
 
 from bench.assets.teachers.model import TEACHER_SPECS
 from bench.assets.train_data import (
@@ -29,15 +29,7 @@ from methods.mcm import MCMConfig
 from methods.scott import SCottConfig
 from methods.splam import SPLAMConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):
-    yield
-
-
-@pytest.fixture(scope="module")
-def teacher(tiny_teacher):
-    return tiny_teacher
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from bench.publish.markdown import best_in_groups
 from bench.publish.report import PLOT_SIZE_PX, GridLayout, pareto_front, write_report
 from bench.scoring.results import ResultsStore, Row, load_all, new_run_id, rows_to_frame
 
-GOLDEN = Path(__file__).parent / "golden"
+GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 UPDATE_GOLDEN = os.environ.get("UPDATE_GOLDEN") == "1"
 
 SMOKE_NOTE = "smoke suite: stand-in metric models, numbers are not comparable to papers"
@@ -401,7 +401,7 @@ def test_a_leaderboard_rebuilds_from_its_own_json_byte_for_byte(tmp_path):
     for name in ("smoke.md", "smoke.json"):
         assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "a" / name).read_bytes(), name
     # The committed toy leaderboard too (175 rows, superseded fingerprints with their runs).
-    committed = Path(__file__).resolve().parent.parent / "leaderboards"
+    committed = Path(__file__).resolve().parents[2] / "leaderboards"
     doc = json.loads((committed / "toy.json").read_text(encoding="utf-8"))
     write_leaderboards(rows_from_leaderboard(doc), tmp_path / "toy", suites=["toy"])
     assert (tmp_path / "toy" / "toy.md").read_text(encoding="utf-8") == (committed / "toy.md").read_text(encoding="utf-8")

@@ -11,10 +11,7 @@ import pytest
 from bench.cli import main
 from bench.scoring.results import load_all
 
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def _run(out, *extra):

@@ -32,17 +32,9 @@ from methods.lcm import (
     build_w_conditioned_unet,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TOL = 1e-5
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):
-    yield
-
-
-@pytest.fixture(scope="module")
-def teacher(tiny_teacher):
-    return tiny_teacher
 
 
 @pytest.fixture(scope="module")

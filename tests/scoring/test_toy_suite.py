@@ -25,10 +25,7 @@ from bench.scoring.toy import (
     toy_metric_models,
 )
 
-
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def test_toy_suite_is_the_fixed_prompt_draw_and_the_default():

@@ -15,7 +15,7 @@ from PIL import Image
 from bench.cli import main
 from bench.engine.sampling import image_seed
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _sample(out: Path, *extra: str, method: str = "ddim", steps: int = 2, num_images: int = 5) -> int:

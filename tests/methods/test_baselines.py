@@ -16,7 +16,7 @@ from methods.dpmpp import DPMSolverPP, DPMSolverPPConfig
 from methods.er_sde import ERSDE, ERSDEConfig
 from methods.timesteps import inference_timesteps
 
-TINY_UNET = Path(__file__).resolve().parents[1] / "bench" / "configs" / "tiny" / "unet.json"
+TINY_UNET = Path(__file__).resolve().parents[2] / "bench" / "configs" / "tiny" / "unet.json"
 GUIDANCE = 7.5
 TOL = 1e-5
 

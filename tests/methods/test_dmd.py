@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from training_helpers import Killed, KilledAt  # tests/ is on sys.path
+from conftest import Killed, KilledAt
 
 from bench.assets.train_data import SyntheticPairs
 from bench.core.errors import MissingResourceError
@@ -36,10 +36,7 @@ from methods.dmd import (
 )
 from methods.pndm import PNDM
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
@@ -47,11 +44,6 @@ def _cache(tmp_path, monkeypatch):
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("BENCH_TRAIN_DATA", raising=False)
     monkeypatch.delenv("BENCH_LPIPS_VGG_PATH", raising=False)
-
-
-@pytest.fixture(scope="module")
-def teacher(tiny_teacher):
-    return tiny_teacher
 
 
 @pytest.fixture(scope="module")

@@ -20,18 +20,10 @@ from bench.engine.training import Trainer
 from methods import SampleRequest, get_method_class, method_names
 from methods.base import Denoiser, Method, Student, TrainingContext, TrainingMethod
 
+pytestmark = pytest.mark.usefixtures("one_thread", "isolated_cache")
+
 NAMES = method_names()
 TRAINING = [name for name in NAMES if get_method_class(name).trains]
-
-
-@pytest.fixture(autouse=True)
-def _isolated(one_thread, tmp_path, monkeypatch):
-    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def teacher(tiny_teacher):
-    return tiny_teacher
 
 
 def first_supported_steps(method: Method) -> int:

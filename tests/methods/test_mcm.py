@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from training_helpers import Killed, KilledAt  # tests/ is on sys.path
+from conftest import Killed, KilledAt
 
 from bench.assets.train_data import SyntheticPairs
 from bench.engine.training import Trainer, TrainSchedule
@@ -37,17 +37,9 @@ from methods.mcm import (
 )
 from methods.timesteps import inference_timesteps
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TOL = 1e-5
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):
-    yield
-
-
-@pytest.fixture(scope="module")
-def teacher(tiny_teacher):
-    return tiny_teacher
 
 
 def assert_close(ours: torch.Tensor, ref: torch.Tensor, tol: float = TOL) -> None:

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-from training_helpers import (  # tests/ is on sys.path
+from conftest import (
     Killed,
     KilledAt,
     guided_teacher,
@@ -41,15 +41,7 @@ from methods.splam import (
     splam_training_step,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(one_thread):
-    yield
-
-
-@pytest.fixture(scope="module")
-def teacher(tiny_teacher):
-    return tiny_teacher
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------

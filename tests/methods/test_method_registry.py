@@ -14,7 +14,7 @@ from methods import SampleRequest, get_method_class
 from methods.base import Denoiser, TeacherSolver
 from methods.registry import ENTRY_POINT_GROUP, REGISTRY, register_method
 
-EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "custom-method"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "custom-method"
 
 
 @pytest.fixture
