@@ -116,27 +116,18 @@ class ConsistencyDistillationConfig:
     seed: int = 0
 
     # -- toy schedule (bench.engine.training.apply_toy_schedule; not from the papers) -----------------
-    # The guidance the toy suite samples and scores at, fixed: the toy teacher's g = 3, LCM w =
-    # g - 1 = 2, since every toy comparison is with the teacher's DDIM at g = 3 and DDIM's FID
-    # depends on g (toy, N = 1000, 4 steps: 2.46 at g = 1.75, 1.98 at 3, 9.33 at 8.5). A
-    # 1000-step CPU run spread over the paper's w ~ U[2, 14] (or LCM-LoRA's w = 7.5) learns the
-    # edge of its range least. Measured (1000 steps, L2 loss, N = 1000, FID at 1/2/4/8 steps): LCM
-    # 15.86/7.35/3.46/2.37 over U[2, 14] -> 11.62/4.77/2.44/1.64 at w = 2 (training seed 1:
-    # 13.96/5.36/2.49/1.41); LCM-LoRA 15.24/6.42/3.36/2.55 at w = 7.5 -> 13.70/4.44/1.96/1.18 at
-    # w = 2 (training seeds 1 and 2: 14.16/5.81/3.65/2.33 and 12.77/6.00/3.82/2.43, so its 4-step
-    # figure is mostly the seed).
+    # Reasons and measurements (LCM, LCM-LoRA): docs/methods/lcm.md.
+    # The guidance the toy suite scores at (g = 3, LCM w = 2): a short CPU run learns a range's edge least.
     toy_w_min: float | None = 2.0
     toy_w_max: float | None = 2.0
-    # The loss on the toy; None keeps the preset's. Set where measured better on the toy (LCM and
-    # SCott: the official LCM code's pseudo-Huber; LCM-LoRA keeps L2; methods/lcm.py, scott.py).
+    # The loss on the toy; None keeps the preset's (LCM and SCott set the code's pseudo-Huber).
     toy_loss_type: str | None = None
-    # The lr schedule on the toy; None keeps the code's constant lr (LCM and SCott: cosine, methods/lcm.py).
+    # The lr schedule on the toy; None keeps the code's constant lr (LCM, SCott and SPLAM set cosine).
     toy_lr_scheduler: str | None = None
     toy_lr_warmup_steps: int | None = None
 
     # -- sampling --------------------------------------------------------------------------------
-    # LCM_TIMESTEP_SPACINGS. Toy, measured (same students, N = 1000, FID at 4 / 8 steps): "original"
-    # gives LCM 2.51 / 1.67 and LCM-LoRA 1.94 / 1.18 against 2.44 / 1.64 and 1.96 / 1.18.
+    # LCM_TIMESTEP_SPACINGS; the two measured alike on the toy (same students, 4 and 8 steps).
     timestep_spacing: str = "diffusers-2023-11"
     original_inference_steps: int = 50      # LCMScheduler default; LCM-Dreamshaper uses 50 (diffusers docs)
 

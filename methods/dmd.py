@@ -129,7 +129,7 @@ class DMDConfig:
     fake_learning_rate: float | None = None  # None: learning_rate (both 1e-5 in DMD and DMD2)
     # CHOICE, not in either paper's SD-1.5 recipe: an EMA copy of the generator, updated after each
     # generator update (theta_ema <- mu theta_ema + (1 - mu) theta), saved as the student. None:
-    # the online generator is the student (the papers). Measured worse on the toy (see below).
+    # the online generator is the student (the papers). Measured worse on the toy.
     generator_ema_decay: float | None = None
     train_batch_size: int = 32
     max_train_steps: int = 20_000
@@ -148,40 +148,13 @@ class DMDConfig:
     gradient_checkpointing: bool = True
     real_score_half_precision: bool = True   # bf16 autocast on CUDA when the teacher is fp32
 
-    # -- toy schedule (not from the papers; ~20 min on one thread of a 2-core CPU, pairs included).
-    # The generator's timestep (toy_denoising_step_list): pure noise enters at t = 399, not 999, as
-    # in the DMD2 code's one-step SDXL model (sampled at timesteps=[399]; PixArt-DMD calls this
-    # start timestep "very important"). Why it matters on the toy: the generator is the teacher's
-    # eps prediction read as x0 = (z - sigma_t eps)/alpha_t, and at t = 999 1/alpha_t = 14.7 (SD-1.5
-    # schedule), so the small toy teacher's eps error comes out as pixel noise: its own 1-step x0
-    # is noise-covered (DDIM 1-step FID 19.79) and 400 DMD steps do not clean it (FID 11.25,
-    # precision 0.41; 2000 steps oscillate between 7 and 17). At t = 399, 1/alpha_t = 1.9.
-    # Measured (N = 1000, one thread, 1-step FID / precision; training seeds 0 / 1 / 2):
-    #   t = 999, fake lr = lr (the toy default until 2026-12-04)     11.25 / 0.41
-    #   t = 399, fake lr = lr                                        3.26 (then 9.63 at 800 steps, 2.69 at 2000)
-    #   t = 399, fake lr 2e-4 (4x lr; the toy default until 2026-12-04 at 400 steps)
-    #                                                                2.47 / 3.05 / 5.09, precision 0.79-0.80
-    #   t = 399, fake lr 5e-4                                        3.24 / 4.42 / 3.42
-    #   t = 399, fake lr 2e-4, generator lr 2e-5: 4.26 at 400 steps, 2.93 at 600, 3.04 at 800
-    #   t = 399, fake lr 2e-4, cosine lr decay: 4.87 (400 steps), 3.66 (600)
-    #   t = 399, fake lr 2e-4, the student an EMA of the generator (toy_generator_ema_decay=0.99): 4.91
-    #   t = 399, fake lr 2e-4, regression_weight 1 / 4 (the paper's 0.25 with LPIPS): 3.85 / 5.38
-    #   t = 399, fake lr 2e-4, 800 steps: 3.98; batch 64: 5.06; Eq. 7's weighting: 2.48 / 3.74
-    #   t = 399, fake lr 2e-4, DMD2's two time-scale rule (toy_generator_update_ratio = 5: the
-    #     generator steps every 5th iteration, the fake score every one), 2000 iterations
-    #     (400 generator steps): 2.75; 4000 iterations (default): 1.88 / 2.37 / 2.42,
-    #     precision 0.85-0.87, Coverage 0.82-0.85 (~20 min per student on one thread)
-    # A faster fake score also damps the oscillation at t = 999 (1200 steps: 17.28 at
-    # fake_learning_rate = learning_rate, 11.41 at 2e-4). Updating the generator every
-    # iteration, the snapshot FID swings by +-1 between checkpoints 100 steps apart and longer
-    # runs get worse; giving the fake score 5 updates per generator step (DMD2 §4.2's rule:
-    # the fake score must keep up with the generator's outputs) lets 800 generator steps
-    # improve on 400 and cuts the spread over training seeds from 2.6 to 0.5. Only seed 0 is
-    # below the teacher's 4-step DDIM (1.98).
+    # -- toy schedule (not from the papers; sized for a CPU). Reasons and measurements: docs/methods/dmd.md.
+    # Pure noise enters at t = 399, as in the DMD2 code's one-step SDXL model: at t = 999 the toy teacher's
+    # eps error, divided by alpha_t, comes out as pixel noise that training does not remove.
     toy_denoising_step_list: tuple[int, ...] | None = (399,)
-    toy_fake_learning_rate: float | None = 2e-4
+    toy_fake_learning_rate: float | None = 2e-4      # a faster fake score measured better and damps oscillation
     toy_generator_ema_decay: float | None = None
-    toy_generator_update_ratio: int | None = 5
+    toy_generator_update_ratio: int | None = 5       # DMD2's two time-scale rule: better and less seed-dependent
     toy_max_train_steps: int | None = 4000
     toy_train_batch_size: int | None = 32
     toy_learning_rate: float | None = 5e-5
@@ -235,22 +208,12 @@ class DMD2Config(DMDConfig):
     generator_update_ratio: int = 10
     max_train_steps: int = 40_000
 
-    # toy: r = 5 (r = 10 leaves a 1000-iteration run with 100 generator updates), GAN on (the toy
-    # world has real images; the stage-2 weights). Measured (N = 1000), FID at 1 / 4 steps: 800
-    # steps (the toy default before 2026-11-25) 17.45 / 4.00 (284 s); 2400 steps 12.94 / 2.48
-    # (1472 s, one thread beside another job; retrained from scratch: the same FIDs); 4800 steps
-    # 25.29 / 2.88 (2149 s), worse at both; all three at the paper's list [999, 749, 499, 249].
-    # The toy list [399, 299, 199, 99] (toy_denoising_step_list; why: DMDConfig's toy comment) at
-    # 2400 steps (the default since 2026-12-04): 4.83 / 1.24 (1083 s, one thread); training seeds
-    # 1 / 2: 5.79 / 1.86 and 6.04 / 1.74, below the teacher's DDIM (19.79 / 1.98) at both counts.
-    # The real guidance stays the paper's 1.75, unlike the consistency students' toy w
-    # (methods.consistency): at the toy suite's g = 3 the 2400-step student gives 15.21 / 10.29.
-    # (The teacher's DDIM at g = 1.75 gives 2.46 at 4 steps and 1.72 at 25.)
-    toy_max_train_steps: int | None = 2400
-    toy_generator_update_ratio: int | None = 5
-    toy_gan: bool | None = True
+    # Toy schedule (docs/methods/dmd.md): the real guidance stays the paper's 1.75 (g = 3 measured worse).
+    toy_max_train_steps: int | None = 2400           # measured better than 800 and 4800
+    toy_generator_update_ratio: int | None = 5       # r = 10 leaves a short run too few generator updates
+    toy_gan: bool | None = True                      # the toy world has real images; the stage-2 weights
     toy_num_regression_pairs: int | None = None
-    toy_denoising_step_list: tuple[int, ...] | None = (399, 299, 199, 99)
+    toy_denoising_step_list: tuple[int, ...] | None = (399, 299, 199, 99)   # as DMD's toy t = 399 (DMDConfig)
     toy_fake_learning_rate: float | None = None
 
 

@@ -108,35 +108,17 @@ class LCMConfig(ConsistencyDistillationConfig):
     # shifts the time embedding of the teacher's weights at step 0) or "zero" (starts as the teacher).
     cond_proj_init: str = "default"
 
-    # Toy schedule: replaces the field without the prefix when the harness trains on a toy-world or
-    # random-weight teacher (bench.engine.training.apply_toy_schedule). Not from the papers: sized for a
-    # CPU; the code's EMA 0.95 because the paper's 0.999943 leaves the target at its initial
-    # value over a run this short (1 - 0.999943^1000 = 5.5%). Length and lr, measured (w = 2, N =
-    # 1000, one thread, FID at 1/2/4/8 steps): 1000 steps at 1e-4 11.62/4.77/2.44/1.64; 600 steps
-    # 12.63/6.18/4.08/3.48; 3000 steps 15.90/6.18/3.27/2.33; 2000 at 5e-5 13.29/5.54/2.70/1.69;
-    # 3000 at 3e-5 13.40/5.70/2.91/1.65.
-    toy_max_train_steps: int | None = 1000
+    # Toy schedule (bench.engine.training.apply_toy_schedule replaces each field without the prefix on
+    # toy-world and random-weight teachers); sized for a CPU, not from the papers. Reasons and
+    # measurements: docs/methods/lcm.md.
+    toy_max_train_steps: int | None = 1000     # length and lr: measured best of the lengths and lrs tried
     toy_train_batch_size: int | None = 32
     toy_learning_rate: float | None = 1e-4
-    toy_ema_decay: float | None = 0.95
+    toy_ema_decay: float | None = 0.95         # the code's: the paper's 0.999943 barely moves the target in 1000 steps
     toy_checkpointing_steps: int | None = 250
-    # zero cond_proj: the student starts as the teacher. With the default init the w embedding
-    # shifts the teacher's time embedding at step 0 and a toy run does not recover; measured
-    # (N = 1000, 1000 steps, w ~ U[2, 14]), FID at 1/2/4/8 steps 16.93/12.76/9.35/9.97 with "default",
-    # 15.86/7.35/3.46/2.37 with "zero".
-    toy_cond_proj_init: str | None = "zero"
-    # The official code's pseudo-Huber (c = 0.001), not the paper's L2: measured (1000 steps, w = 2,
-    # N = 1000, one thread, FID at 1/2/4/8 steps) 12.99/4.24/1.73/1.20 against 11.62/4.77/2.44/1.64
-    # with L2; training seed 1: 13.33/4.76/2.31/1.55 against 13.96/5.36/2.49/1.41; seed 2:
-    # 13.20/4.99/2.49/1.56 against 15.00/5.47/2.59/1.62. The figures above (length, lr, the
-    # cond_proj init) were measured with L2.
-    toy_loss_type: str | None = "huber"
-    # A cosine decay of the lr (20 warm-up steps), not the code's constant lr: measured (Huber,
-    # 1000 steps, one thread, N = 1000, FID at 1/2/4/8 steps; teacher DDIM 19.79/5.48/1.98/1.71)
-    # training seed 0 11.99/4.09/1.86/1.16 against 12.99/4.24/1.73/1.20 at a constant lr; seed 1
-    # 11.70/4.08/2.02/1.23; seed 2 11.61/4.14/1.90/1.21 (constant lr: above). At 4 steps the
-    # three seeds average 1.92 against 2.18: the decay mostly removes the seed-to-seed spread.
-    toy_lr_scheduler: str | None = "cosine"
+    toy_cond_proj_init: str | None = "zero"    # starts as the teacher; "default" measured far worse on the toy
+    toy_loss_type: str | None = "huber"        # the code's pseudo-Huber, measured better than L2 for three seeds
+    toy_lr_scheduler: str | None = "cosine"    # measured better and less seed-dependent than the code's constant lr
     toy_lr_warmup_steps: int | None = 20
 
     def __post_init__(self):
@@ -169,11 +151,8 @@ class LCMLoRAConfig(ConsistencyDistillationConfig):
     lora_dropout: float = 0.0
     lora_target_modules: tuple[str, ...] = LCM_LORA_TARGET_MODULES
 
-    # Toy schedule (see LCMConfig); the paper's L2, not LCM's toy pseudo-Huber: with the Huber loss
-    # (and no EMA target) a toy run degrades, measured (1000 steps, w = 2, N = 1000, one thread, FID
-    # at 1/2/4/8 steps) 18.24/11.88/13.41/14.90 against 13.70/4.44/1.96/1.18 with L2. The code's
-    # constant lr, not LCM's toy cosine decay: measured (training seed 1, 4 steps) 4.85 with the
-    # decay against 3.65 without.
+    # Toy schedule: LCM's length, batch and lr; the report's L2 (LCM's toy Huber degrades without an
+    # EMA target) and the code's constant lr (LCM's toy cosine decay measured worse). docs/methods/lcm.md.
     toy_max_train_steps: int | None = 1000
     toy_train_batch_size: int | None = 32
     toy_learning_rate: float | None = 1e-4

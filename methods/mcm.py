@@ -132,66 +132,17 @@ class MCMConfig:
     checkpointing_steps: int = 500
     seed: int = 0
 
-    # Toy schedule (bench.engine.training.apply_toy_schedule), sized for a CPU, not from the paper. 64
-    # teacher steps, the paper's annealing start (Table 2: annealing from 64 beats any fixed count),
-    # not 256: a short run cannot carry the boundary condition across 256 / S links per segment.
-    # Batch and lr as LCM's toy schedule. 4000 steps with a cosine decay of the lr, measured (toy,
-    # N = 1000, one thread, FID at S = 1 / 2 / 4 / 8; teacher DDIM 19.79 / 5.48 / 1.98 / 1.71):
-    #     500 steps, constant lr (the toy default before 2026-11-24)  19.48 / 8.49 / 6.22 / 1.47
-    #       (its leaderboard rows until then, 16.38 / 8.20 at S = 1 / 2, came from students trained
-    #       at another thread count; S = 4 and 8 reproduce bit for bit)
-    #     2000 steps, constant                                         -    / 5.82 / 2.72 /  -
-    #     4000 steps, constant                                         -    / 6.94 / 4.16 /  -
-    #     2000 steps, cosine                                          11.74 / 4.82 / 2.41 / 1.74
-    #     4000 steps, cosine (default)                                10.45 / 4.17 / 2.20 / 1.73
-    # A constant lr stops improving by 2000 steps; decaying it keeps improving S = 1, 2 and 4 up to
-    # 4000, at ~20 min per student on one thread of this project's 2-core machine. S = 8 is the
-    # exception: its segments span 125 timesteps, and the short schedule is better (FID, S = 8: 500
-    # steps constant 1.47, training seed 1: 1.56; 1000 cosine 1.89; 4000 cosine 1.73, against the
-    # DDIM's 1.71), so from S = toy_short_schedule_from_segments on the toy schedule is
-    # toy_short_max_train_steps at toy_short_lr_scheduler (MultistepCM.toy_config_for_steps; it
-    # stands aside when --config sets the schedule: lr_scheduler, max_train_steps or their toy_
-    # twins; pass toy_short_schedule_from_segments=none to train every S on the long schedule).
-    # S = 4 stays above the DDIM's 1.98; none of these moved it (FID at S = 4): toy_teacher_steps 32
-    # 2.29 and 128 2.17 against 2.20 at 64 (4000 steps cosine; 32 at 1000 steps 2.81, 500 constant
-    # 7.92), and at 1000 steps (default 2.81) xvar_frac 0 2.82, uniform loss weighting 2.73, teacher
-    # guidance 2.25 2.96; at 4000 steps, lr 5e-5: 2.34, toy_train_batch_size 64: 2.25 (45 min), and
-    # toy_teacher_steps 256 (the paper's): 2.41, x_var_estimate "analytic" (§3.2): 2.22. Training
-    # seeds 1 and 2 give 2.32 and 2.22: the seed spread (2.20 to 2.32) is smaller than the gap.
-    # Also loss_weighting "uniform" 2.28 and toy_learning_rate 2e-4 2.22. Where the gap sits
-    # (reports/diagnostics/README.md, one segment swapped at a time into the teacher's 25-sub-step ODE):
-    # the ODE on all four segments scores 1.59, so a perfect student would beat the DDIM; the
-    # student's 999 -> 749 step alone raises it to 1.99, its other steps by at most 0.09. That step is
-    # 5.5x closer to the ODE than DDIM's (latent MSE 0.0022 against 0.0121) and its targets equal the
-    # ODE there, so the excess is approximation error, while DDIM's one coarse step over 999 -> 749
-    # lowers FID to 1.37: the 4-step DDIM profits from an error that a distilled ODE does not make.
-    # Annealing (off by default; toy_anneal_iterations kept at the 250 it had with 500 steps, pass
-    # toy_anneal_iterations=2000 for the paper's first half) measured at FID S = 2 / 4: 500 steps
-    # 15.10 / 3.03 against 8.20 / 6.22 at a fixed 64; 2000 steps constant (annealing over 1000)
-    # 10.34 / 2.44 against 5.82 / 2.72; cosine, S = 4: 2000 steps 2.76 against 2.41, 4000 steps
-    # (annealing over the first 2000) 2.40 against 2.20. It helps S = 4 at a constant lr, not with
-    # the cosine decay, and hurts S = 2 (up to 500 links per segment); with the ImageNet
-    # huber_epsilon = 1e-4 as well, S = 4 at 2000 steps gives 7.55. huber_epsilon = 1e-4 alone (500
-    # steps, no annealing): 8.26 / 5.01 at S = 2 / 4, against 8.20 / 6.22; on the 4000-step cosine
-    # schedule it gives 2.73 at S = 4, against 2.20.
-    # Fewer teacher steps per segment, at S = 4 on the 4000-step cosine schedule: toy_teacher_steps 8
-    # (2 per segment) 2.06, and with x_var_estimate "none" 1.98 (ties the DDIM's 1.979). With 4 teacher
-    # steps and x_var "none" the FID is 1.67 (training seed 1: 1.66), but that is not consistency
-    # distillation: every draw has s = t_step, so Alg. 1 degenerates to fitting the guided teacher's
-    # x_0 at the four sampling timesteps, a guidance distillation of the 4-step DDIM. It stays a
-    # probe, not the default.
-    # Also: max_grad_norm 0 (no clipping) 2.27; an EMA target (decay 0.95, as in CD and LCM, instead of
-    # Alg. 1's nograd student; a patched one-off run) 2.35.
-    # On a larger toy teacher (two ResNets per level; a scratch world, reports/diagnostics/README.md)
-    # this config beats that teacher's DDIM at S = 1, 2, 4 and 8 (S = 4: 4.73 against 5.04; S = 8 on
-    # the 4000-step schedule): the S = 4 gap here is a property of the committed teacher.
-    toy_max_train_steps: int | None = 4000
-    toy_lr_scheduler: str | None = "cosine"
+    # Toy schedule (bench.engine.training.apply_toy_schedule), sized for a CPU, not from the paper; batch
+    # and lr as LCM's toy schedule. Reasons, measurements and the probes that did not help: docs/methods/mcm.md.
+    toy_max_train_steps: int | None = 4000       # with the cosine decay: keeps improving S < 8 up to 4000 steps
+    toy_lr_scheduler: str | None = "cosine"      # a constant lr stops improving early
     toy_train_batch_size: int | None = 32
     toy_learning_rate: float | None = 1e-4
-    toy_teacher_steps: int | None = 64
-    toy_anneal_iterations: int | None = 250
+    toy_teacher_steps: int | None = 64           # the paper's annealing start: fewer links per segment than 256
+    toy_anneal_iterations: int | None = 250      # annealing is off; pass 2000 for the paper's first half
     toy_checkpointing_steps: int | None = 100
+    # From S = toy_short_schedule_from_segments on (none: never), the short schedule below, measured better for
+    # S = 8's short segments (MultistepCM.toy_config_for_steps; a --config schedule override turns it off).
     toy_short_schedule_from_segments: int | None = 8
     toy_short_max_train_steps: int = 500
     toy_short_lr_scheduler: str = "constant"

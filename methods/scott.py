@@ -139,48 +139,20 @@ class SCottConfig(LCMConfig):
     disc_lora_alpha: float = 50.0
     disc_lora_target_modules: tuple[str, ...] = SCOTT_DISC_LORA_MODULES
 
-    # Toy schedule (bench.engine.training.apply_toy_schedule): LCM's toy schedule (batch 32, lr 1e-4,
-    # EMA 0.95) for 400 steps, because a SCott step costs 2.5x an LCM step on the toy U-Net
-    # (measured on 2 CPU cores: 0.68 s against 0.27 s; 3 teacher sub-steps, the generator's pass
-    # through D and one batched real/fake D pass) and the toy budget (README) holds three
-    # methods' training to 15 minutes; the discriminator keeps the paper's 2.5x learning-rate
-    # ratio; LoRA rank 3 gives the toy U-Net a trainable fraction of 4.0%, the nearest to the
-    # paper's 3.6% (rank 4: 5.3%). At a constant lr longer was worse (N = 1000, L2 loss, FID at
-    # 1/2/4/8 steps): 1000 steps 33.20/10.09/4.22/4.13 against 20.39/5.70/2.86/2.83 at 400.
-    toy_max_train_steps: int | None = 400
-    # LCM's toy cosine decay of both lrs (20 warm-up steps), measured (Huber loss, one thread, N = 1000,
-    # FID at 1/2/4/8 steps; teacher DDIM 19.79/5.48/1.98/1.71): 400 steps 16.88/5.14/1.82/1.53
-    # against 14.31/3.53/1.80/1.81 at a constant lr; the constant lr loses to DDIM at 8 steps, the
-    # cosine one beats it at every step count. With the decay, longer is better: 1000 steps (50
-    # warm-up) 13.19/2.23/1.51/1.47, but SCott would then take ~11 of the 15 budget minutes (README).
-    # Without the GAN (use_gan=false, cosine 400): 12.91/3.67/1.09/1.33; on the toy the adversarial
-    # term costs FID at every step count (the paper's Table 7 gains are on SD-1.5).
+    # Toy schedule (bench.engine.training.apply_toy_schedule): LCM's (batch 32, lr 1e-4, EMA 0.95, cosine
+    # decay of both lrs). Reasons and measurements: docs/methods/scott.md.
+    toy_max_train_steps: int | None = 400          # a SCott step is dearer than LCM's: fits the toy budget
     toy_train_batch_size: int | None = 32
     toy_learning_rate: float | None = 1e-4
-    toy_disc_learning_rate: float | None = 2.5e-4
-    toy_disc_lora_rank: int | None = 3
+    toy_disc_learning_rate: float | None = 2.5e-4  # the paper's 2.5x ratio to the student's lr
+    toy_disc_lora_rank: int | None = 3             # the trainable fraction nearest the paper's 3.6%
     toy_disc_lora_alpha: float | None = 3.0
     toy_ema_decay: float | None = 0.95
     toy_checkpointing_steps: int | None = 200
-    # The reference's random cond_proj, not LCM's toy "zero": measured (N = 1000, 400 steps), FID
-    # at 1/2/4/8 steps 20.39/5.70/2.86/2.83 with "default", 41.12/19.25/9.57/5.16 with "zero".
-    # The random init is also what makes a toy run seed-dependent. Measured (cosine 400 steps, one
-    # thread): training seed 1 collapses, 42.48/55.46/19.90/8.19, and still does without the GAN
-    # (37.04/47.37/13.08/3.35) or at adv_weight 0.1 (39.03/48.92/13.87/4.75), not with the zero
-    # init (18.56/6.68/2.82/2.27); but the zero init is worse for seeds 0 and 2 (18.93/7.71/3.46/2.63,
-    # 23.10/11.44/5.52/3.95 against 16.88/5.14/1.82/1.53 and 22.24/7.59/1.91/2.20).
-    toy_cond_proj_init: str | None = "default"
-    # The paper's w ~ U[2, 14] on the toy too, not LCM's toy w = 2 (methods.consistency): measured
-    # (400 steps, N = 1000, FID at 1/2/4/8 steps) 20.39/5.70/2.86/2.83 over U[2, 14] against
-    # 23.98/7.98/4.17/3.97 at w = 2 (31.52/12.77/5.31 at 1/2/4 with w = 2 and the zero cond_proj).
-    toy_w_min: float | None = None
+    toy_cond_proj_init: str | None = "default"     # the reference's; "zero" measured worse for two of three seeds
+    toy_w_min: float | None = None                 # the paper's U[2, 14]: measured better than LCM's toy w = 2
     toy_w_max: float | None = None
-    # LCM's toy pseudo-Huber (c = 0.001), not the paper's L2; the figures above were measured with
-    # L2. Measured (400 steps, N = 1000, one thread, FID at 1/2/4/8 steps): training seed 0
-    # 14.31/3.53/1.80/1.81 against 20.39/5.70/2.86/2.83 with L2 (that student: `bench run`'s
-    # threads); seed 1 23.04/20.63/5.96/2.86 against 33.03/36.74/23.16/18.96; seed 2
-    # 18.30/7.56/2.90/3.81 against 31.92/14.10/4.85/4.95. A toy run is seed-sensitive either way.
-    toy_loss_type: str | None = "huber"
+    toy_loss_type: str | None = "huber"            # LCM's toy pseudo-Huber, measured better than L2 for three seeds
 
     def __post_init__(self):
         super().__post_init__()

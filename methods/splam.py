@@ -88,61 +88,23 @@ class SPLAMConfig(ConsistencyDistillationConfig):
     paper's "guidance scale 3" is g = 3, w = g - 1 = 2 in the LCM convention these fields use.
     (b) non-zero at gamma = 1; folded into ``time_embedding.linear_1.bias`` at save time.
     (c) The embedding is LCM's Fourier embedding of s (1 - gamma), which multiplies its argument
-    by 1000. The code's s = 10 turns every gamma < 1 into a random-phase vector: at
-    gamma = 0.999 the embedding is still 9.1 away from its gamma = 1 value (a typical pair is 16
-    apart), so gamma = 1, the only value sampling uses (Eq. 19), is never near a training input,
-    and on the toy world the sampled images were noise (1-step FID 54 after 250 steps; the same
-    run with gamma fixed at 1, i.e. LCM with this teacher, reaches 14.3). The paper says only
-    "Fourier embeddings"; s = 0.01 makes the embedding smooth in gamma (0.027 away at gamma =
-    0.999), so training near gamma = 1 trains gamma = 1: 1-step FID 55 -> 35 on the toy
-    schedule (500 steps; 30 with the toy's zero ``cond_proj``). Still far from gamma = 1 alone.
-    (d) Why, measured with ``sl_ode_ablation`` (toy, 500 steps, N = 1000, FID at 1/2/4/8 steps):
-    a point z_{gamma,t} holds the signal of time t at the lower noise level sigma(gamma, t)
-    (exactly so after one DDIM step; test_splam), the student is told t, and only the embedding
-    says how much noise to remove, an error Eq. 14 divides by alpha(t) (0.068 at t = 999).
-    "gamma-one" (LCM's online branch with Multiple Estimation) 14.02/5.49/2.63/1.81;
-    "embedding-only" 14.40/5.50/2.44/1.70 (the embedding is harmless); "point-only"
-    35.43/15.88/29.89/70.31; Algorithm 1 31.25/27.73/37.61/47.88 (1 step: 20.75 at 2000 steps).
-    All on one thread (two threads: Algorithm 1 30.04/28.28/38.44/48.19, see the toy comment).
-    Neither k = 20 (one DDIM step, 1000 steps: 44.59/48.13/24.70/30.37), the code's
-    sigma_gamma (31.66/34.46/43.58/51.79) nor embedding scales 0.001, 1 or 10 (300-step probes)
-    helped: the toy U-Net does not learn the gamma-dependent noise level in these schedules.
+    by 1000. The code's s = 10 makes every gamma < 1 a random-phase vector far from gamma = 1, the
+    only value sampling uses (Eq. 19); the paper says only "Fourier embeddings", and s = 0.01 makes
+    the embedding smooth in gamma, so training near gamma = 1 trains gamma = 1.
+    (d) ``sl_ode_ablation`` (diagnosis only): a point z_{gamma,t} holds the signal of time t at the
+    lower noise level sigma(gamma, t), the student is told t, and only the embedding says how much
+    noise to remove, an error Eq. 14 divides by alpha(t); the toy U-Net does not learn it.
     (e) CHOICE for the toy world, ``gamma_preconditioning`` (``toy_gamma_preconditioning``
-    "noise-level"; the paper-scale default stays "algorithm-1"). The paper writes the network as
-    eps_theta(z_{gamma,t}, c, gamma, t) and leaves how (gamma, t) enter it open beyond "Fourier
-    embeddings" of gamma; "noise-level" gives the pair to the network the way EDM's
-    preconditioning gives sigma (Karras et al. 2022, Table 1: c_in, c_noise): z_{gamma,t} is
-    alpha(t) z + sigma(gamma, t) eps, so c_in z_{gamma,t} with c_in = 1 / sqrt(alpha(t)^2 +
-    sigma(gamma, t)^2) is a variance-preserving sample at the continuous timestep t' of SNR
-    alpha(t)^2 / sigma(gamma, t)^2, and the U-Net is called there (the gamma embedding is still
-    added). Eq. 14 and 16 are unchanged (they read z_{gamma,t}, sigma(gamma, t), alpha(t) and
-    c_skip/c_out at t). At gamma = 1, c_in = 1 and t' = t, so sampling (Eq. 19), the folded plain
-    U-Net and the gamma = 1 equality with LCM's online branch are those of Algorithm 1 (tests).
-    At gamma = 0 the online input is the target's own, z^_{t-k} at t - k. Measured (toy, N = 1000,
-    one thread, FID at 1/2/4/8 steps; teacher DDIM 19.79/5.48/1.98/1.71, LCM 11.99/4.09/1.86/1.16):
-    at a constant lr, 500 steps 14.34/6.62/3.20/1.83 against Algorithm 1's 31.25/27.73/37.61/47.88
-    and "gamma-one"'s 14.02/5.49/2.63/1.81; 6000 steps 9.81/3.74/2.24/1.70 against Algorithm 1's
-    15.91/11.70/13.22/14.51. With LCM's toy cosine decay: 3000 steps 11.62/4.62/2.59/1.74, the
-    same with k = 20 (the paper's SD-2.1 setting, one DDIM step) 14.51/5.95/3.15/2.40; 6000 steps
-    (the toy schedule) 10.08/3.83/2.18/1.54. It beats the DDIM at 1, 2 and 8 steps and LCM at 1
-    and 2, and neither at 4.
-    At 4 steps the deficit is SPLAM's last step (reports/diagnostics/README.md): LCM's x_0 at
-    t = 259 in place of SPLAM's alone gives 1.57, LCM's x_0 at any earlier step does not help; it
-    is in the covariance term (SPLAM's final x_0 is smoother than LCM's). Sampling with LCM's
-    original spacing (last step at t = 279) gives 2.17. The cause and the toy default since 2026-12-05: (f).
+    "noise-level"; the paper-scale default stays "algorithm-1"). The paper leaves open how (gamma, t)
+    enter eps_theta; "noise-level" calls the U-Net on c_in z_{gamma,t} at the timestep t' of SNR
+    alpha(t)^2 / sigma(gamma, t)^2, as EDM's preconditioning does (Karras et al. 2022, Table 1).
+    Eq. 14 and 16 are unchanged, and at gamma = 1 (c_in = 1, t' = t) it is Algorithm 1 exactly.
     (f) CHOICE for the toy world, ``subpath_starts`` (``toy_subpath_starts`` "all-grid"; the
-    paper-scale default stays "paper"). Eq. 17 draws t ~ U[k, T] but reads the target
-    F_theta-(z^_{t-k}, c, 1, t - k) at every t - k in [0, T - k]: on the 20-grid with k = 100 the
-    ends 19, 39, 59 and 79 are never online points, so F there is whatever the shared weights give
-    (at first the teacher's x_0 = E[z | z_{t-k}], smooth), and every chain of targets through them
-    learns it: the 4-step sampler's t = 259 chains through 159 to 59 (and 759 to 59). "all-grid"
-    draws every grid point and clamps t - k at 0, as LCM's script does for its skip
-    (t_n = max(t_{n+k} - k, 0)), where c_skip = 1 makes the target the teacher's Multiple
-    Estimation solution itself, so every chain ends at the boundary. With the released code's
-    k = 20 the two draws are the same. Measured (toy, N = 1000, one thread beside another job,
-    the toy's 6000 cosine steps, ~65 min; FID at 1/2/4/8 steps): "paper" 10.08/3.83/2.18/1.54,
-    "all-grid" 9.31/3.15/1.53/1.02, against the teacher's DDIM 19.79/5.48/1.98/1.71 and LCM's
-    11.99/4.09/1.86/1.16.
+    paper-scale default stays "paper"). Eq. 17 draws t ~ U[k, T] but reads targets at every t - k,
+    so with k = 100 the ends 19 to 79 are never online points and chains of targets through them
+    learn whatever is there; "all-grid" draws every grid point and clamps t - k at 0, as LCM's
+    script does, so every chain ends at the boundary. With the released code's k = 20 the two agree.
+    Measurements behind (c) to (f) and the toy schedule: docs/methods/splam.md.
     Not stated in the paper, taken from the released README (LCM's command): lr 8e-6, EMA 0.95,
     batch 12 per GPU. Training length: "2K to 6K iterations" for k = 100 (§5.2) -> 6000.
     CHOICE the student that is saved: the EMA target (Eq. 19 generates with F_theta-); the
@@ -171,40 +133,18 @@ class SPLAMConfig(ConsistencyDistillationConfig):
     cond_proj_init: str = "default"          # "default" (LCM's) | "zero" (see LCMConfig)
     subpath_starts: str = "paper"            # SUBPATH_STARTS, see (f)
 
-    # Toy schedule: LCM's toy values (batch 32, lr 1e-4, EMA 0.95) and the paper's upper training
-    # length for k = 100 (6000 iterations, "2K to 6K", §5.2). Measured (N = 1000, one thread, FID
-    # at 1/2/4/8 steps; teacher DDIM 19.79/5.48/1.98/1.71): 500 steps (the toy default until
-    # 2026-11-25, sized to LCM's wall time) 31.25/27.73/37.61/47.88; 2000 steps 20.75 at 1 step;
-    # 6000 steps 15.91/11.70/13.22/14.51, 67 min on one thread of this project's 2-core machine
-    # (a SPLAM step, 5 teacher sub-steps of 2 calls, costs ~2x an LCM step). Still worse than the
-    # DDIM from 2 steps on, and than "gamma-one" (LCM with Multiple Estimation) at 500: see (d).
-    # LCM's toy cosine decay (toy_lr_scheduler=cosine, toy_lr_warmup_steps=20) does not carry over:
-    # 2000 steps give 32.07/30.06/33.64/36.18, and 25.73/27.55/38.40/46.63 with toy_loss_type=l2.
-    # (These are Algorithm 1's reading, at a constant lr unless stated; with the toy's "noise-level"
-    # input, see (e) and toy_lr_scheduler below.)
+    # Toy schedule: LCM's toy batch, lr and EMA, and the paper's upper length for k = 100 ("2K to 6K",
+    # §5.2), measured far better than shorter runs.
     toy_max_train_steps: int | None = 6000
     toy_train_batch_size: int | None = 32
     toy_learning_rate: float | None = 1e-4
     toy_ema_decay: float | None = 0.95
     toy_checkpointing_steps: int | None = 250
-    # LCM's toy "zero" cond_proj (the student starts as the teacher at every gamma); measured
-    # (N = 1000, 500 steps, two threads), FID at 1/2/4/8 steps 35.24/33.49/40.42/48.72 with "default",
-    # 30.04/28.28/38.44/48.19 with "zero".
-    toy_cond_proj_init: str | None = "zero"
-    # See (e); Algorithm 1 on the toy world: --config gamma_preconditioning=algorithm-1.
-    toy_gamma_preconditioning: str | None = "noise-level"
-    # With "noise-level", LCM's toy cosine decay (20 warm-up steps) over the 6000 steps; measured
-    # (N = 1000, one thread, FID at 1/2/4/8 steps): 10.08/3.83/2.18/1.54 against 9.81/3.74/2.24/1.70
-    # with the code's constant lr (the toy default until 2026-12-04, --config toy_lr_scheduler=none,
-    # toy_lr_warmup_steps=none), i.e. the DDIM beaten at 8 steps by 0.17 instead of 0.01.
-    # Longer, the same cosine decay over toy_max_train_steps=9000 (beyond the paper's 6K): 9.64 /
-    # 3.48 / 2.02 / 1.68 (about 100 min on one thread alone): 4 steps 2.59 -> 2.18 -> 2.02 from
-    # 3000 to 6000 to 9000 steps, still above the DDIM's 1.98, while 8 steps worsens (1.54 -> 1.68).
-    # (Every figure in these toy comments and in (d), (e) draws t ~ U[k, T]; (f) fixed the 4 steps.)
-    toy_lr_scheduler: str | None = "cosine"
+    toy_cond_proj_init: str | None = "zero"              # LCM's toy choice: starts as the teacher at every gamma
+    toy_gamma_preconditioning: str | None = "noise-level"   # see (e); --config gamma_preconditioning=algorithm-1
+    toy_lr_scheduler: str | None = "cosine"              # LCM's toy decay: measured better at 4 and 8 steps
     toy_lr_warmup_steps: int | None = 20
-    # See (f): every grid point starts a sub-path on the toy world (the paper-scale default stays
-    # t ~ U[k, T]); --config subpath_starts=paper trains the paper's draw.
+    # See (f); --config subpath_starts=paper trains the paper's draw.
     toy_subpath_starts: str | None = "all-grid"
 
     def __post_init__(self):
