@@ -92,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", action="store_true",
                    help="print only the registered method names, comma-separated (for scripts: "
                         "`bench run --methods $(python -m bench list --names)`)")
+    p.add_argument("--experiments", action="store_true",
+                   help="list the named experiments `bench run --experiment` takes, with their labels and overrides")
     _add_common(p)
 
     p = sub.add_parser("sample", help="sample one method at one step count into a folder",
@@ -127,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="For each method and step count: train or load the student, sample the "
                                    "suite, score it and write result rows. Unsupported step counts are skipped "
                                    "with a note; the rest of the run goes on.")
-    p.add_argument("--methods", required=True, metavar="A,B", help="comma-separated method names")
+    p.add_argument("--methods", default=None, metavar="A,B", help="comma-separated method names")
+    p.add_argument("--experiment", default=None, metavar="M/NAME,...",
+                   help="named experiments (methods/configs/<method>/ablations/<name>.toml: a method with config "
+                        "overrides under a label of its own; `bench list --experiments`), run like --methods")
     p.add_argument("--steps", default="1,2,4", metavar="1,2,4", help="comma-separated step counts (default 1,2,4)")
     p.add_argument("--out", default="runs", metavar="DIR", help="run folder (samples/, results/); default runs/")
     _add_teacher_args(p)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from bench.assets.experiments import experiment_names, load_experiment
 from bench.assets.suites import describe_suites, load_suite
 from bench.assets.teachers import load_teacher
 from bench.assets.teachers.model import TEACHER_SPECS
@@ -78,6 +79,12 @@ def teacher_label(args: argparse.Namespace, teacher) -> str:
 def cmd_list(args: argparse.Namespace) -> int:
     if args.names:
         print(",".join(method_names()))
+        return 0
+    if args.experiments:
+        for name in experiment_names():
+            experiment = load_experiment(name)
+            print(f"{name:<28} label {experiment.label}; --config {experiment.config_text}\n"
+                  f"{'':<28} {experiment.description}")
         return 0
     lines = ["methods:"]
     for name in method_names():
@@ -160,9 +167,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    methods = [load_method(name) for name in parse_name_list(args.methods, "--methods")]
+    if not args.methods and not args.experiment:
+        raise UsageError("bench run needs --methods A,B and/or --experiment M/NAME,... (`bench list` shows both)")
+    runs = [(name, load_method(name)) for name in parse_name_list(args.methods, "--methods")] if args.methods else []
+    for name in parse_name_list(args.experiment, "--experiment") if args.experiment else []:
+        experiment = load_experiment(name)
+        runs.append((experiment.label, experiment.build()))
+    labels = [label for label, _ in runs]
+    if len(set(labels)) != len(labels):
+        raise UsageError(f"bench run: a label is asked for twice ({', '.join(labels)}); name each method or "
+                         "experiment once")
     steps = parse_int_list(args.steps, "--steps")
     suite = load_suite_from_args(args)
     apply_sampling_defaults(args, suite)
     ctx = _context(args)
-    return run_benchmark(args, ctx, methods, steps, suite)
+    return run_benchmark(args, ctx, runs, steps, suite)

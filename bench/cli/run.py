@@ -26,6 +26,7 @@ from bench.scoring.metrics.latency import device_name, measure_latency
 from bench.scoring.results import ResultsStore, Row, load_all, utc_now_iso
 from bench.scoring.timing import latency_closures, throughput_closure
 from bench.scoring.toy import real_image_cells
+from methods.base import Method
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,13 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to write <suite>.md/.json (default: <out>/leaderboards)")
 
 
-def run_benchmark(args: argparse.Namespace, ctx, methods: list, steps_list: list[int], suite) -> int:
+def run_benchmark(args: argparse.Namespace, ctx, runs: list[tuple[str, Method]], steps_list: list[int],
+                  suite) -> int:
+    """Every (label, method) of ``runs`` at every step count: rows and sample folders are named by
+    the label (the method's name, or an experiment's label)."""
     metrics = parse_metrics(args.metrics)
     progress = not args.quiet
-    for method in methods:      # --student-source released: a missing student stops the run before any work
+    for _, method in runs:      # --student-source released: a missing student stops the run before any work
         for steps in steps_list:
             if method.unsupported_steps_reason(steps) is None:
                 released_student_for(method, ctx.teacher, steps, ctx.students)
@@ -68,26 +72,26 @@ def run_benchmark(args: argparse.Namespace, ctx, methods: list, steps_list: list
     outcomes: list[CellOutcome] = []
     if suite.name == "toy":
         outcomes += score_real_image_cells(ctx, evaluator, store, suite, progress)
-    for method in methods:
+    for label, method in runs:
         guidance = guidance_for(args.guidance, method, ctx.teacher)
         for steps in steps_list:
-            cell = {"teacher": ctx.teacher_name, "method": method.name, "steps": steps,
+            cell = {"teacher": ctx.teacher_name, "method": label, "steps": steps,
                     "nfe": method.nfe(steps, guidance), "guidance": guidance, "seed": args.seed}
             reason = method.unsupported_steps_reason(steps)
             if reason:
                 log.warning("skipped: %s", reason)
-                outcomes.append(CellOutcome(method.name, steps, "skipped", reason))
+                outcomes.append(CellOutcome(label, steps, "skipped", reason))
                 store.append([Row(suite=suite.name, metric="fid", value=float("nan"), fingerprint="skipped",
                                   run_id=store.run_id, time=utc_now_iso(), device=str(ctx.device),
                                   num_images=len(suite.prompts), note=f"skipped: {reason}", **cell)])
                 continue
-            out_dir = samples_dir(out, suite.name, ctx.teacher_name, method.name, steps, guidance, args.seed)
+            out_dir = samples_dir(out, suite.name, ctx.teacher_name, label, steps, guidance, args.seed)
             summary = sample_one(ctx, method, suite, steps, guidance, args.seed, out_dir, args.batch_size,
                                  args.batching, progress=progress)
             cell["student"] = summary.student
             values = score_cell(args, ctx, evaluator, store, method, steps, guidance, cell, out_dir,
                                 summary.fingerprint, progress)
-            outcomes.append(CellOutcome(method.name, steps, "scored" if values else "sampled",
+            outcomes.append(CellOutcome(label, steps, "scored" if values else "sampled",
                                         samples=out_dir, values=values))
     print(format_outcomes(outcomes, evaluator.models.note))
     board_dir = Path(args.leaderboard_dir) if args.leaderboard_dir else out / "leaderboards"

@@ -2,8 +2,8 @@
 # How far the toy FID of a distilled method moves when its student is trained again: the same
 # recipe on one and on two CPU threads, and with training seed 1, against the released student.
 # Writes one results folder per variant under OUT (default runs/retraining); spread.py prints the
-# table. Students are trained first where the cache (BENCH_CACHE_DIR, one per thread count) lacks
-# them: about 3.3 CPU-hours per variant on the project's 2-core machine.
+# table. Students missing from the caches (one per thread count) are trained first: about 3.3
+# CPU-hours per variant on the project's 2-core machine.
 #
 #   bash reports/retraining/measure.sh [OUT]
 #   python reports/retraining/spread.py [OUT]
@@ -21,16 +21,7 @@ OMP_NUM_THREADS=1 BENCH_CACHE_DIR=$cache_1t \
 # the same recipe trained on two threads
 OMP_NUM_THREADS=2 BENCH_CACHE_DIR=$cache_2t \
     python -m bench run --methods "$methods" "${common[@]}" --student-source trained --out "$out/seed-0-2-threads"
-# training seed 1 (one thread): bench run has no --config, so sample + eval per cell
-declare -A step_counts=([dmd]="1" [dmd2]="1 4")          # the step counts each supports; others: any
-for method in ${methods//,/ }; do
-    for steps in ${step_counts[$method]:-1 2 4 8}; do
-        folder="$out/seed-1-1-thread/samples/$method-s$steps"
-        OMP_NUM_THREADS=1 BENCH_CACHE_DIR=$cache_1t python -m bench sample --method "$method" --steps "$steps" \
-            --config seed=1 --out "$folder" --quiet
-        guidance=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['spec']['guidance_scale'])" \
-            "$folder/metadata.json")
-        python -m bench eval --samples "$folder" --suite toy --metrics fid,clip,coverage --method "$method" \
-            --steps "$steps" --teacher toy --guidance "$guidance" --results "$out/seed-1-1-thread/results" --quiet
-    done
-done
+# training seed 1, one thread (methods/configs/<method>/ablations/train-seed-1.toml)
+experiments=$(echo "$methods" | tr ',' '\n' | sed 's#$#/train-seed-1#' | paste -sd,)
+OMP_NUM_THREADS=1 BENCH_CACHE_DIR=$cache_1t \
+    python -m bench run --experiment "$experiments" "${common[@]}" --out "$out/seed-1-1-thread"

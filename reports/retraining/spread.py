@@ -21,7 +21,8 @@ VARIANTS = {  # results folder -> column
 def fid_by_cell(folder: Path) -> dict[tuple[str, int], float]:
     frame = load_all(folder / "results")
     frame = frame[(frame["metric"] == "fid") & frame["value"].notna() & (frame["steps"] > 0)].sort_values("time")
-    return {(row.method, int(row.steps)): float(row.value) for row in frame.itertuples()}
+    # experiment rows are labelled <method>-train-seed-1: key them by the method
+    return {(row.method.removesuffix("-train-seed-1"), int(row.steps)): float(row.value) for row in frame.itertuples()}
 
 
 def main(out: Path) -> None:

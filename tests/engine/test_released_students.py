@@ -101,6 +101,10 @@ def test_released_student_is_float16_hash_checked_and_loaded_first(teacher, tmp_
     again = students.load_student(method, teacher, steps=4, max_train_steps=2, progress=False,
                                   policy=students.StudentPolicy(source="trained", released=store))
     assert again.source == "trained" and again.path == trained.path
+    # `bench train --out DIR` writes a released student as a student folder the loaders read
+    out = students.export_student(released, tmp_path / "export")
+    exported = students.load_student_unet(out, teacher).state_dict()
+    assert all(torch.equal(exported[k], v) for k, v in released.denoiser.unet.state_dict().items())
 
 
 def test_lora_student_is_released_as_its_lora_weights_only(teacher, tmp_path):
