@@ -115,7 +115,7 @@ class ConsistencyDistillationConfig:
     checkpointing_steps: int = 500          # code --checkpointing_steps=500
     seed: int = 0
 
-    # -- toy schedule (bench.engine.training.apply_toy_schedule; not from the papers) -----------------
+    # -- toy schedule (bench.core.spec.apply_toy_schedule; not from the papers) -----------------
     # Reasons and measurements (LCM, LCM-LoRA): docs/methods/lcm.md.
     # The guidance the toy suite scores at (g = 3, LCM w = 2): a short CPU run learns a range's edge least.
     toy_w_min: float | None = 2.0

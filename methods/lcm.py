@@ -108,7 +108,7 @@ class LCMConfig(ConsistencyDistillationConfig):
     # shifts the time embedding of the teacher's weights at step 0) or "zero" (starts as the teacher).
     cond_proj_init: str = "default"
 
-    # Toy schedule (bench.engine.training.apply_toy_schedule replaces each field without the prefix on
+    # Toy schedule (bench.core.spec.apply_toy_schedule replaces each field without the prefix on
     # toy-world and random-weight teachers); sized for a CPU, not from the papers. Reasons and
     # measurements: docs/methods/lcm.md.
     toy_max_train_steps: int | None = 1000     # length and lr: measured best of the lengths and lrs tried

@@ -132,7 +132,7 @@ class MCMConfig:
     checkpointing_steps: int = 500
     seed: int = 0
 
-    # Toy schedule (bench.engine.training.apply_toy_schedule), sized for a CPU, not from the paper; batch
+    # Toy schedule (bench.core.spec.apply_toy_schedule), sized for a CPU, not from the paper; batch
     # and lr as LCM's toy schedule. Reasons, measurements and the probes that did not help: docs/methods/mcm.md.
     toy_max_train_steps: int | None = 4000       # with the cosine decay: keeps improving S < 8 up to 4000 steps
     toy_lr_scheduler: str | None = "cosine"      # a constant lr stops improving early

@@ -139,7 +139,7 @@ class SCottConfig(LCMConfig):
     disc_lora_alpha: float = 50.0
     disc_lora_target_modules: tuple[str, ...] = SCOTT_DISC_LORA_MODULES
 
-    # Toy schedule (bench.engine.training.apply_toy_schedule): LCM's (batch 32, lr 1e-4, EMA 0.95, cosine
+    # Toy schedule (bench.core.spec.apply_toy_schedule): LCM's (batch 32, lr 1e-4, EMA 0.95, cosine
     # decay of both lrs). Reasons and measurements: docs/methods/scott.md.
     toy_max_train_steps: int | None = 400          # a SCott step is dearer than LCM's: fits the toy budget
     toy_train_batch_size: int | None = 32

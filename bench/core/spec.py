@@ -114,7 +114,7 @@ def apply_config_overrides(config: Any, overrides: str | None) -> Any:
             raise UsageError(f"--config: {type(config).__name__} has no field {key!r}; fields: {known}")
         changes[key] = _convert(raw, hints.get(key, str), key)
     # An explicit X wins on every teacher: its toy_X (the toy schedule's replacement for X,
-    # bench.engine.training.toy_overrides) is cleared unless it was set explicitly too.
+    # bench.core.spec.toy_overrides) is cleared unless it was set explicitly too.
     for key in list(changes):
         toy_key = TOY_PREFIX + key
         if toy_key in fields and toy_key not in changes:
@@ -127,7 +127,7 @@ def apply_config_overrides(config: Any, overrides: str | None) -> Any:
 
 def describe_config_fields(config: Any) -> list[str]:
     """``name = value`` per field of a method config, for ``bench list --verbose``. A field with a
-    ``toy_`` twin (its value on toy teachers, :func:`bench.engine.training.toy_overrides`) shows it as
+    ``toy_`` twin (its value on toy teachers, :func:`bench.core.spec.toy_overrides`) shows it as
     ``(toy: value)``; the twins themselves are not listed again."""
     names = {f.name for f in dataclasses.fields(config)}
     toy = toy_overrides(config)

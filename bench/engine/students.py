@@ -1,5 +1,5 @@
 """Students: what a method samples with. Teacher solvers sample with the teacher itself;
-distilled methods load their trained student from the cache, training it on first use.
+distilled methods sample with a released student, a cached one, or one trained on first use.
 
 Cache layout (``cache_dir()/students``)::
 
@@ -41,7 +41,7 @@ result row with the released one.
 
 Schedules by teacher (:func:`bench.assets.train_data.training_scale`): on the toy world's teacher and on
 random-weight teachers the harness trains with the method's ``toy_*`` config fields in place of the
-paper's (``bench.engine.training.apply_toy_schedule``); on the ``tiny`` plumbing teacher it also caps the
+paper's (``bench.core.spec.apply_toy_schedule``); on the ``tiny`` plumbing teacher it also caps the
 schedule at a few steps (``bench.engine.training.apply_plumbing_schedule``). The fingerprint records the
 values actually used.
 """

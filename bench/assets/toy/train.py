@@ -1,6 +1,6 @@
 """Train the toy world's models from scratch with a fixed seed and write them to ``bench/data/toy``.
 
-    python -m bench toy train [--what teacher|features|clip|all] [--out DIR] [--seed 0] [--steps N]
+    python -m bench toy train [--what teacher|features|clip|students|all] [--out DIR] [--seed 0] [--steps N]
 
 Every model trains on fresh draws of the world (item ``i`` of training step ``s`` comes from the
 generator seeded by (data seed, s * batch + i)), never on the ``toy`` suite's seeds. The result is a
