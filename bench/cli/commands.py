@@ -156,6 +156,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     reason = method.unsupported_steps_reason(args.steps)
     if reason:
         raise UsageError(reason)
+    if args.max_train_steps is not None and args.max_train_steps < 1:
+        raise UsageError(f"--max-train-steps must be >= 1, got {args.max_train_steps} (an untrained student would be "
+                         "cached as if it were trained)")
     ctx = _context(args)
     student = load_student(method, ctx.teacher, steps=args.steps, progress=not args.quiet,
                            max_train_steps=args.max_train_steps, policy=ctx.students)

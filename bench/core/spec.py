@@ -44,6 +44,8 @@ def parse_int_list(text: str, flag: str) -> list[int]:
         raise UsageError(f"{flag} takes comma-separated integers such as 1,2,4; got {text!r}") from None
     if not values or any(v < 1 for v in values):
         raise UsageError(f"{flag} takes positive integers such as 1,2,4; got {text!r}")
+    if len(set(values)) != len(values):
+        raise UsageError(f"{flag} lists a value twice ({text!r}): each cell is measured once; drop the repeat")
     return values
 
 
@@ -51,6 +53,8 @@ def parse_name_list(text: str, flag: str) -> list[str]:
     names = [part.strip() for part in text.split(",") if part.strip()]
     if not names:
         raise UsageError(f"{flag} takes a comma-separated list of names; got {text!r}")
+    if len(set(names)) != len(names):
+        raise UsageError(f"{flag} lists a name twice ({text!r}): each cell is measured once; drop the repeat")
     return names
 
 

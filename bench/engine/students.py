@@ -475,10 +475,24 @@ def load_student(method: Method, teacher: Any, steps: int, batching: str = "exac
         train_student(train_method, teacher, data, schedule, folder, fp, steps, progress, replace=retrain_now)
         if retrain_now:
             policy.retrained.add(fp)
-    unet = load_student_unet(folder, teacher)
     info = read_student_info(folder) or {}
+    weights = verified_weights(folder, info)
+    unet = load_student_unet(folder, teacher)
     return LoadedStudent(denoiser_of(unet), fp, folder, info, sampler=train_method, source="trained",
-                         weights=info.get("weights_sha256") or weights_digest(folder))
+                         weights=weights)
+
+
+def verified_weights(folder: Path, info: dict) -> str:
+    """The sha256 of a cached student's weight files, checked against the one its student.json
+    recorded when it was saved: a damaged folder is one error naming it and the fix, never a
+    student that samples black images. Folders saved before the record had it are hashed as they are."""
+    actual = weights_digest(folder)
+    recorded = info.get("weights_sha256")
+    if recorded is not None and recorded != actual:
+        raise BenchError(f"cached student {folder} is damaged: its weight files hash to {actual[:12]}..., not the "
+                         f"{recorded[:12]}... recorded in {STUDENT_FILE} when it was saved; delete the folder (or "
+                         "run with --retrain) to train it again")
+    return actual
 
 
 def release_student(student: LoadedStudent, store: ReleasedStudents) -> ReleasedStudent:

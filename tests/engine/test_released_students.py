@@ -270,3 +270,26 @@ def test_run_rows_record_their_student_and_released_only_fails_fast(tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1 and "no released student of lcm" in err[0]
     assert not list((tmp_path / "b").rglob("*.png"))
+
+
+def test_a_damaged_cached_student_is_an_error_not_black_images(teacher, tmp_path, capsys):
+    """4 KB overwritten in the middle of a cached student's weights, size kept: the next load names
+    the folder and the fix; `bench train --max-train-steps 0` and a repeated step count are usage
+    errors (exit 2), before anything is trained or sampled."""
+    from bench.cli import main
+    from bench.core.errors import BenchError
+
+    method = small(LCM, LCMConfig)
+    trained = students.load_student(method, teacher, steps=2, max_train_steps=2, progress=False)
+    weights = next(trained.path.rglob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 4096] = bytes(4096)
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BenchError, match=rf"cached student {trained.path} is damaged: .* delete the folder"):
+        students.load_student(method, teacher, steps=2, max_train_steps=2, progress=False)
+    common = ["--teacher", "tiny", "--quiet"]
+    assert main(["train", "--method", "lcm", "--max-train-steps", "0", *common]) == 2
+    assert "--max-train-steps must be >= 1" in capsys.readouterr().err
+    assert main(["run", "--methods", "ddim", "--steps", "1,1", "--suite", "smoke", "--out", str(tmp_path / "r"),
+                 *common]) == 2
+    assert "lists a value twice" in capsys.readouterr().err and not (tmp_path / "r").exists()
