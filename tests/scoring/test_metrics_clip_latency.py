@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import math
 import os
 import time
@@ -353,9 +354,16 @@ def test_cpu_peak_memory_is_the_peak_rss_during_runs():
             return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS:")) / 1024
 
     size = 512  # MiB, touched inside the runs only: the peak must include it on top of the RSS now
+
     def allocate():
-        block = np.ones(size * 2**17)
-        return float(block[-1])
+        # Fresh pages from the kernel (an anonymous mapping, one byte written per page). np.ones would
+        # go through the C allocator, which may hand back free heap pages that are already resident
+        # in a long test process: the RSS then rightly does not grow.
+        block = mmap.mmap(-1, size * 2**20)
+        pages = np.frombuffer(block, dtype=np.uint8)
+        pages[::mmap.PAGESIZE] = 1
+        del pages
+        block.close()
 
     before = rss_mib()
     result = measure_latency(allocate, None, warmup=1, runs=20)
