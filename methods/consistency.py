@@ -115,17 +115,6 @@ class ConsistencyDistillationConfig:
     checkpointing_steps: int = 500          # code --checkpointing_steps=500
     seed: int = 0
 
-    # -- toy schedule (bench.core.spec.apply_toy_schedule; not from the papers) -----------------
-    # Reasons and measurements (LCM, LCM-LoRA): docs/methods/lcm.md.
-    # The guidance the toy suite scores at (g = 3, LCM w = 2): a short CPU run learns a range's edge least.
-    toy_w_min: float | None = 2.0
-    toy_w_max: float | None = 2.0
-    # The loss on the toy; None keeps the preset's (LCM and SCott set the code's pseudo-Huber).
-    toy_loss_type: str | None = None
-    # The lr schedule on the toy; None keeps the code's constant lr (LCM, SCott and SPLAM set cosine).
-    toy_lr_scheduler: str | None = None
-    toy_lr_warmup_steps: int | None = None
-
     # -- sampling --------------------------------------------------------------------------------
     # LCM_TIMESTEP_SPACINGS; the two measured alike on the toy (same students, 4 and 8 steps).
     timestep_spacing: str = "diffusers-2023-11"
@@ -141,9 +130,8 @@ class ConsistencyDistillationConfig:
             raise ValueError(f"preset must be one of {PRESETS}, got {self.preset!r}")
         if self.timestep_spacing not in LCM_TIMESTEP_SPACINGS:
             raise ValueError(f"timestep_spacing must be one of {LCM_TIMESTEP_SPACINGS}, got {self.timestep_spacing!r}")
-        for name in ("loss_type", "toy_loss_type"):
-            if getattr(self, name) is not None and getattr(self, name) not in LOSS_TYPES:
-                raise ValueError(f"{name} must be one of {LOSS_TYPES}, got {getattr(self, name)!r}")
+        if self.loss_type is not None and self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {self.loss_type!r}")
         if self.w_min is not None and self.w_max is not None and self.w_min > self.w_max:
             raise ValueError(f"w_min {self.w_min} > w_max {self.w_max}")
 
@@ -155,7 +143,7 @@ class ConsistencyDistillationConfig:
         fill = {name: value for name, value in self.preset_values().items() if getattr(self, name) is None}
         resolved = dataclasses.replace(self, **fill) if fill else self
         missing = [f.name for f in dataclasses.fields(resolved)
-                   if getattr(resolved, f.name) is None and not f.name.startswith("toy_")]
+                   if getattr(resolved, f.name) is None]
         if missing:
             raise ValueError(f"{type(self).__name__}: no value for {missing} in preset {self.preset!r}")
         return resolved

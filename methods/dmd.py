@@ -29,7 +29,7 @@ with (whose boundary scalings at t >= 249 differ from the identity by < 1e-7).
 
 Step counts. A student is trained on one ``denoising_step_list`` and serves every count in
 ``step_counts`` by taking every (len / S)-th entry: DMD's list is [999] (1 step; on toy teachers
-[399], ``toy_denoising_step_list``, and the sampler uses the list the student was trained with);
+[399], its toy schedule's, and the sampler uses the list the student was trained with);
 DMD2's default is the 4-step list [999, 749, 499, 249] ([399, 299, 199, 99] on toy teachers), which
 serves S = 4 exactly and S = 1 exactly too (the first hop of backward simulation starts from pure
 noise at 999, as one-step inference does). S = 2 ([999, 499]) can be enabled
@@ -37,7 +37,8 @@ noise at 999, as one-step inference does). S = 2 ([999, 499]) can be enabled
 straight from 999, the one mismatch. Other counts are skipped with a note.
 One student per list, not per count: the counts share every trained timestep.
 
-Paper values are the defaults (SD-1.5 recipes); ``toy_*`` fields replace them on toy teachers.
+Paper values are the defaults (SD-1.5 recipes); the toy schedules (methods/configs/dmd*/toy.toml)
+replace some on toy teachers.
 """
 from __future__ import annotations
 
@@ -75,6 +76,7 @@ from methods.diffusion_math import (
 )
 from methods.dmd_networks import FakeScore, copy_unet
 from methods.registry import register_method
+from methods.toy_schedule import toy_schedule_field
 
 Tensor = torch.Tensor
 
@@ -149,37 +151,18 @@ class DMDConfig:
     gradient_checkpointing: bool = True
     real_score_half_precision: bool = True   # bf16 autocast on CUDA when the teacher is fp32
 
-    # -- toy schedule (not from the papers; sized for a CPU). Reasons and measurements: docs/methods/dmd.md.
-    # Pure noise enters at t = 399, as in the DMD2 code's one-step SDXL model: at t = 999 the toy teacher's
-    # eps error, divided by alpha_t, comes out as pixel noise that training does not remove.
-    toy_denoising_step_list: tuple[int, ...] | None = (399,)
-    toy_fake_learning_rate: float | None = 2e-4      # a faster fake score measured better and damps oscillation
-    toy_generator_ema_decay: float | None = None
-    toy_generator_update_ratio: int | None = 5       # DMD2's two time-scale rule: better and less seed-dependent
-    toy_max_train_steps: int | None = 4000
-    toy_train_batch_size: int | None = 32
-    toy_learning_rate: float | None = 5e-5
-    toy_lr_warmup_steps: int | None = 20
-    toy_regression_distance: str | None = "l2"
-    toy_num_regression_pairs: int | None = 512
-    toy_regression_batch_size: int | None = 16
-    toy_gradient_checkpointing: bool | None = False
-    toy_checkpointing_steps: int | None = 100
+    # The values used on toy teachers instead (methods/toy_schedule.py): methods/configs/dmd/toy.toml.
+    toy: dict[str, Any] = toy_schedule_field("dmd")
 
     def __post_init__(self):
-        for name in ("denoising_step_list", "toy_denoising_step_list"):
-            steps = getattr(self, name)
-            if steps is None and name.startswith("toy_"):
-                continue
-            if not steps or list(steps) != sorted(set(steps), reverse=True):
-                raise ValueError(f"{name} must be strictly decreasing, got {steps}")
-            for s in self.step_counts:
-                if s < 1 or len(steps) % s:
-                    raise ValueError(f"step count {s} does not divide the {len(steps)}-step {name}")
-        for name in ("generator_ema_decay", "toy_generator_ema_decay"):
-            decay = getattr(self, name)
-            if decay is not None and not 0.0 <= decay < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {decay}")
+        steps = self.denoising_step_list
+        if not steps or list(steps) != sorted(set(steps), reverse=True):
+            raise ValueError(f"denoising_step_list must be strictly decreasing, got {steps}")
+        for s in self.step_counts:
+            if s < 1 or len(steps) % s:
+                raise ValueError(f"step count {s} does not divide the {len(steps)}-step denoising_step_list")
+        if self.generator_ema_decay is not None and not 0.0 <= self.generator_ema_decay < 1.0:
+            raise ValueError(f"generator_ema_decay must be in [0, 1), got {self.generator_ema_decay}")
         if self.regression_distance not in REGRESSION_DISTANCES:
             raise ValueError(f"regression_distance must be one of {REGRESSION_DISTANCES}, got {self.regression_distance!r}")
         if self.dm_gradient_form not in DM_GRADIENT_FORMS:
@@ -209,13 +192,7 @@ class DMD2Config(DMDConfig):
     generator_update_ratio: int = 10
     max_train_steps: int = 40_000
 
-    # Toy schedule (docs/methods/dmd.md): the real guidance stays the paper's 1.75 (g = 3 measured worse).
-    toy_max_train_steps: int | None = 2400           # measured better than 800 and 4800
-    toy_generator_update_ratio: int | None = 5       # r = 10 leaves a short run too few generator updates
-    toy_gan: bool | None = True                      # the toy world has real images; the stage-2 weights
-    toy_num_regression_pairs: int | None = None
-    toy_denoising_step_list: tuple[int, ...] | None = (399, 299, 199, 99)   # as DMD's toy t = 399 (DMDConfig)
-    toy_fake_learning_rate: float | None = None
+    toy: dict[str, Any] = toy_schedule_field("dmd2")     # methods/configs/dmd2/toy.toml
 
 
 # ------------------------------------------------------------------------------------------------
@@ -473,7 +450,7 @@ class DMD(TrainingMethod):
             return None
         counts = ", ".join(map(str, self.config.step_counts))
         trained = str(list(self.config.denoising_step_list))
-        toy = self.config.toy_denoising_step_list
+        toy = self.config.toy.get("denoising_step_list")
         if toy is not None and tuple(toy) != tuple(self.config.denoising_step_list):
             trained += f" (on toy teachers {list(toy)})"
         return f"{self.name} samples with the {counts}-step schedule(s) of its trained step list {trained}; " \

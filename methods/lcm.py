@@ -60,6 +60,7 @@ from methods.consistency import (
 )
 from methods.diffusion_math import guidance_scale_embedding, lcm_w_from_guidance_scale
 from methods.registry import register_method
+from methods.toy_schedule import toy_schedule_field
 
 #: LoRA target modules of diffusers train_lcm_distill_lora_sd_wds.py.
 LCM_LORA_TARGET_MODULES: tuple[str, ...] = (
@@ -70,12 +71,11 @@ LCM_LORA_TARGET_MODULES: tuple[str, ...] = (
 COND_PROJ_INITS: tuple[str, ...] = ("default", "zero")
 
 
-def check_cond_proj_init(*values: str | None) -> None:
-    """Each value is None (configs: no toy override) or one of COND_PROJ_INITS; shared by the
-    w/gamma-conditioned students' configs (LCM, SCott, SPLAM) and build_w_conditioned_unet."""
-    for value in values:
-        if value is not None and value not in COND_PROJ_INITS:
-            raise ValueError(f"cond_proj_init must be one of {COND_PROJ_INITS}, got {value!r}")
+def check_cond_proj_init(value: str) -> None:
+    """``value`` is one of COND_PROJ_INITS; shared by the w/gamma-conditioned students' configs
+    (LCM, SCott, SPLAM) and build_w_conditioned_unet."""
+    if value not in COND_PROJ_INITS:
+        raise ValueError(f"cond_proj_init must be one of {COND_PROJ_INITS}, got {value!r}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -108,24 +108,14 @@ class LCMConfig(ConsistencyDistillationConfig):
     # shifts the time embedding of the teacher's weights at step 0) or "zero" (starts as the teacher).
     cond_proj_init: str = "default"
 
-    # Toy schedule (bench.core.spec.apply_toy_schedule replaces each field without the prefix on
-    # toy-world and random-weight teachers); sized for a CPU, not from the papers. Reasons and
-    # measurements: docs/methods/lcm.md.
-    toy_max_train_steps: int | None = 1000     # length and lr: measured best of the lengths and lrs tried
-    toy_train_batch_size: int | None = 32
-    toy_learning_rate: float | None = 1e-4
-    toy_ema_decay: float | None = 0.95         # the code's: the paper's 0.999943 barely moves the target in 1000 steps
-    toy_checkpointing_steps: int | None = 250
-    toy_cond_proj_init: str | None = "zero"    # starts as the teacher; "default" measured far worse on the toy
-    toy_loss_type: str | None = "huber"        # the code's pseudo-Huber, measured better than L2 for three seeds
-    toy_lr_scheduler: str | None = "cosine"    # measured better and less seed-dependent than the code's constant lr
-    toy_lr_warmup_steps: int | None = 20
+    # The values used on toy teachers instead (methods/toy_schedule.py): methods/configs/lcm/toy.toml.
+    toy: dict[str, Any] = toy_schedule_field("lcm")
 
     def __post_init__(self):
         super().__post_init__()
         if self.student_weights not in ("online", "target"):
             raise ValueError(f"student_weights must be 'online' or 'target', got {self.student_weights!r}")
-        check_cond_proj_init(self.cond_proj_init, self.toy_cond_proj_init)
+        check_cond_proj_init(self.cond_proj_init)
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
@@ -151,12 +141,8 @@ class LCMLoRAConfig(ConsistencyDistillationConfig):
     lora_dropout: float = 0.0
     lora_target_modules: tuple[str, ...] = LCM_LORA_TARGET_MODULES
 
-    # Toy schedule: LCM's length, batch and lr; the report's L2 (LCM's toy Huber degrades without an
-    # EMA target) and the code's constant lr (LCM's toy cosine decay measured worse). docs/methods/lcm.md.
-    toy_max_train_steps: int | None = 1000
-    toy_train_batch_size: int | None = 32
-    toy_learning_rate: float | None = 1e-4
-    toy_checkpointing_steps: int | None = 250
+    # The values used on toy teachers instead: methods/configs/lcm-lora/toy.toml.
+    toy: dict[str, Any] = toy_schedule_field("lcm-lora")
 
 
 # ------------------------------------------------------------------------------------------------

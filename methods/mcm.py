@@ -75,6 +75,7 @@ from methods.diffusion_math import (
 )
 from methods.registry import register_method
 from methods.timesteps import step_pairs
+from methods.toy_schedule import toy_schedule_field
 
 Tensor = torch.Tensor
 
@@ -132,20 +133,9 @@ class MCMConfig:
     checkpointing_steps: int = 500
     seed: int = 0
 
-    # Toy schedule (bench.core.spec.apply_toy_schedule), sized for a CPU, not from the paper; batch
-    # and lr as LCM's toy schedule. Reasons, measurements and the probes that did not help: docs/methods/mcm.md.
-    toy_max_train_steps: int | None = 4000       # with the cosine decay: keeps improving S < 8 up to 4000 steps
-    toy_lr_scheduler: str | None = "cosine"      # a constant lr stops improving early
-    toy_train_batch_size: int | None = 32
-    toy_learning_rate: float | None = 1e-4
-    toy_teacher_steps: int | None = 64           # the paper's annealing start: fewer links per segment than 256
-    toy_anneal_iterations: int | None = 250      # annealing is off; pass 2000 for the paper's first half
-    toy_checkpointing_steps: int | None = 100
-    # From S = toy_short_schedule_from_segments on (none: never), the short schedule below, measured better for
-    # S = 8's short segments (MultistepCM.toy_config_for_steps; a --config schedule override turns it off).
-    toy_short_schedule_from_segments: int | None = 8
-    toy_short_max_train_steps: int = 500
-    toy_short_lr_scheduler: str = "constant"
+    # The values used on toy teachers instead, and the short schedule of the S = 8 student
+    # (methods/toy_schedule.py, MultistepCM.toy_config_for_steps): methods/configs/mcm/toy.toml.
+    toy: dict[str, Any] = toy_schedule_field("mcm")
 
     def __post_init__(self):
         if self.x_var_estimate not in X_VAR_ESTIMATES:
@@ -156,9 +146,11 @@ class MCMConfig:
             raise ValueError("teacher step counts must be >= 1")
         if self.xvar_frac < 0 or self.huber_epsilon < 0:
             raise ValueError("xvar_frac and huber_epsilon must be >= 0")
-        if (self.toy_short_schedule_from_segments is not None and self.toy_short_schedule_from_segments < 1) \
-                or self.toy_short_max_train_steps < 1:
-            raise ValueError("toy_short_schedule_from_segments (or none) and toy_short_max_train_steps must be >= 1")
+        short = self.toy.get("short_schedule")
+        if short is not None and (set(short) != {"from_segments", "max_train_steps", "lr_scheduler"}
+                                  or min(short["from_segments"], short["max_train_steps"]) < 1):
+            raise ValueError("the toy short_schedule takes from_segments >= 1, max_train_steps >= 1 and lr_scheduler, "
+                             f"got {short}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -362,16 +354,17 @@ class MultistepCM(TrainingMethod):
             "timesteps": segment_boundaries(state.segments, state.schedule.num_train_timesteps)})
 
     def toy_config_for_steps(self, config: MCMConfig, steps: int) -> MCMConfig:
-        """The toy schedule of the S = ``steps`` student: the short one from S =
-        ``toy_short_schedule_from_segments`` on (see MCMConfig), unless this method's config
-        changed the toy schedule (``--config`` lr_scheduler, max_train_steps or a toy_ twin)."""
+        """The toy schedule of the S = ``steps`` student: the toy schedule's ``short_schedule`` from
+        S = its ``from_segments`` on, unless this method's config changed the schedule (``--config``
+        max_train_steps, lr_scheduler or their toy_ values)."""
         own, default = self.config, type(self.config)()
-        schedule_fields = ("max_train_steps", "lr_scheduler", "toy_max_train_steps", "toy_lr_scheduler")
-        if (config.toy_short_schedule_from_segments is None or steps < config.toy_short_schedule_from_segments
-                or any(getattr(own, f) != getattr(default, f) for f in schedule_fields)):
+        short = config.toy.get("short_schedule")
+        schedule_fields = ("max_train_steps", "lr_scheduler")
+        if (short is None or steps < short["from_segments"]
+                or any(getattr(own, f) != getattr(default, f) or own.toy.get(f) != default.toy.get(f)
+                       for f in schedule_fields)):
             return config
-        return replace(config, max_train_steps=config.toy_short_max_train_steps,
-                       lr_scheduler=config.toy_short_lr_scheduler)
+        return replace(config, max_train_steps=short["max_train_steps"], lr_scheduler=short["lr_scheduler"])
 
     # -- sampling ------------------------------------------------------------------------------
     def timesteps(self, denoiser: Denoiser, steps: int) -> list[int]:

@@ -58,6 +58,7 @@ from methods.lcm import (
     build_w_conditioned_unet,
 )
 from methods.registry import register_method
+from methods.toy_schedule import toy_schedule_field
 
 log = logging.getLogger(__name__)
 Tensor = torch.Tensor
@@ -139,20 +140,8 @@ class SCottConfig(LCMConfig):
     disc_lora_alpha: float = 50.0
     disc_lora_target_modules: tuple[str, ...] = SCOTT_DISC_LORA_MODULES
 
-    # Toy schedule (bench.core.spec.apply_toy_schedule): LCM's (batch 32, lr 1e-4, EMA 0.95, cosine
-    # decay of both lrs). Reasons and measurements: docs/methods/scott.md.
-    toy_max_train_steps: int | None = 400          # a SCott step is dearer than LCM's: fits the toy budget
-    toy_train_batch_size: int | None = 32
-    toy_learning_rate: float | None = 1e-4
-    toy_disc_learning_rate: float | None = 2.5e-4  # the paper's 2.5x ratio to the student's lr
-    toy_disc_lora_rank: int | None = 3             # the trainable fraction nearest the paper's 3.6%
-    toy_disc_lora_alpha: float | None = 3.0
-    toy_ema_decay: float | None = 0.95
-    toy_checkpointing_steps: int | None = 200
-    toy_cond_proj_init: str | None = "default"     # the reference's; "zero" measured worse for two of three seeds
-    toy_w_min: float | None = None                 # the paper's U[2, 14]: measured better than LCM's toy w = 2
-    toy_w_max: float | None = None
-    toy_loss_type: str | None = "huber"            # LCM's toy pseudo-Huber, measured better than L2 for three seeds
+    # The values used on toy teachers instead (methods/toy_schedule.py): methods/configs/scott/toy.toml.
+    toy: dict[str, Any] = toy_schedule_field("scott")
 
     def __post_init__(self):
         super().__post_init__()

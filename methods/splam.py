@@ -47,6 +47,7 @@ from methods.consistency import (
 from methods.diffusion_math import _as_column, guidance_scale_embedding
 from methods.lcm import _LCDMethod, build_w_conditioned_unet, check_cond_proj_init
 from methods.registry import register_method
+from methods.toy_schedule import toy_schedule_field
 
 Tensor = torch.Tensor
 
@@ -94,12 +95,12 @@ class SPLAMConfig(ConsistencyDistillationConfig):
     (d) ``sl_ode_ablation`` (diagnosis only): a point z_{gamma,t} holds the signal of time t at the
     lower noise level sigma(gamma, t), the student is told t, and only the embedding says how much
     noise to remove, an error Eq. 14 divides by alpha(t); the toy U-Net does not learn it.
-    (e) CHOICE for the toy world, ``gamma_preconditioning`` (``toy_gamma_preconditioning``
+    (e) CHOICE for the toy world, ``gamma_preconditioning`` (its toy schedule's
     "noise-level"; the paper-scale default stays "algorithm-1"). The paper leaves open how (gamma, t)
     enter eps_theta; "noise-level" calls the U-Net on c_in z_{gamma,t} at the timestep t' of SNR
     alpha(t)^2 / sigma(gamma, t)^2, as EDM's preconditioning does (Karras et al. 2022, Table 1).
     Eq. 14 and 16 are unchanged, and at gamma = 1 (c_in = 1, t' = t) it is Algorithm 1 exactly.
-    (f) CHOICE for the toy world, ``subpath_starts`` (``toy_subpath_starts`` "all-grid"; the
+    (f) CHOICE for the toy world, ``subpath_starts`` (its toy schedule's "all-grid"; the
     paper-scale default stays "paper"). Eq. 17 draws t ~ U[k, T] but reads targets at every t - k,
     so with k = 100 the ends 19 to 79 are never online points and chains of targets through them
     learn whatever is there; "all-grid" draws every grid point and clamps t - k at 0, as LCM's
@@ -133,19 +134,8 @@ class SPLAMConfig(ConsistencyDistillationConfig):
     cond_proj_init: str = "default"          # "default" (LCM's) | "zero" (see LCMConfig)
     subpath_starts: str = "paper"            # SUBPATH_STARTS, see (f)
 
-    # Toy schedule: LCM's toy batch, lr and EMA, and the paper's upper length for k = 100 ("2K to 6K",
-    # §5.2), measured far better than shorter runs.
-    toy_max_train_steps: int | None = 6000
-    toy_train_batch_size: int | None = 32
-    toy_learning_rate: float | None = 1e-4
-    toy_ema_decay: float | None = 0.95
-    toy_checkpointing_steps: int | None = 250
-    toy_cond_proj_init: str | None = "zero"              # LCM's toy choice: starts as the teacher at every gamma
-    toy_gamma_preconditioning: str | None = "noise-level"   # see (e); --config gamma_preconditioning=algorithm-1
-    toy_lr_scheduler: str | None = "cosine"              # LCM's toy decay: measured better at 4 and 8 steps
-    toy_lr_warmup_steps: int | None = 20
-    # See (f); --config subpath_starts=paper trains the paper's draw.
-    toy_subpath_starts: str | None = "all-grid"
+    # The values used on toy teachers instead (methods/toy_schedule.py): methods/configs/splam/toy.toml.
+    toy: dict[str, Any] = toy_schedule_field("splam")
 
     def __post_init__(self):
         super().__post_init__()
@@ -161,14 +151,12 @@ class SPLAMConfig(ConsistencyDistillationConfig):
             raise ValueError("SPLAM distils a fixed guidance scale: w_min must equal w_max")
         if self.sl_ode_ablation not in SL_ODE_ABLATIONS:
             raise ValueError(f"sl_ode_ablation must be one of {SL_ODE_ABLATIONS}, got {self.sl_ode_ablation!r}")
-        for field, allowed in (("gamma_preconditioning", GAMMA_PRECONDITIONINGS), ("subpath_starts", SUBPATH_STARTS)):
-            for name in (field, f"toy_{field}"):
-                value = getattr(self, name)
-                if value is not None and value not in allowed:
-                    raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+        for name, allowed in (("gamma_preconditioning", GAMMA_PRECONDITIONINGS), ("subpath_starts", SUBPATH_STARTS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.student_weights not in ("online", "target"):
             raise ValueError(f"student_weights must be 'online' or 'target', got {self.student_weights!r}")
-        check_cond_proj_init(self.cond_proj_init, self.toy_cond_proj_init)
+        check_cond_proj_init(self.cond_proj_init)
 
 
 def splam_teacher_solver(config: SPLAMConfig, schedule: Any) -> MultistepTeacherSolver:

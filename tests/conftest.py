@@ -58,6 +58,13 @@ def trainer(steps: int = 3, batch: int = 2, lr: float = 1e-4, folder=None, **kw)
     return Trainer(TrainSchedule(**schedule), folder, device="cpu", progress=False)
 
 
+def with_toy(config_cls: type, toy: dict[str, Any], **fields: Any) -> Any:
+    """``config_cls(**fields)`` with ``toy`` merged into its toy schedule (tests shrink the toy
+    schedule: a smaller batch, a checkpoint every step)."""
+    config = config_cls(**fields)
+    return dataclasses.replace(config, toy={**config.toy, **toy})
+
+
 def guided_teacher(teacher, cond, uncond, w):
     """teacher_guided_x0_eps on a minimal state (the teacher network and its schedule)."""
     state = types.SimpleNamespace(teacher=teacher.unet, schedule=teacher.schedule, autocast=contextlib.nullcontext)

@@ -247,7 +247,7 @@ TRAINING_SCALES = ("paper", "toy", "plumbing")
 
 def training_scale(teacher: Any) -> str:
     """Which schedule students of ``teacher`` train on: ``paper`` (the method's own values),
-    ``toy`` (its ``toy_*`` values: the toy world's teacher and random-weight teachers) or
+    ``toy`` (its toy schedule, :mod:`methods.toy_schedule`: the toy world's teacher and random-weight teachers) or
     ``plumbing`` (the toy values capped at a few steps: ``tiny``, a teacher for tests). A teacher
     may declare it (``Teacher.training_scale``); otherwise it follows from the identity."""
     declared = getattr(teacher, "training_scale", None)

@@ -7,24 +7,7 @@ from typing import Any
 
 from bench.core.errors import UsageError
 from methods import get_method_class
-
-TOY_PREFIX = "toy_"
-
-
-def toy_overrides(config: Any) -> dict[str, Any]:
-    """``{X: value}`` for every field ``toy_X`` of ``config`` that is not None.
-
-    The toy schedule is an explicit override: a method config keeps the paper's values in its
-    fields and lists, in ``toy_*`` fields, the values the harness uses instead when the teacher is
-    a toy (toy-world or random-weight) teacher, where a 100K-step paper schedule makes no sense."""
-    names = {f.name for f in dataclasses.fields(config)}
-    return {name[len(TOY_PREFIX):]: getattr(config, name) for name in sorted(names)
-            if name.startswith(TOY_PREFIX) and name[len(TOY_PREFIX):] in names and getattr(config, name) is not None}
-
-
-def apply_toy_schedule(config: Any) -> Any:
-    """``config`` with each ``X`` replaced by its ``toy_X`` (see :func:`toy_overrides`)."""
-    return dataclasses.replace(config, **toy_overrides(config))
+from methods.toy_schedule import TOY_FIELD, TOY_PREFIX, apply_toy_schedule, toy_overrides
 
 
 def load_method(name: str, overrides: str | None = None):
@@ -101,40 +84,86 @@ def format_config_value(value: Any) -> str:
 
 def apply_config_overrides(config: Any, overrides: str | None) -> Any:
     """``"eta=0.5,noise_scale=sde"`` applied to a config dataclass instance (tuples: ``a:b:c``).
-    Setting a field that has a ``toy_`` twin also applies on toy teachers (the twin is cleared)."""
+
+    The toy schedule (:mod:`methods.toy_schedule`, the config's ``toy`` field) is changed the same
+    way: ``toy_X=v`` sets the value field X takes on toy teachers, ``toy_X=none`` drops it, and
+    ``toy_T.k=v`` sets key k of the schedule's table T (typed as the file's value; ``toy_T=none``
+    drops the table). An explicit ``X=v`` wins on every teacher: X leaves the toy schedule unless
+    ``toy_X`` is given too."""
     if not overrides:
         return config
     fields = {f.name: f for f in dataclasses.fields(config)}
     hints = typing.get_type_hints(type(config))
-    changes = {}
+    toy = dict(getattr(config, TOY_FIELD, None) or {}) if TOY_FIELD in fields else None
+    changes, toy_changes = {}, {}
     for item in overrides.split(","):
         if not item.strip():
             continue
         if "=" not in item:
             raise UsageError(f"--config takes key=value pairs separated by commas; got {item!r}")
         key, raw = (s.strip() for s in item.split("=", 1))
-        if key not in fields:
-            known = ", ".join(sorted(fields))
-            raise UsageError(f"--config: {type(config).__name__} has no field {key!r}; fields: {known}")
-        changes[key] = _convert(raw, hints.get(key, str), key)
-    # An explicit X wins on every teacher: its toy_X (the toy schedule's replacement for X,
-    # bench.core.spec.toy_overrides) is cleared unless it was set explicitly too.
-    for key in list(changes):
-        toy_key = TOY_PREFIX + key
-        if toy_key in fields and toy_key not in changes:
-            changes[toy_key] = None
+        if toy is not None and key.startswith(TOY_PREFIX):
+            toy_changes[key[len(TOY_PREFIX):]] = _toy_value(toy, key, raw, fields, hints)
+        elif key in fields and key != TOY_FIELD:
+            changes[key] = _convert(raw, hints.get(key, str), key)
+        else:
+            known = ", ".join(sorted(set(fields) - {TOY_FIELD}))
+            toy_hint = "; toy_<field> sets its toy schedule value" if toy is not None else ""
+            raise UsageError(f"--config: {type(config).__name__} has no field {key!r}; fields: {known}{toy_hint}")
+    if toy is not None:
+        for key in changes:                     # an explicit X wins on every teacher
+            toy.pop(key, None)
+        for key, value in toy_changes.items():
+            table, _, sub = key.partition(".")
+            if sub:
+                toy[table] = {**toy[table], sub: value}
+            elif value is None:
+                toy.pop(key, None)
+            else:
+                toy[key] = value
+        changes[TOY_FIELD] = toy
     try:
-        return dataclasses.replace(config, **changes)
+        updated = dataclasses.replace(config, **changes)
     except (TypeError, ValueError) as err:
         raise UsageError(f"--config {overrides}: {err}") from None
+    if toy is not None:
+        try:
+            apply_toy_schedule(updated)         # a bad toy value fails here, not when training starts
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"--config {overrides}: on toy teachers, with the toy schedule's values "
+                             f"({_describe_toy(updated)}): {err}; set the clashing toy_<field> too") from None
+    return updated
+
+
+def _describe_toy(config: Any) -> str:
+    return ", ".join(f"{k}={format_config_value(v)}" for k, v in toy_overrides(config).items()) or "none"
+
+
+def _toy_value(toy: dict[str, Any], key: str, raw: str, fields: dict[str, Any], hints: dict[str, Any]) -> Any:
+    """The value of ``--config toy_...=raw``: typed as the field, or as the table's current value."""
+    name = key[len(TOY_PREFIX):]
+    table, _, sub = name.partition(".")
+    if sub and isinstance(toy.get(table), dict) and sub in toy[table]:
+        current = toy[table][sub]
+        return _convert(raw, type(current) if current is not None else str, key)
+    if not sub and isinstance(toy.get(name), dict):
+        if raw.lower() in ("none", "null"):
+            return None
+        raise UsageError(f"--config {key}: the toy schedule's table {name!r} takes {key}.<key>=value or {key}=none")
+    if not sub and name in fields and name != TOY_FIELD:
+        value = _convert(raw, hints.get(name, str) | None, key)
+        return list(value) if isinstance(value, tuple) else value     # as the TOML file holds it
+    tables = [f"{t}.{k}" for t, v in toy.items() if isinstance(v, dict) for k in v]
+    raise UsageError(f"--config {key}: {name!r} is not a field" + (f" or a toy schedule entry ({', '.join(tables)})"
+                                                                    if tables else ""))
 
 
 def describe_config_fields(config: Any) -> list[str]:
-    """``name = value`` per field of a method config, for ``bench list --verbose``. A field with a
-    ``toy_`` twin (its value on toy teachers, :func:`bench.core.spec.toy_overrides`) shows it as
-    ``(toy: value)``; the twins themselves are not listed again."""
-    names = {f.name for f in dataclasses.fields(config)}
+    """``name = value`` per field of a method config, for ``bench list --verbose``. A field its toy
+    schedule sets (:mod:`methods.toy_schedule`) shows that value as ``(toy: value)``; the schedule's
+    tables follow as ``toy <table> = {...}``."""
     toy = toy_overrides(config)
+    tables = {k: v for k, v in (getattr(config, TOY_FIELD, None) or {}).items() if isinstance(v, dict)}
     return [f"{f.name} = {getattr(config, f.name)!r}" + (f"  (toy: {toy[f.name]!r})" if f.name in toy else "")
-            for f in dataclasses.fields(config)
-            if not (f.name.startswith(TOY_PREFIX) and f.name[len(TOY_PREFIX):] in names)]
+            for f in dataclasses.fields(config) if f.name != TOY_FIELD] + \
+        [f"toy {name} = {value!r}" for name, value in tables.items()]

@@ -40,8 +40,8 @@ weights (``LoadedStudent.identity``), so a retrained student never shares a samp
 result row with the released one.
 
 Schedules by teacher (:func:`bench.assets.train_data.training_scale`): on the toy world's teacher and on
-random-weight teachers the harness trains with the method's ``toy_*`` config fields in place of the
-paper's (``bench.core.spec.apply_toy_schedule``); on the ``tiny`` plumbing teacher it also caps the
+random-weight teachers the harness trains with the method's toy schedule in place of the paper's
+values (:mod:`methods.toy_schedule`, ``methods/configs/<method>/toy.toml``); on the ``tiny`` plumbing teacher it also caps the
 schedule at a few steps (``bench.engine.training.apply_plumbing_schedule``). The fingerprint records the
 values actually used.
 """
@@ -78,9 +78,9 @@ from bench.core.atomic import atomic_write_json
 from bench.core.errors import BenchError, MissingResourceError, UsageError
 from bench.core.fingerprint import fingerprint, library_versions, sha256_file
 from bench.core.paths import cache_dir
-from bench.core.spec import apply_toy_schedule
 from bench.engine.training import Trainer, TrainSchedule, apply_plumbing_schedule
 from methods.base import Denoiser, Method, Student, TrainingContext, TrainingMethod
+from methods.toy_schedule import TOY_FIELD, apply_toy_schedule
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ STUDENT_FORMAT = 2
 UNET_FOLDER = "unet"
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 #: schedule/config fields that do not change the trained weights (kept out of the fingerprint)
-NOT_IN_FINGERPRINT = ("checkpointing_steps", "checkpoints_total_limit", "toy_checkpointing_steps")
+NOT_IN_FINGERPRINT = ("checkpointing_steps", "checkpoints_total_limit")
 #: --student-source values (see the module docstring)
 STUDENT_SOURCES = ("auto", "released", "trained")
 
@@ -190,13 +190,13 @@ def training_plan(method: Method, teacher: Any, max_train_steps: int | None = No
 
 def _training_identity(method: TrainingMethod) -> dict[str, Any]:
     """The config fields that change the student, minus the schedule fields (the effective
-    schedule is fingerprinted on its own) and the ``toy_*`` fields (already applied to the
-    effective config): so ``--max-train-steps 3`` and ``--config toy_max_train_steps=3`` name the
-    same student on a toy teacher."""
+    schedule is fingerprinted on its own) and the toy schedule (already applied to the effective
+    config): so ``--max-train-steps 3`` and ``--config toy_max_train_steps=3`` name the same
+    student on a toy teacher."""
     values = method.training_identity()
     schedule_fields = {f.name for f in dataclasses.fields(TrainSchedule)}
     return {k: v for k, v in values.items()
-            if k not in NOT_IN_FINGERPRINT and k not in schedule_fields and not k.startswith("toy_")}
+            if k not in NOT_IN_FINGERPRINT and k not in schedule_fields and k != TOY_FIELD}
 
 
 def student_fingerprint(method: TrainingMethod, teacher: Any, schedule: TrainSchedule, data: TrainingData,

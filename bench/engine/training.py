@@ -484,5 +484,4 @@ class Trainer:
         return self._step
 
 
-__all__ = ["TrainSchedule", "Trainer", "TrainingBatch", "TrainingState", "TrainReport", "NonFiniteLossError", "Update",
-           "toy_overrides", "apply_toy_schedule"]
+__all__ = ["TrainSchedule", "Trainer", "TrainingBatch", "TrainingState", "TrainReport", "NonFiniteLossError", "Update"]

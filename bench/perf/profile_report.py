@@ -240,6 +240,4 @@ def write_report(report: dict, out: str | Path) -> tuple[Path, Path]:
     return md_path, json_path
 
 
-__all__ = ["add_arguments", "command", "parse_spec", "run_profile", "write_report", "render_markdown",
-           "diffusers_plan", "diffusers_pipeline", "diffusers_closures", "measure_training_step", "SpeedRow",
-           "TrainRow", "device_slug", "reported_latencies"]
+__all__ = ["write_report", "render_markdown", "device_slug", "reported_latencies"]

@@ -254,7 +254,7 @@ def measure_variant(spec, teacher, method, student, steps: int, guidance: float,
         log.warning("speedup variant %s failed: %s", variant.name, err)
         row.status, row.note = "failed", f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
     finally:
-        del v_teacher, v_unet, v_student
+        v_teacher = v_unet = v_student = None     # free the variant before the next one
         torch._dynamo.reset()
         gc.collect()
         if device.type == "cuda":

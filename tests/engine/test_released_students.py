@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import with_toy
 from safetensors import safe_open
 
 from bench.assets.released import (
@@ -29,7 +30,7 @@ GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "training_hashes.json"
 
 
 def small(cls, config_cls, **fields):
-    return cls(config_cls(toy_train_batch_size=2, toy_checkpointing_steps=0, **fields))
+    return cls(with_toy(config_cls, dict(train_batch_size=2, checkpointing_steps=0), **fields))
 
 
 def output_of(unet, teacher) -> torch.Tensor:

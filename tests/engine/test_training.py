@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import Killed, KilledAt
+from conftest import Killed, KilledAt, with_toy
 
 from bench.assets.teachers.model import TEACHER_SPECS
 from bench.assets.train_data import (
@@ -48,10 +48,10 @@ def test_schedule_from_config_and_toy_override():
                                      "lr_warmup_steps": 20}
     assert (toy.max_train_steps, toy.train_batch_size, toy.learning_rate, toy.ema_decay) == (1000, 32, 1e-4, 0.95)
     assert toy.loss_type == "huber" and config.loss_type == "l2"
-    assert toy.time_cond_proj_dim == 256 and toy.sigma_data == 0.5      # only the toy_* fields change
+    assert toy.time_cond_proj_dim == 256 and toy.sigma_data == 0.5      # only what the toy schedule sets changes
     assert TrainSchedule.from_config(toy, max_train_steps=7).max_train_steps == 7
-    # a toy_* field set to None means "no override"
-    assert "ema_decay" not in toy_overrides(dataclasses.replace(config, toy_ema_decay=None))
+    # --config toy_X=none drops X from the toy schedule
+    assert "ema_decay" not in toy_overrides(apply_config_overrides(config, "toy_ema_decay=none"))
 
 
 def test_toy_students_distil_the_guidance_the_toy_suite_scores_at():
@@ -101,7 +101,9 @@ def test_list_verbose_shows_each_field_with_its_toy_value(capsys):
     lcm = out[out.index("  lcm "):out.index("  lcm-lora ")]
     assert "      w_max = 14.0  (toy: 2.0)\n" in lcm and "      loss_type = 'l2'  (toy: 'huber')\n" in lcm
     assert "      time_cond_proj_dim = 256\n" in lcm
-    assert "toy_w_max" not in out and "--config toy_K=V" in out
+    assert "toy = " not in out and "--config toy_K=V" in out
+    mcm = out[out.index("  mcm "):]
+    assert "      toy short_schedule = {'from_segments': 8, 'max_train_steps': 500, 'lr_scheduler': 'constant'}\n" in mcm
 
 
 def test_synthetic_pairs_are_a_function_of_seed_and_index():
@@ -339,7 +341,7 @@ def test_load_student_trains_once_saves_and_exports(teacher, tmp_path, monkeypat
     monkeypatch.delenv("BENCH_TRAIN_DATA", raising=False)
     cls, config_cls = (LCM, LCMConfig) if name == "lcm" else (LCMLoRA, LCMLoRAConfig)
     # toy schedule (tiny is a random-weight teacher), shrunk further for the test
-    method = cls(config_cls(toy_train_batch_size=2, toy_checkpointing_steps=1))
+    method = cls(with_toy(config_cls, dict(train_batch_size=2, checkpointing_steps=1)))
     first = students.load_student(method, teacher, steps=2, max_train_steps=2, progress=False)
     info = json.loads((first.path / "student.json").read_text())
     assert info["fingerprint"] == first.fingerprint and info["trained_steps"] == 2
@@ -358,10 +360,10 @@ def test_load_student_trains_once_saves_and_exports(teacher, tmp_path, monkeypat
                                     gens(), 2, 1.0)
     assert torch.equal(method.sample(first.denoiser, request()), method.sample(second.denoiser, request()))
     # the sampling-only fields do not change the student; the schedule does
-    respaced = cls(config_cls(toy_train_batch_size=2, toy_checkpointing_steps=1, timestep_spacing="original"))
+    respaced = cls(with_toy(config_cls, dict(train_batch_size=2, checkpointing_steps=1), timestep_spacing="original"))
     assert students.load_student(respaced, teacher, steps=2, max_train_steps=2, progress=False).path == first.path
     # --config toy_max_train_steps=2 names the same student as --max-train-steps 2
-    same = cls(config_cls(toy_train_batch_size=2, toy_checkpointing_steps=1, toy_max_train_steps=2))
+    same = cls(with_toy(config_cls, dict(train_batch_size=2, checkpointing_steps=1, max_train_steps=2)))
     assert students.load_student(same, teacher, steps=2, progress=False).path == first.path
     plan = students.training_plan(method, teacher, max_train_steps=3)[1]
     data = training_data_for(teacher)
@@ -379,7 +381,7 @@ def test_load_student_resumes_a_killed_training(teacher, tmp_path, monkeypatch):
     from bench.engine import students
 
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
-    method = LCMLoRA(LCMLoRAConfig(lora_rank=4, lora_alpha=4.0, toy_train_batch_size=2, toy_checkpointing_steps=1))
+    method = LCMLoRA(with_toy(LCMLoRAConfig, dict(train_batch_size=2, checkpointing_steps=1), lora_rank=4, lora_alpha=4.0))
     data = SyntheticPairs(resolution=teacher.resolution)
     with pytest.raises(Killed):
         students.load_student(method, teacher, steps=1, max_train_steps=3, data=KilledAt(data, 2), progress=False)

@@ -10,11 +10,11 @@ import math
 
 import pytest
 import torch
-from conftest import Killed, KilledAt
+from conftest import Killed, KilledAt, with_toy
 
 from bench.assets.train_data import SyntheticPairs
-from bench.core.errors import MissingResourceError
-from bench.core.spec import apply_toy_schedule
+from bench.core.errors import MissingResourceError, UsageError
+from bench.core.spec import apply_config_overrides, apply_toy_schedule
 from bench.engine.training import Trainer, TrainSchedule
 from methods import SampleRequest, get_method_class
 from methods.base import Denoiser, TrainingContext
@@ -99,17 +99,17 @@ def test_registered_with_the_papers_values():
     assert (dmd2.regression_weight, dmd2.real_guidance_scale, dmd2.generator_update_ratio) == (0.0, 1.75, 10)
     assert dmd2.denoising_step_list == (999, 749, 499, 249) and (dmd2.gen_gan_weight, dmd2.disc_gan_weight) == (1e-3, 1e-2)
     assert DMD().nfe(1, 1.0) == 1 and DMD().default_guidance_scale == 1.0
-    # the toy schedule: only the toy_* fields change
+    # the toy schedule: only what it sets changes
     toy = apply_toy_schedule(DMD2Config())
     assert (toy.generator_update_ratio, toy.gan, toy.max_train_steps, toy.real_guidance_scale) == (5, True, 2400, 1.75)
     assert (toy.denoising_step_list, toy.fake_learning_rate) == ((399, 299, 199, 99), None)
     toy = apply_toy_schedule(DMDConfig())
     assert (toy.regression_distance, toy.denoising_step_list, toy.fake_learning_rate) == ("l2", (399,), 2e-4)
     assert (toy.generator_update_ratio, toy.max_train_steps) == (5, 4000)    # DMD2's two time-scale rule
-    with pytest.raises(ValueError, match="toy_denoising_step_list must be strictly decreasing"):
-        DMDConfig(toy_denoising_step_list=(249, 999))
-    with pytest.raises(ValueError, match="does not divide the 1-step toy_denoising_step_list"):
-        DMD2Config(toy_denoising_step_list=(399,))
+    with pytest.raises(UsageError, match="denoising_step_list must be strictly decreasing"):
+        apply_config_overrides(DMDConfig(), "toy_denoising_step_list=249:999")
+    with pytest.raises(UsageError, match="does not divide the 1-step denoising_step_list"):
+        apply_config_overrides(DMD2Config(), "toy_denoising_step_list=399")
     assert dmd.generator_ema_decay is None and dmd2.generator_ema_decay is None     # the papers: no EMA
     with pytest.raises(ValueError, match=r"generator_ema_decay must be in \[0, 1\), got 1.0"):
         DMDConfig(generator_ema_decay=1.0)
@@ -394,8 +394,8 @@ def test_sampler_equals_lcm_scheduler_on_the_step_list(teacher, steps):
 def test_load_student_trains_saves_and_samples(teacher, tmp_path):
     from bench.engine import students
 
-    method = DMD(DMDConfig(toy_num_regression_pairs=4, toy_train_batch_size=2, toy_regression_batch_size=2,
-                           regression_solver_steps=3, regression_chunk_size=2, toy_checkpointing_steps=1))
+    method = DMD(with_toy(DMDConfig, dict(num_regression_pairs=4, train_batch_size=2, regression_batch_size=2,
+                                          checkpointing_steps=1), regression_solver_steps=3, regression_chunk_size=2))
     loaded = students.load_student(method, teacher, steps=1, max_train_steps=2, progress=False)
     assert loaded.info["trained_steps"] == 2 and loaded.info["kind"] == "unet"
     assert loaded.info["schedule"]["max_grad_norm"] == 10.0
@@ -418,8 +418,8 @@ def test_the_student_samples_at_the_timestep_it_was_trained_at(teacher, monkeypa
     from bench.engine import students
     from bench.engine.cells import SamplingContext, sample_one
 
-    method = DMD(DMDConfig(toy_num_regression_pairs=4, toy_train_batch_size=2, toy_regression_batch_size=2,
-                           regression_solver_steps=3, regression_chunk_size=2, toy_max_train_steps=1))
+    method = DMD(with_toy(DMDConfig, dict(num_regression_pairs=4, train_batch_size=2, regression_batch_size=2,
+                                          max_train_steps=1), regression_solver_steps=3, regression_chunk_size=2))
     loaded = students.load_student(method, teacher, steps=1, progress=False)
     assert method.config.denoising_step_list == (999,)
     assert loaded.sampling_method(method).config.denoising_step_list == (399,)

@@ -102,14 +102,18 @@ def test_config_overrides_from_the_command_line():
     from bench.core.errors import UsageError
     from bench.core.spec import load_method
 
-    method = load_method("lcm", "preset=official-code,w_min=3,timestep_spacing=original")
+    method = load_method("lcm", "preset=official-code,w_min=3,toy_w_max=15,timestep_spacing=original")
     assert (method.config.w_min, method.config.w_max, method.config.ema_decay) == (3.0, 15.0, 0.95)
     assert method.config.timestep_spacing == "original"
     # the sampling-only fields are not part of what changes the student
     assert "timestep_spacing" not in method.training_identity()
     assert "w_min" in method.training_identity()
+    # an explicit w_min leaves the toy schedule; its toy w_max = 2 would then clash on toy teachers
+    with pytest.raises(UsageError, match=r"on toy teachers, with the toy schedule's values \(.*w_max=2.0.*\): "
+                                         r"w_min 3.0 > w_max 2.0; set the clashing toy_<field> too"):
+        load_method("lcm", "w_min=3")
     for name in ("loss_type", "toy_loss_type"):                     # one clear error for each
-        with pytest.raises(UsageError, match=f"{name} must be one of"):
+        with pytest.raises(UsageError, match="loss_type must be one of"):
             load_method("lcm", f"{name}=l1")
 
 

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import Killed, KilledAt
+from conftest import Killed, KilledAt, with_toy
 
 from bench.assets.train_data import SyntheticPairs
 from bench.engine.training import Trainer, TrainSchedule
@@ -503,7 +503,7 @@ def test_one_student_per_step_count(teacher, tmp_path, monkeypatch):
 
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("BENCH_TRAIN_DATA", raising=False)
-    method = MultistepCM(MCMConfig(toy_train_batch_size=2, toy_checkpointing_steps=1))
+    method = MultistepCM(with_toy(MCMConfig, dict(train_batch_size=2, checkpointing_steps=1)))
     train_method, schedule = students.training_plan(method, teacher, max_train_steps=1)
     assert train_method.config.teacher_steps == 64 and schedule.train_batch_size == 2   # toy schedule applied
     data = training_data_for(teacher)
@@ -527,6 +527,7 @@ def test_toy_schedule_per_step_count(teacher):
     import dataclasses
 
     from bench.assets.train_data import training_data_for
+    from bench.core.errors import UsageError
     from bench.core.spec import apply_config_overrides
     from bench.engine import students
 
@@ -544,7 +545,12 @@ def test_toy_schedule_per_step_count(teacher):
     assert plan(None, 8) == plan("lr_scheduler=constant,toy_max_train_steps=500", 8)
     assert plan("lr_scheduler=cosine,toy_max_train_steps=1000", 8)[:2] == (1000, "cosine")
     assert plan("toy_max_train_steps=2000", 8)[:2] == (2000, "cosine")
-    assert plan("toy_short_schedule_from_segments=none", 8)[:2] == (4000, "cosine")
-    assert plan("toy_short_schedule_from_segments=4", 4)[:2] == (500, "constant")
+    assert plan("toy_short_schedule=none", 8)[:2] == (4000, "cosine")
+    assert plan("toy_short_schedule.from_segments=4", 4)[:2] == (500, "constant")
+    assert plan("toy_short_schedule.max_train_steps=300", 8)[:2] == (300, "constant")
+    with pytest.raises(UsageError, match="from_segments >= 1"):
+        plan("toy_short_schedule.from_segments=0", 8)
+    with pytest.raises(UsageError, match=r"'short_schedule.steps' is not a field or a toy schedule entry \(short_schedule.from_segments"):
+        plan("toy_short_schedule.steps=300", 8)
     # without a step count (bench profile's training cost) the long toy schedule applies
     assert students.training_plan(MultistepCM(), teacher)[1].max_train_steps == 4000

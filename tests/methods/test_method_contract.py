@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from bench.assets.train_data import SyntheticPairs
+from bench.core.errors import UsageError
 from bench.core.spec import (
-    TOY_PREFIX,
     apply_config_overrides,
     apply_toy_schedule,
     format_config_value,
@@ -19,6 +19,7 @@ from bench.core.spec import (
 from bench.engine.training import Trainer
 from methods import SampleRequest, get_method_class, method_names
 from methods.base import Denoiser, Method, Student, TrainingContext, TrainingMethod
+from methods.toy_schedule import TOY_FIELD, TOY_PREFIX, toy_overrides
 
 pytestmark = pytest.mark.usefixtures("one_thread", "isolated_cache")
 
@@ -58,31 +59,50 @@ def test_declares_what_the_harness_reads(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_every_config_field_round_trips_through_config(name):
-    """`--config` can write every default of the config, and parses it back to the same config."""
+    """`--config` can write every default of the config and of its toy schedule (``toy_X=v``,
+    ``toy_T.k=v`` for a table), and parses it back to the same config."""
     config = get_method_class(name).config_class()
-    text = ",".join(f"{f.name}={format_config_value(getattr(config, f.name))}" for f in dataclasses.fields(config))
-    assert apply_config_overrides(type(config)(), text) == config
+    items = [f"{f.name}={format_config_value(getattr(config, f.name))}" for f in dataclasses.fields(config)
+             if f.name != TOY_FIELD]
+    for key, value in getattr(config, TOY_FIELD, {}).items():
+        entries = value.items() if isinstance(value, dict) else [(None, value)]
+        items += [f"{TOY_PREFIX}{key}{'' if sub is None else '.' + sub}={format_config_value(v)}" for sub, v in entries]
+    assert apply_config_overrides(type(config)(), ",".join(items)) == config
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_toy_overrides_name_real_fields(name):
-    """A ``toy_X`` field replaces X on toy teachers, so X must exist (a typo would be ignored
-    silently). The only other toy fields allowed are ones the method's per-step-count toy schedule
-    reads: changing one must change that schedule for some S."""
+def test_a_toy_schedule_names_real_fields(name):
+    """Every trained method has a toy schedule (methods/configs/<name>/toy.toml) whose entries are
+    fields (a typo would be ignored silently). A table is the method's own toy setting: dropping
+    it must change the toy schedule of some step count."""
     cls = get_method_class(name)
     config = cls.config_class()
-    names = {f.name for f in dataclasses.fields(config)}
-    for field_name in sorted(n for n in names if n.startswith(TOY_PREFIX) and n[len(TOY_PREFIX):] not in names):
-        assert cls.trains and cls.student_per_step_count, f"{name}: {field_name} names no field"
-        value = getattr(config, field_name)
-        changed = {str: "cosine" if value != "cosine" else "constant", type(None): 1}.get(type(value), None)
-        other = cls(dataclasses.replace(config, **{field_name: value + 1 if changed is None else changed}))
+    toy = getattr(config, TOY_FIELD, None)
+    assert not cls.trains or toy, f"{name}: a trained method needs methods/configs/{name}/toy.toml"
+    toy_overrides(config)                                   # raises on a name that is not a field
+    for table in sorted(k for k, v in (toy or {}).items() if isinstance(v, dict)):
+        assert cls.trains and cls.student_per_step_count, f"{name}: toy table {table} is read by nothing"
+        other = cls(apply_config_overrides(config, f"{TOY_PREFIX}{table}=none"))
         plans = [(cls().toy_config_for_steps(apply_toy_schedule(config), S),
                   other.toy_config_for_steps(apply_toy_schedule(other.config), S)) for S in (1, 2, 4, 8, 16)]
-        def rest(config):
-            return {k: v for k, v in dataclasses.asdict(config).items() if k != field_name}
 
-        assert any(rest(a) != rest(b) for a, b in plans), f"{name}: {field_name} changes no toy schedule"
+        def rest(c):
+            return {k: v for k, v in dataclasses.asdict(c).items() if k != TOY_FIELD}
+
+        assert any(rest(a) != rest(b) for a, b in plans), f"{name}: toy table {table} changes no toy schedule"
+
+
+def test_a_toy_schedule_typo_is_one_clear_error():
+    """A toy schedule entry that names no field: a ValueError from the file, a UsageError from
+    --config, each naming the entry."""
+    from methods.lcm import LCMConfig
+
+    with pytest.raises(ValueError, match=r"LCMConfig: its toy schedule sets \['max_train_step'\], which are not fields"):
+        apply_toy_schedule(dataclasses.replace(LCMConfig(), toy={"max_train_step": 3}))
+    with pytest.raises(UsageError, match="toy_max_train_step: 'max_train_step' is not a field"):
+        apply_config_overrides(LCMConfig(), "toy_max_train_step=3")
+    with pytest.raises(UsageError, match="has no field 'toy'"):
+        apply_config_overrides(LCMConfig(), "toy=3")
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -12,6 +12,7 @@ from conftest import (
     KilledAt,
     guided_teacher,
     trainer,
+    with_toy,
 )
 from torch import nn
 
@@ -351,7 +352,7 @@ def test_student_cache_trains_once_and_samples(teacher, tmp_path, monkeypatch):
 
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("BENCH_TRAIN_DATA", raising=False)
-    method = SCott(SCottConfig(toy_train_batch_size=2, toy_checkpointing_steps=1))
+    method = SCott(with_toy(SCottConfig, dict(train_batch_size=2, checkpointing_steps=1)))
     train_method, schedule = students.training_plan(method, dataclasses.replace(teacher, training_scale="toy"))
     assert (schedule.max_train_steps, schedule.learning_rate) == (400, 1e-4)
     assert students.training_plan(method, teacher)[1].max_train_steps == 10          # tiny: plumbing

@@ -12,10 +12,12 @@ from conftest import (
     KilledAt,
     guided_teacher,
     trainer,
+    with_toy,
 )
 
 from bench.assets.train_data import SyntheticPairs
-from bench.core.spec import apply_toy_schedule
+from bench.core.errors import UsageError
+from bench.core.spec import apply_config_overrides, apply_toy_schedule
 from methods import SampleRequest, get_method_class
 from methods.base import Denoiser, TrainingContext
 from methods.consistency import (
@@ -61,12 +63,13 @@ def test_registered_with_paper_and_code_presets():
     # the paper's Algorithm 1 reading everywhere but on the toy world (SPLAMConfig note (e))
     assert paper.gamma_preconditioning == code.gamma_preconditioning == "algorithm-1"
     assert apply_toy_schedule(SPLAMConfig()).gamma_preconditioning == "noise-level"
-    assert apply_toy_schedule(SPLAMConfig(toy_gamma_preconditioning=None)).gamma_preconditioning == "algorithm-1"
+    assert apply_toy_schedule(apply_config_overrides(SPLAMConfig(), "toy_gamma_preconditioning=none")) \
+        .gamma_preconditioning == "algorithm-1"
     # t ~ U[k, T] (Eq. 17) except on the toy world, which starts a sub-path at every grid point (note (f))
     assert paper.subpath_starts == code.subpath_starts == "paper"
     assert apply_toy_schedule(SPLAMConfig()).subpath_starts == "all-grid"
-    with pytest.raises(ValueError, match="toy_gamma_preconditioning"):
-        SPLAMConfig(toy_gamma_preconditioning="none")
+    with pytest.raises(UsageError, match="gamma_preconditioning must be one of"):
+        apply_config_overrides(SPLAMConfig(), "toy_gamma_preconditioning=bogus")
     with pytest.raises(ValueError):
         SPLAMConfig(skip=90)
     with pytest.raises(ValueError):
@@ -459,7 +462,7 @@ def test_student_cache_trains_once_and_samples(teacher, tmp_path, monkeypatch):
 
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("BENCH_TRAIN_DATA", raising=False)
-    method = SPLAM(SPLAMConfig(toy_train_batch_size=2, toy_checkpointing_steps=1))
+    method = SPLAM(with_toy(SPLAMConfig, dict(train_batch_size=2, checkpointing_steps=1)))
     assert students.training_plan(method, dataclasses.replace(teacher, training_scale="toy"))[1].max_train_steps == 6000
     assert students.training_plan(method, teacher)[1].max_train_steps == 10          # tiny: plumbing
     first = students.load_student(method, teacher, steps=2, max_train_steps=2, progress=False)

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import mmap
 import math
+import mmap
 import os
 import time
 
