@@ -16,6 +16,7 @@ from bench.cli import commands
 from bench.cli.run import add_run_arguments
 from bench.core.defaults import DEFAULT_SUITE, DEFAULT_TEACHER
 from bench.core.errors import BenchError, UsageError
+from bench.core.spec import finite_float
 
 log = logging.getLogger("bench")
 
@@ -69,7 +70,7 @@ def _add_student_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--guidance", type=float, default=None, metavar="G",
+    parser.add_argument("--guidance", type=finite_float, default=None, metavar="G",
                         help="classifier-free guidance scale, diffusers convention (1 = none; default: the teacher's)")
     parser.add_argument("--seed", type=int, default=0, help="run seed; image i uses a seed derived from (seed, i) only")
     parser.add_argument("--batch-size", type=int, default=None, metavar="B",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from bench.assets.suites import load_suite
 from bench.core.errors import UsageError
+from bench.core.spec import finite_float
 from bench.scoring.evaluate import (
     IMAGE_METRICS,
     add_metric_arguments,
@@ -35,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="external", help="label for the rows (default: external)")
     parser.add_argument("--steps", type=int, default=0, help="label for the rows")
     parser.add_argument("--teacher", default="external", help="label for the rows")
-    parser.add_argument("--guidance", type=float, default=0.0, help="label for the rows (0: unknown)")
+    parser.add_argument("--guidance", type=finite_float, default=0.0, help="label for the rows (0: unknown)")
     parser.add_argument("--seed", type=int, default=0, help="label for the rows")
     add_metric_arguments(parser)
 

@@ -9,7 +9,7 @@ import torch
 
 from bench.assets.teachers.model import teacher_names
 from bench.core.errors import UsageError
-from bench.core.spec import load_method, parse_int_list, parse_name_list
+from bench.core.spec import finite_float, load_method, parse_int_list, parse_name_list
 from bench.engine.cells import resolve_device
 from bench.engine.sampling import PRECISIONS
 from bench.perf.profile import merge_reports, run_profile
@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"timed runs per throughput batch size, after {THROUGHPUT_WARMUP} warm-up (default 5: "
                              "a rate over whole batches needs fewer runs than a batch-1 median)")
     parser.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed warm-up runs (default 3)")
-    parser.add_argument("--guidance", type=float, default=None, metavar="G",
+    parser.add_argument("--guidance", type=finite_float, default=None, metavar="G",
                         help="classifier-free guidance scale, diffusers convention (default: the method's, "
                              "else the teacher's)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (image 0 of this seed)")

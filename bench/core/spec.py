@@ -1,7 +1,9 @@
 """What to run: parsing of list flags and method-config overrides into typed values."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
 import typing
 from typing import Any
 
@@ -17,6 +19,18 @@ def load_method(name: str, overrides: str | None = None):
     except KeyError as err:
         raise UsageError(str(err.args[0])) from None
     return cls(apply_config_overrides(cls.config_class(), overrides))
+
+
+def finite_float(text: str) -> float:
+    """argparse type of a float flag: a finite number (NaN or inf would sample black images and
+    write invalid JSON); argparse turns the error into exit 2 naming the flag."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def parse_int_list(text: str, flag: str) -> list[int]:
@@ -57,7 +71,12 @@ def _convert(raw: str, annotation: Any, key: str) -> Any:
             if raw.lower() in ("0", "false", "no", "off"):
                 return False
             raise ValueError(raw)
-        if annotation in (int, float, str):
+        if annotation is float:
+            value = float(raw)
+            if not math.isfinite(value):
+                raise UsageError(f"--config {key}={raw}: expected a finite number")
+            return value
+        if annotation in (int, str):
             return annotation(raw)
         if typing.get_origin(annotation) is tuple:
             inner = typing.get_args(annotation)[0]
