@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TextIO
 
 from bench.core.errors import UsageError
+from bench.core.spec import parse_int_list
 from bench.publish.cells import load_leaderboard_json
 from bench.publish.check import (
     check,
@@ -17,6 +18,7 @@ from bench.publish.check import (
     method_names_of,
     parse_tolerances,
     restrict_to_methods,
+    restrict_to_steps,
     rows_of,
 )
 
@@ -36,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--methods", default=None, metavar="A,B",
                         help="compare only the rows of these methods, in the baseline and the new run (and the "
                              "real-image rows, steps 0, which every toy run scores); default: every row")
+    parser.add_argument("--steps", default=None, metavar="1,2,4",
+                        help="compare only the rows at these step counts (and the real-image rows), in the "
+                             "baseline and the new run: for a run of some step counts only; default: every row")
 
 
 def command(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -52,6 +57,9 @@ def command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if getattr(args, "methods", None):
         baseline = restrict_to_methods(baseline, args.methods)
         current = {**current, "rows": rows_of(current, method_names_of(args.methods))}
+    if getattr(args, "steps", None):
+        steps = parse_int_list(args.steps, "--steps")
+        baseline, current = restrict_to_steps(baseline, steps), restrict_to_steps(current, steps)
     result = check(baseline, current, tolerances)
     out.write(result.format())
     return result.exit_code

@@ -41,9 +41,9 @@ result row with the released one.
 
 Schedules by teacher (:func:`bench.assets.train_data.training_scale`): on the toy world's teacher and on
 random-weight teachers the harness trains with the method's toy schedule in place of the paper's
-values (:mod:`methods.toy_schedule`, ``methods/configs/<method>/toy.toml``); on the ``tiny`` plumbing teacher it also caps the
-schedule at a few steps (``bench.engine.training.apply_plumbing_schedule``). The fingerprint records the
-values actually used.
+values (:mod:`methods.toy_schedule`, ``methods/configs/<method>/toy.toml``); on the ``tiny`` plumbing
+teacher it also caps the schedule at a few steps (``bench.engine.training.apply_plumbing_schedule``).
+The fingerprint records the values actually used.
 """
 from __future__ import annotations
 
@@ -401,13 +401,17 @@ def train_student(method: Method, teacher: Any, data: TrainingData, schedule: Tr
     return folder
 
 
-def _no_released_match(method: Method, fp: str, steps: int | None, store: ReleasedStudents) -> str:
+def _no_released_match(method: Method, fp: str, steps: int | None, store: ReleasedStudents, teacher: Any) -> str:
     """Why no released student serves ``fp``: the one-line message for ``--student-source released``
     and the notice before training in ``auto``."""
     name = release_name(method.name, steps if method.student_per_step_count else None)
     same_name = store.get(name)
     if same_name is None:
         return f"no released student of {name} in {store.root} (fingerprint {fp})"
+    released_teacher = same_name.record.get("teacher") or {}
+    if released_teacher != teacher.identity:
+        return (f"no released student of {name} for teacher {teacher.identity.get('name', teacher.identity)} "
+                f"(the one in {store.root} is of teacher {released_teacher.get('name', released_teacher)})")
     return (f"the released student {name} ({same_name.path.name}) was trained under fingerprint "
             f"{same_name.fingerprint}, this recipe is {fp} (a config, schedule or teacher differs; rebuild the "
             f"released ones with `{rebuild_command()}` if that change is meant to stay)")
@@ -422,16 +426,17 @@ def released_student_for(method: Method, teacher: Any, steps: int, policy: Stude
         return None
     train_method, schedule = training_plan(method, teacher, None, steps)
     data = training_data_for(teacher, seed=schedule.seed)
-    return _released_match(method, student_fingerprint(train_method, teacher, schedule, data, steps), steps, policy)
+    return _released_match(method, teacher, student_fingerprint(train_method, teacher, schedule, data, steps), steps,
+                           policy)
 
 
-def _released_match(method: Method, fp: str, steps: int, policy: StudentPolicy) -> ReleasedStudent | None:
+def _released_match(method: Method, teacher: Any, fp: str, steps: int, policy: StudentPolicy) -> ReleasedStudent | None:
     """The released student of fingerprint ``fp``; None when there is none (an error with
     ``--student-source released``)."""
     released = policy.released.find(fp)
     if released is None and policy.source == "released":
         raise MissingResourceError(
-            f"{_no_released_match(method, fp, steps, policy.released)}; --student-source released uses "
+            f"{_no_released_match(method, fp, steps, policy.released, teacher)}; --student-source released uses "
             "released students only: drop it to train one on this machine")
     return released
 
@@ -459,7 +464,8 @@ def load_student(method: Method, teacher: Any, steps: int, batching: str = "exac
         data = training_data_for(teacher, seed=schedule.seed)
     fp = student_fingerprint(train_method, teacher, schedule, data, steps)
     retrain_now = policy.retrain and fp not in policy.retrained
-    released = None if policy.source == "trained" or policy.retrain else _released_match(method, fp, steps, policy)
+    released = (None if policy.source == "trained" or policy.retrain
+                else _released_match(method, teacher, fp, steps, policy))
     if released is not None:
         unet = load_released_unet(policy.released, released, teacher)
         log.info("%s: released student %s (%s)", method.name, released.name, released.path)
@@ -471,7 +477,7 @@ def load_student(method: Method, teacher: Any, steps: int, batching: str = "exac
             shutil.rmtree(stale, ignore_errors=True)     # a save that a kill interrupted
         if not retrain_now and policy.source == "auto" and training_scale(teacher) == "toy":
             log.warning("%s: %s; training one on this machine (%d steps)", method.name,
-                        _no_released_match(method, fp, steps, policy.released), schedule.max_train_steps)
+                        _no_released_match(method, fp, steps, policy.released, teacher), schedule.max_train_steps)
         train_student(train_method, teacher, data, schedule, folder, fp, steps, progress, replace=retrain_now)
         if retrain_now:
             policy.retrained.add(fp)

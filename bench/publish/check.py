@@ -374,3 +374,9 @@ def rows_of(doc: Mapping[str, Any], names: set[str]) -> list:
     """The rows of ``names`` and the steps-0 real-image rows (the new run's other rows are not
     reported as new either)."""
     return [row for row in doc.get("rows", []) if row.get("method") in names or int(row.get("steps", -1)) == 0]
+
+
+def restrict_to_steps(doc: Mapping[str, Any], steps: list[int]) -> dict:
+    """``doc`` with only the rows at ``steps`` sampling steps and the steps-0 real-image rows."""
+    wanted = set(steps) | {0}
+    return {**doc, "rows": [row for row in doc.get("rows", []) if int(row.get("steps", -1)) in wanted]}

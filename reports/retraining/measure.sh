@@ -2,7 +2,7 @@
 # How far the toy FID of a distilled method moves when its student is trained again: the same
 # recipe on one and on two CPU threads, and with training seed 1, against the released student.
 # Writes one results folder per variant under OUT (default runs/retraining); spread.py prints the
-# table. Students missing from the caches (one per thread count) are trained first: about 3.3
+# table. Students missing from the caches (one per thread count) are trained first: about 9.3
 # CPU-hours per variant on the project's 2-core machine.
 #
 #   bash reports/retraining/measure.sh [OUT]

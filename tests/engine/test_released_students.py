@@ -269,7 +269,7 @@ def test_run_rows_record_their_student_and_released_only_fails_fast(tmp_path, ca
     code = main(["run", "--methods", "lcm", "--steps", "1", "--student-source", "released",
                  "--out", str(tmp_path / "b"), *common])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 1 and len(err) == 1 and "no released student of lcm" in err[0]
+    assert code == 1 and len(err) == 1 and "no released student of lcm for teacher tiny (the one in" in err[0]
     assert not list((tmp_path / "b").rglob("*.png"))
 
 

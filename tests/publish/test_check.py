@@ -218,3 +218,19 @@ def test_methods_restricts_the_baseline_and_keeps_the_real_image_rows(tmp_path):
                    io.StringIO()) == 1  # the floor row is still required
     with pytest.raises(UsageError, match="no baseline rows for ddmi"):
         command(_args("--baseline", str(baseline), "--current", str(current), "--methods", "ddmi"), io.StringIO())
+
+
+def test_steps_restricts_both_sides_to_the_step_counts_that_were_run(tmp_path):
+    """README command 1 runs 1, 2 and 4 steps; the baseline also has 8: `--steps 1,2,4` compares
+    those cells (and the real-image rows) only, so the check passes without the 8-step rows."""
+    baseline = tmp_path / "base.json"
+    baseline.write_text(json.dumps(board(("lcm", 1, {"fid": 11.0}), ("lcm", 8, {"fid": 1.5}),
+                                         ("real-2nd-draw", 0, {"fid": 0.46}))))
+    current = tmp_path / "cur.json"
+    current.write_text(json.dumps(board(("lcm", 1, {"fid": 11.0}), ("real-2nd-draw", 0, {"fid": 0.46}))))
+    assert command(_args("--baseline", str(baseline), "--current", str(current)), io.StringIO()) == 1  # 8 missing
+    out = io.StringIO()
+    assert command(_args("--baseline", str(baseline), "--current", str(current), "--steps", "1,2,4"), out) == 0
+    assert "2 number(s) compared" in out.getvalue() and "0 missing" in out.getvalue()
+    with pytest.raises(UsageError, match="--steps takes"):
+        command(_args("--baseline", str(baseline), "--current", str(current), "--steps", "one"), io.StringIO())

@@ -38,6 +38,15 @@ def test_toy_suite_is_the_fixed_prompt_draw_and_the_default():
     assert suite.subset(10).fingerprint != suite.fingerprint
 
 
+def test_the_toy_suite_fingerprint_is_the_one_the_committed_leaderboard_was_scored_under():
+    """A refactor that changes the suite's protocol text (a module path in it, say) changes its
+    fingerprint, and with it every toy cell's: the committed rows would stop matching new runs."""
+    from pathlib import Path
+
+    leaderboard = json.loads((Path(__file__).parents[2] / "leaderboards" / "toy.json").read_text())
+    assert load_suite("toy").fingerprint == leaderboard["protocol"]["suite_fingerprint"] == "910d2675ec9cc231"
+
+
 def test_reference_folder_holds_the_draw_the_prompts_came_from_and_the_floor_differs():
     reference = toy_image_folder("reference", 12)
     floor = toy_image_folder("floor", 12)
