@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from bench.engine.training import Trainer, TrainSchedule
+from methods import SampleRequest
 from methods.consistency import teacher_guided_x0_eps
 
 
@@ -63,6 +64,40 @@ def with_toy(config_cls: type, toy: dict[str, Any], **fields: Any) -> Any:
     schedule: a smaller batch, a checkpoint every step)."""
     config = config_cls(**fields)
     return dataclasses.replace(config, toy={**config.toy, **toy})
+
+
+def assert_close(ours: torch.Tensor, ref: torch.Tensor, tol: float = 1e-5) -> None:
+    """max |ours - ref| <= tol * max(1, max |ref|): the random U-Net's latents are large, so the
+    tolerance scales with the reference (method-vs-reference equality tests)."""
+    assert ours.shape == ref.shape
+    scale = max(1.0, ref.abs().max().item())
+    diff = (ours.double() - ref.double()).abs().max().item()
+    assert diff <= tol * scale, f"max abs diff {diff:.3g} > {tol:g} * {scale:.3g}"
+
+
+def make_request(teacher, steps: int, guidance: float, batch: int = 2, seed: int = 0) -> SampleRequest:
+    """A SampleRequest of ``batch`` fixed prompts with per-image generators seeded from ``seed``."""
+    gens = [torch.Generator().manual_seed(seed * 100 + i) for i in range(batch)]
+    noise = torch.stack([torch.randn(teacher.latent_shape, generator=g) for g in gens])
+    prompts = ["a red cube", "an astronaut riding a horse on the moon, digital art"][:batch]
+    return SampleRequest(noise=noise, cond=teacher.encode_prompts(prompts),
+                         uncond=teacher.encode_prompts([""] * batch), generators=gens, steps=steps,
+                         guidance_scale=guidance)
+
+
+def straight_and_resumed(method, teacher, data, tmp_path, kill_at: int = 5, **schedule):
+    """Train ``method`` straight, and again killed at batch ``kill_at`` then resumed from its last
+    checkpoint: (straight state, its trainer, resumed state, its trainer, the resumed report)."""
+    from methods.base import TrainingContext
+
+    straight = trainer(folder=tmp_path / "a", **schedule)
+    state_a = method.init_training_state(TrainingContext(teacher, straight, None))
+    straight.fit(state_a, method.training_step, data, teacher)
+    with pytest.raises(Killed):
+        method.train(TrainingContext(teacher, trainer(folder=tmp_path / "b", **schedule), KilledAt(data, kill_at)))
+    resumed = trainer(folder=tmp_path / "b", **schedule)
+    state_b = method.init_training_state(TrainingContext(teacher, resumed, None))
+    return state_a, straight, state_b, resumed, resumed.fit(state_b, method.training_step, data, teacher)
 
 
 def guided_teacher(teacher, cond, uncond, w):

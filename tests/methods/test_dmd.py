@@ -10,7 +10,7 @@ import math
 
 import pytest
 import torch
-from conftest import Killed, KilledAt, with_toy
+from conftest import Killed, KilledAt, assert_close, with_toy
 
 from bench.assets.train_data import SyntheticPairs
 from bench.core.errors import MissingResourceError, UsageError
@@ -68,12 +68,6 @@ def trainer(tmp=None, **kw) -> Trainer:
     values = dict(max_train_steps=4, train_batch_size=2, learning_rate=1e-4, checkpointing_steps=0)
     values.update(kw)
     return Trainer(TrainSchedule(**values), tmp, device="cpu", progress=False)
-
-
-def assert_close(ours: torch.Tensor, ref: torch.Tensor, tol: float = 1e-5) -> None:
-    scale = max(1.0, ref.abs().max().item())
-    diff = (ours.double() - ref.double()).abs().max().item()
-    assert diff <= tol * scale, f"max abs diff {diff:.3g} > {tol:g} * {scale:.3g}"
 
 
 def make_request(teacher, steps: int, guidance: float = 1.0, batch: int = 2) -> SampleRequest:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import assert_close, make_request
 
 from bench.assets.train_data import SyntheticPairs
 from bench.core.spec import apply_toy_schedule
 from bench.engine.training import Trainer, TrainSchedule
-from methods import SampleRequest, get_method_class
+from methods import get_method_class
 from methods.base import Denoiser, TrainingContext
 from methods.consistency import (
     consistency_function,
@@ -34,7 +35,6 @@ from methods.lcm import (
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -52,24 +52,6 @@ def lora_unet(teacher):
             if "lora_B" in name:
                 p.normal_(0, 0.05)
     return unet.eval().requires_grad_(False)
-
-
-def assert_close(ours: torch.Tensor, ref: torch.Tensor, tol: float = TOL) -> None:
-    """max |ours - ref| <= tol * max(1, max |ref|) (the random U-Net's latents are large; see
-    tests/test_baselines.py)."""
-    assert ours.shape == ref.shape
-    scale = max(1.0, ref.abs().max().item())
-    diff = (ours.double() - ref.double()).abs().max().item()
-    assert diff <= tol * scale, f"max abs diff {diff:.3g} > {tol:g} * {scale:.3g}"
-
-
-def make_request(teacher, steps: int, guidance: float, batch: int = 2, seed: int = 0) -> SampleRequest:
-    gens = [torch.Generator().manual_seed(seed * 100 + i) for i in range(batch)]
-    noise = torch.stack([torch.randn(teacher.latent_shape, generator=g) for g in gens])
-    prompts = ["a red cube", "an astronaut riding a horse on the moon, digital art"][:batch]
-    return SampleRequest(noise=noise, cond=teacher.encode_prompts(prompts),
-                         uncond=teacher.encode_prompts([""] * batch), generators=gens, steps=steps,
-                         guidance_scale=guidance)
 
 
 def generators(batch: int, seed: int = 0) -> list[torch.Generator]:

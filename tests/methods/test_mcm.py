@@ -9,11 +9,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import Killed, KilledAt, with_toy
+from conftest import Killed, KilledAt, assert_close, make_request, with_toy
 
 from bench.assets.train_data import SyntheticPairs
 from bench.engine.training import Trainer, TrainSchedule
-from methods import SampleRequest, get_method_class
+from methods import get_method_class
 from methods.base import Denoiser, TrainingContext
 from methods.ddim import DDIM, DDIMConfig
 from methods.diffusion_math import (
@@ -39,24 +39,6 @@ from methods.timesteps import inference_timesteps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TOL = 1e-5
-
-
-def assert_close(ours: torch.Tensor, ref: torch.Tensor, tol: float = TOL) -> None:
-    """max |ours - ref| <= tol * max(1, max |ref|) (as tests/test_lcm.py)."""
-    assert ours.shape == ref.shape
-    scale = max(1.0, ref.abs().max().item())
-    diff = (ours.double() - ref.double()).abs().max().item()
-    assert diff <= tol * scale, f"max abs diff {diff:.3g} > {tol:g} * {scale:.3g}"
-
-
-def make_request(teacher, steps: int, guidance: float, batch: int = 2, seed: int = 0) -> SampleRequest:
-    gens = [torch.Generator().manual_seed(seed * 100 + i) for i in range(batch)]
-    noise = torch.stack([torch.randn(teacher.latent_shape, generator=g) for g in gens])
-    prompts = ["a red cube", "an astronaut riding a horse on the moon, digital art"][:batch]
-    return SampleRequest(noise=noise, cond=teacher.encode_prompts(prompts),
-                         uncond=teacher.encode_prompts([""] * batch), generators=gens, steps=steps,
-                         guidance_scale=guidance)
 
 
 def _trainer(steps: int = 30, batch: int = 8, lr: float = 3e-5, checkpoint_dir=None, **kw) -> Trainer:

@@ -8,9 +8,8 @@ import dataclasses
 import pytest
 import torch
 from conftest import (
-    Killed,
-    KilledAt,
     guided_teacher,
+    straight_and_resumed,
     trainer,
     with_toy,
 )
@@ -305,7 +304,7 @@ def _held_out_cd(state, tr, teacher, data, batches: int = 8) -> float:
 
 def test_a_few_steps_reduce_the_consistency_loss(teacher):
     """30 SCott steps (GAN on) lower L_CD on held-out batches with fixed draws (see
-    tests/test_lcm.py for why held-out batches); EMA 0.999943 keeps the target in place.
+    tests/methods/test_lcm.py for why held-out batches); EMA 0.999943 keeps the target in place.
 
     The bound is looser than LCM's (0.8): the ER-SDE 5 teacher injects fresh noise in each
     sub-step, and the student cannot fit the part of the target that this noise (amplified by
@@ -327,16 +326,8 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(teacher, tmp
     the student, the EMA target, the discriminator and the loss history are bit-identical."""
     method = SCott(small(ema_decay=0.9))
     data = SyntheticPairs(resolution=teacher.resolution)
-    sched = dict(steps=4, batch=2, gradient_accumulation_steps=2, checkpointing_steps=2)
-    straight = trainer(folder=tmp_path / "a", **sched)
-    state_a = method.init_training_state(TrainingContext(teacher, straight, None))
-    straight.fit(state_a, method.training_step, data, teacher)
-
-    with pytest.raises(Killed):
-        method.train(TrainingContext(teacher, trainer(folder=tmp_path / "b", **sched), KilledAt(data, 5)))
-    resumed = trainer(folder=tmp_path / "b", **sched)
-    state_b = method.init_training_state(TrainingContext(teacher, resumed, None))
-    report = resumed.fit(state_b, method.training_step, data, teacher)
+    state_a, straight, state_b, resumed, report = straight_and_resumed(
+        method, teacher, data, tmp_path, steps=4, batch=2, gradient_accumulation_steps=2, checkpointing_steps=2)
 
     assert report.resumed_from == 2 and report.losses == straight.report.losses
     for a, b in [(state_a.student, state_b.student), (state_a.target, state_b.target),

@@ -8,9 +8,8 @@ import dataclasses
 import pytest
 import torch
 from conftest import (
-    Killed,
-    KilledAt,
     guided_teacher,
+    straight_and_resumed,
     trainer,
     with_toy,
 )
@@ -417,7 +416,7 @@ def test_saved_student_samples_with_a_stock_pipeline(teacher, tmp_path):
 
 def test_a_few_steps_reduce_the_loss(teacher):
     """30 steps lower the SPLAD loss on held-out batches with fixed draws (t, noise, gamma); EMA
-    0.999943 keeps the target in place (see tests/test_lcm.py)."""
+    0.999943 keeps the target in place (see tests/methods/test_lcm.py)."""
     method = SPLAM(SPLAMConfig(ema_decay=0.999943, loss_type="l2"))
     tr = trainer(steps=30, batch=8, lr=3e-5)
     data = SyntheticPairs(resolution=teacher.resolution)
@@ -438,15 +437,8 @@ def test_a_few_steps_reduce_the_loss(teacher):
 def test_resume_after_interruption_reproduces_the_uninterrupted_run(teacher, tmp_path):
     method = SPLAM(SPLAMConfig(ema_decay=0.9))
     data = SyntheticPairs(resolution=teacher.resolution)
-    sched = dict(steps=4, batch=2, gradient_accumulation_steps=2, checkpointing_steps=2)
-    straight = trainer(folder=tmp_path / "a", **sched)
-    state_a = method.init_training_state(TrainingContext(teacher, straight, None))
-    straight.fit(state_a, method.training_step, data, teacher)
-    with pytest.raises(Killed):
-        method.train(TrainingContext(teacher, trainer(folder=tmp_path / "b", **sched), KilledAt(data, 5)))
-    resumed = trainer(folder=tmp_path / "b", **sched)
-    state_b = method.init_training_state(TrainingContext(teacher, resumed, None))
-    report = resumed.fit(state_b, method.training_step, data, teacher)
+    state_a, straight, state_b, resumed, report = straight_and_resumed(
+        method, teacher, data, tmp_path, steps=4, batch=2, gradient_accumulation_steps=2, checkpointing_steps=2)
     assert report.resumed_from == 2 and report.losses == straight.report.losses
     for a, b in [(state_a.student, state_b.student), (state_a.target, state_b.target)]:
         sa, sb = a.state_dict(), b.state_dict()
