@@ -315,6 +315,12 @@ class TrainingMethod(Method):
 
     trains: ClassVar[bool] = True
 
+    @property
+    def needs_images(self) -> bool:
+        """Whether training noises real images (``batch.latents``); False: captions are enough
+        (the harness then accepts a captions-only source, whose batches have ``latents=None``)."""
+        return True
+
     @abstractmethod
     def init_training_state(self, ctx: TrainingContext) -> Any:
         """The student (and any extra networks, optimizers prepared with ``ctx.trainer.prepare``)."""

@@ -46,6 +46,8 @@ class DDIMConfig:
             raise ValueError(f"spacing must be one of {SPACINGS}, got {self.spacing!r}")
         if self.eta < 0:
             raise ValueError(f"eta must be >= 0, got {self.eta}")
+        if self.eta > 1:   # Song et al. 2021 (arXiv:2010.02502) Eq. 16: eta = 0 is DDIM, 1 is DDPM's variance
+            raise ValueError(f"eta must be <= 1 (1 is DDPM's posterior variance, Eq. 16), got {self.eta}")
 
 
 @register_method("ddim")

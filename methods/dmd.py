@@ -29,13 +29,32 @@ with (whose boundary scalings at t >= 249 differ from the identity by < 1e-7).
 
 Step counts. A student is trained on one ``denoising_step_list`` and serves every count in
 ``step_counts`` by taking every (len / S)-th entry: DMD's list is [999] (1 step; on toy teachers
-[399], its toy schedule's, and the sampler uses the list the student was trained with);
-DMD2's default is the 4-step list [999, 749, 499, 249] ([399, 299, 199, 99] on toy teachers), which
-serves S = 4 exactly and S = 1 exactly too (the first hop of backward simulation starts from pure
-noise at 999, as one-step inference does). S = 2 ([999, 499]) can be enabled
-(``step_counts=1:2:4``): the 499 hop is trained on inputs simulated through 749 rather than
+[399], its toy schedule's, and the sampler uses the list the student was trained with).
+DMD2's multi-step list [999, 749, 499, 249] (preset sdxl-4step; [399, 299, 199, 99] with step counts
+1 and 4 on toy teachers) serves S = 4 exactly and S = 1 exactly too (the first hop of backward
+simulation starts from pure noise at 999, as one-step inference does). S = 2 ([999, 499]) can be
+enabled (``step_counts=1:2:4``): the 499 hop is trained on inputs simulated through 749 rather than
 straight from 999, the one mismatch. Other counts are skipped with a note.
 One student per list, not per count: the counts share every trained timestep.
+
+DMD2's recipes (``DMD2Config.preset``, values and sources in :data:`DMD2_PRESETS`; tianweiy/DMD2
+``experiments/sdv1.5`` and ``experiments/sdxl``):
+
+* ``sd15-stage1`` (default): SD-1.5, one step at t = 999, real guidance 1.75, r = 10 (dfake10),
+  lr 1e-5 for both networks, no GAN, 39K iterations;
+* ``sd15-stage2``: its GAN stage, resumed from a stage-1 student (``generator_init``, required;
+  ``fake_score_init`` optional): lr 5e-7, GAN weights 1e-3 (generator) / 1e-2 (discriminator),
+  2K iterations;
+* ``sdxl-4step``: the SDXL 4-step recipe: [999, 749, 499, 249] with backward simulation, guidance 8,
+  r = 5, lr 5e-7, GAN 5e-3 / 1e-2, 19K iterations.
+
+LR schedule. DMD2's code steps both LR schedulers every iteration, the generator's also when the
+generator is not updated, with a warm-up of 500 counted in scheduler steps; accelerate's prepared
+scheduler takes num_processes of those per call, so the warm-up ends after 500 / num_processes
+iterations (its comment: "it warms up from 0 to max_lr in 500 / num_gpu steps"). Our DMD2 does the
+same (``lr_scheduler_stepping="every-iteration"``: the state steps both schedulers once per
+iteration, ``DMDState.after_optimizer_step``); DMD steps each scheduler with its optimizer, the
+warm-up counted in that optimizer's updates (``"with-optimizer"``; the toy DMD's r = 5 keeps it).
 
 Paper values are the defaults (SD-1.5 recipes); the toy schedules (methods/configs/dmd*/toy.toml)
 replace some on toy teachers.
@@ -45,7 +64,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import torch
@@ -74,7 +93,7 @@ from methods.diffusion_math import (
     model_output_to_x0_eps,
     v_from_x0_eps,
 )
-from methods.dmd_networks import FakeScore, copy_unet
+from methods.dmd_networks import FakeScore, copy_unet, load_unet_weights, unet_weights_sha256
 from methods.registry import register_method
 from methods.toy_schedule import toy_schedule_field
 
@@ -128,6 +147,7 @@ class DMDConfig:
     # -- schedule (App. B: AdamW lr 1e-5, wd 0.01, warmup 500, clip 10; DM batch 2304 = 32 x 72 GPUs;
     #    20K iterations)
     generator_update_ratio: int = 1          # DMD2's TTUR r; DMD updates both every iteration
+    #                                          (the LR schedulers step with their optimizers: DMD2Config)
     learning_rate: float = 1e-5
     fake_learning_rate: float | None = None  # None: learning_rate (both 1e-5 in DMD and DMD2)
     # CHOICE, not in either paper's SD-1.5 recipe: an EMA copy of the generator, updated after each
@@ -155,44 +175,144 @@ class DMDConfig:
     toy: dict[str, Any] = toy_schedule_field("dmd")
 
     def __post_init__(self):
+        # None: a DMD2 preset field not resolved yet (DMD2Config.resolved); checked once it is
         steps = self.denoising_step_list
-        if not steps or list(steps) != sorted(set(steps), reverse=True):
+        if steps is not None and (not steps or list(steps) != sorted(set(steps), reverse=True)):
             raise ValueError(f"denoising_step_list must be strictly decreasing, got {steps}")
-        for s in self.step_counts:
+        for s in self.step_counts if steps is not None and self.step_counts is not None else ():
             if s < 1 or len(steps) % s:
                 raise ValueError(f"step count {s} does not divide the {len(steps)}-step denoising_step_list")
         if self.generator_ema_decay is not None and not 0.0 <= self.generator_ema_decay < 1.0:
             raise ValueError(f"generator_ema_decay must be in [0, 1), got {self.generator_ema_decay}")
         if self.regression_distance not in REGRESSION_DISTANCES:
-            raise ValueError(f"regression_distance must be one of {REGRESSION_DISTANCES}, got {self.regression_distance!r}")
+            raise ValueError(f"regression_distance must be one of {REGRESSION_DISTANCES}, "
+                             f"got {self.regression_distance!r}")
         if self.dm_gradient_form not in DM_GRADIENT_FORMS:
             raise ValueError(f"dm_gradient_form must be one of {DM_GRADIENT_FORMS}, got {self.dm_gradient_form!r}")
-        if self.generator_update_ratio < 1:
+        if self.generator_update_ratio is not None and self.generator_update_ratio < 1:
             raise ValueError(f"generator_update_ratio must be >= 1, got {self.generator_update_ratio}")
         if not 0 <= self.min_step_percent < self.max_step_percent <= 1:
             raise ValueError("need 0 <= min_step_percent < max_step_percent <= 1")
 
     def pair_spec(self) -> TeacherOutputSpec:
         """The regression pairs (Eq. 9) as cached teacher outputs the harness makes once."""
-        guidance = self.real_guidance_scale if self.regression_guidance_scale is None else self.regression_guidance_scale
+        guidance = self.regression_guidance_scale
+        guidance = self.real_guidance_scale if guidance is None else guidance
         return TeacherOutputSpec(self.regression_solver, self.regression_solver_steps, guidance,
                                   self.num_regression_pairs, self.regression_chunk_size)
 
 
+#: DMD2's recipes, read from tianweiy/DMD2 (commit 8d8fa55, 2025-03-05): the values of DMD2Config's
+#: None-default fields per preset. Flags not set by a script are main/train_sd.py's argparse
+#: defaults. Common to all three (and DMDConfig's defaults): AdamW betas (0.9, 0.999), weight decay
+#: 0.01, constant_with_warmup with --warmup_step 500, --max_grad_norm 10, --min_step_percent 0.02,
+#: --max_step_percent 0.98, --diffusion_gan_max_timestep 1000 where the GAN is on, no regression loss.
+DMD2_PRESETS: dict[str, dict[str, Any]] = {
+    # experiments/sdv1.5/laion6.25_sd_baseline_8node_guidance1.75_lr1e-5_seed10_dfake10_from_scratch.sh:
+    # one step at --conditioning_timestep 999 (the default; no --denoising), --real_guidance_scale 1.75,
+    # --dfake_gen_update_ratio 10, --generator_lr / --guidance_lr 1e-5, --batch_size 32 per GPU (64
+    # GPUs), no GAN flag (--cls_on_clean_image / --gen_cls_loss absent). 39K iterations:
+    # experiments/sdv1.5/README.md (the released checkpoint_model_039000, FID 9.28).
+    # gen/disc GAN weights: the sdv1.5 stage-2 script's, used only with gan=true.
+    "sd15-stage1": dict(denoising_step_list=(999,), step_counts=(1,), real_guidance_scale=1.75,
+                        generator_update_ratio=10, learning_rate=1e-5, gan=False, gen_gan_weight=1e-3,
+                        disc_gan_weight=1e-2, train_batch_size=32, max_train_steps=39_000),
+    # experiments/sdv1.5/laion6.25_sd_baseline_8node_guidance1.75_lr5e-7_seed10_dfake10_diffusion1000_
+    # gan1e-3_noode_resume_fixdata.sh: stage 1's flags with --generator_lr / --guidance_lr 5e-7,
+    # --cls_on_clean_image --gen_cls_loss --gen_cls_loss_weight 1e-3 --guidance_cls_loss_weight 1e-2
+    # --diffusion_gan --diffusion_gan_max_timestep 1000, real images (--real_image_path), and
+    # --ckpt_only_path the stage-1 checkpoint_model_039000 (generator and guidance model loaded;
+    # generator_init / fake_score_init). 2K more iterations: experiments/sdv1.5/README.md (041000).
+    "sd15-stage2": dict(denoising_step_list=(999,), step_counts=(1,), real_guidance_scale=1.75,
+                        generator_update_ratio=10, learning_rate=5e-7, gan=True, gen_gan_weight=1e-3,
+                        disc_gan_weight=1e-2, train_batch_size=32, max_train_steps=2_000),
+    # experiments/sdxl/sdxl_cond999_8node_lr5e-7_denoising4step_diffusion1000_gan5e-3_guidance8_
+    # noinit_noode_backsim_scratch.sh: --denoising --num_denoising_step 4 --denoising_timestep 1000
+    # (main/sd_unified_model.py: range(999, 0, -250) = [999, 749, 499, 249]) --backward_simulation,
+    # --real_guidance_scale 8, --dfake_gen_update_ratio 5, --generator_lr / --guidance_lr 5e-7,
+    # --gen_cls_loss_weight 5e-3 --guidance_cls_loss_weight 1e-2 --diffusion_gan_max_timestep 1000,
+    # --batch_size 2 per GPU (64 GPUs). 19K iterations: experiments/sdxl/README.md (FID 19.32).
+    # Sampled at 4 steps (README: --num_step 4) and, as the first hop, at 1.
+    "sdxl-4step": dict(denoising_step_list=(999, 749, 499, 249), step_counts=(1, 4), real_guidance_scale=8.0,
+                       generator_update_ratio=5, learning_rate=5e-7, gan=True, gen_gan_weight=5e-3,
+                       disc_gan_weight=1e-2, train_batch_size=2, max_train_steps=19_000),
+}
+#: presets that resume from a stage-1 student (DMD2: --ckpt_only_path): generator_init is required
+DMD2_PRESETS_FROM_STAGE_1: tuple[str, ...] = ("sd15-stage2",)
+#: how the LR schedulers step (DMD2Config.lr_scheduler_stepping)
+LR_SCHEDULER_STEPPINGS: tuple[str, ...] = ("every-iteration", "with-optimizer")
+
+
 @dataclass(frozen=True)
 class DMD2Config(DMDConfig):
-    """DMD2 SD-1.5 (tianweiy/DMD2 ``experiments/sdv1.5``): no regression loss, TTUR r = 10, real
-    guidance 1.75, stage-1 schedule (~40K iterations); GAN (stage 2: 1e-3 / 1e-2) selectable.
-    Multi-step: the 4-step list of the code's SDXL recipe with backward simulation."""
+    """DMD2 (tianweiy/DMD2): no regression loss, the two time-scale rule, a recipe per ``preset``
+    (:data:`DMD2_PRESETS`): "sd15-stage1" (default: SD-1.5, one step at t = 999, real guidance 1.75,
+    r = 10, lr 1e-5, no GAN), "sd15-stage2" (its GAN stage: lr 5e-7, GAN 1e-3 / 1e-2, resumed from a
+    stage-1 student, ``generator_init``) and "sdxl-4step" (the SDXL 4-step recipe: [999, 749, 499,
+    249] with backward simulation, guidance 8, r = 5, lr 5e-7, GAN 5e-3 / 1e-2). The None-default
+    fields take the preset's value (``resolved()``; DMD2 resolves its config on construction); set
+    one to override the preset."""
 
-    denoising_step_list: tuple[int, ...] = (999, 749, 499, 249)
-    step_counts: tuple[int, ...] = (1, 4)
-    real_guidance_scale: float = 1.75
+    preset: str = "sd15-stage1"
+
+    # -- differ between presets: None = the preset's value -------------------------------------
+    denoising_step_list: tuple[int, ...] | None = None
+    step_counts: tuple[int, ...] | None = None
+    real_guidance_scale: float | None = None
+    generator_update_ratio: int | None = None
+    learning_rate: float | None = None
+    gan: bool | None = None
+    gen_gan_weight: float | None = None
+    disc_gan_weight: float | None = None
+    train_batch_size: int | None = None
+    max_train_steps: int | None = None
+
     regression_weight: float = 0.0
-    generator_update_ratio: int = 10
-    max_train_steps: int = 40_000
+
+    # -- the U-Nets a stage starts from (DMD2 --ckpt_only_path); None: copies of the teacher --------
+    # A stage-1 student: a student folder saved by bench, or a U-Net .safetensors / torch state-dict
+    # file (DMD2's pytorch_model.bin). Fingerprinted by the weights' sha256, not the path.
+    generator_init: str | None = None
+    # The fake score: a U-Net state dict or DMD2's guidance checkpoint (pytorch_model_1.bin, its
+    # fake_unet.* entries). DMD2's stage 2 loads its stage-1 fake score; a bench student holds the
+    # generator only, so None (the teacher, as in stage 1) is the fallback.
+    fake_score_init: str | None = None
+
+    # -- LR schedule stepping. "every-iteration" (DMD2 main/train_sd.py: scheduler_generator.step()
+    # and scheduler_guidance.step() run every iteration, the generator's also on iterations without
+    # a generator update; both prepared by accelerate, whose AcceleratedScheduler steps the wrapped
+    # scheduler num_processes times per call, so the warm-up of --warmup_step 500 ends after
+    # 500 / num_processes iterations). "with-optimizer": DMD's, each scheduler steps with its
+    # optimizer and the warm-up counts that optimizer's updates on any number of processes.
+    lr_scheduler_stepping: str = "every-iteration"
 
     toy: dict[str, Any] = toy_schedule_field("dmd2")     # methods/configs/dmd2/toy.toml
+
+    #: {preset: {field: value}} for the None-default fields
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = DMD2_PRESETS
+
+    def __post_init__(self):
+        if self.preset not in self.PRESETS:
+            raise ValueError(f"preset must be one of {tuple(self.PRESETS)}, got {self.preset!r}")
+        if self.preset in DMD2_PRESETS_FROM_STAGE_1 and self.generator_init is None:
+            raise ValueError(f"preset {self.preset} resumes from a stage-1 student (DMD2's --ckpt_only_path): set "
+                             "generator_init to its path (a student folder saved by bench, or a U-Net .safetensors "
+                             f"/ torch state dict file), e.g. --config preset={self.preset},generator_init=PATH")
+        if self.lr_scheduler_stepping not in LR_SCHEDULER_STEPPINGS:
+            raise ValueError(f"lr_scheduler_stepping must be one of {LR_SCHEDULER_STEPPINGS}, "
+                             f"got {self.lr_scheduler_stepping!r}")
+        super().__post_init__()
+
+    def resolved(self) -> "DMD2Config":
+        """This config with every None field of its preset filled from :data:`DMD2_PRESETS`."""
+        fill = {k: v for k, v in self.PRESETS[self.preset].items() if getattr(self, k) is None}
+        return dataclasses.replace(self, **fill) if fill else self
+
+
+def lr_steps_every_iteration(config: DMDConfig) -> bool:
+    """True when both LR schedulers step every iteration (DMD2's code), False when each steps with
+    its optimizer (DMD)."""
+    return getattr(config, "lr_scheduler_stepping", "with-optimizer") == "every-iteration"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -256,7 +376,8 @@ def is_generator_step(step: int, ratio: int) -> bool:
 def sampling_timesteps(step_list: tuple[int, ...], steps: int) -> list[int]:
     """Every (len / S)-th entry of the trained list: 4-step [999, 749, 499, 249] -> S = 2: [999, 499]."""
     if steps < 1 or len(step_list) % steps:
-        raise ValueError(f"{steps} steps do not divide the trained step list {list(step_list)}")
+        raise ValueError(f"{steps} steps do not divide the trained step list {list(step_list)} (DMD2: a multi-step "
+                         "list is --config preset=sdxl-4step, or denoising_step_list with step_counts)")
     return list(step_list[::len(step_list) // steps])
 
 
@@ -281,6 +402,9 @@ class DMDState:
     lr_scheduler: Any = None
     generator_ema: nn.Module | None = None   # generator_ema_decay's copy (unprepared)
     generator_updated: bool = False          # set by the training step: was G updated?
+    # prepared LR schedulers stepped once per iteration, generator's first (DMD2's code; the
+    # updates' own lr_scheduler is then None): lr_scheduler_stepping="every-iteration"
+    iteration_lr_schedulers: list[Any] = field(default_factory=list)
 
     @property
     def models(self) -> list[nn.Module]:
@@ -290,9 +414,13 @@ class DMDState:
         return [p for u in self.updates for p in u.params]
 
     def after_optimizer_step(self) -> None:
+        """Once per iteration, after its optimizer steps: the generator's EMA (after a generator
+        update) and the per-iteration LR schedulers (on every iteration, generator update or not)."""
         if self.generator_ema is not None and self.generator_updated:
             ema_update(self.generator_ema.parameters(), self.unwrap(self.generator).parameters(),
                        self.config.generator_ema_decay)
+        for scheduler in self.iteration_lr_schedulers:
+            scheduler.step()
 
     def extra_state_dict(self) -> dict[str, Tensor]:
         return prefixed_state_dict(self.generator_ema, "generator_ema")
@@ -381,7 +509,7 @@ def dmd_training_step(state: DMDState, batch: Any) -> dict[str, Tensor]:
     cond, uncond = batch.cond, batch.uncond
     update_g = is_generator_step(batch.step, cfg.generator_update_ratio)
     state.generator_updated = update_g
-    noise = _randn(batch.latents.shape, g, batch.latents)
+    noise = _randn(batch.latent_shape, g, batch.cond)          # captions-only batches have no latents
     # 1. x = G(z): with grad only when G is updated (the code skips G's backward otherwise)
     x = generate(state, noise, cond, g, with_grad=update_g)
     losses = {}
@@ -417,12 +545,19 @@ def dmd_training_step(state: DMDState, batch: Any) -> dict[str, Tensor]:
 
 def _make_optimizer(params: list[nn.Parameter], cfg: DMDConfig, lr: float, max_train_steps: int,
                     num_processes: int) -> tuple[Any, Any]:
-    """AdamW + constant_with_warmup, as the code builds both of its optimizers."""
+    """AdamW + constant_with_warmup, as the code builds both of its optimizers. accelerate's prepared
+    scheduler steps the wrapped one ``num_processes`` times per call (AcceleratedScheduler,
+    split_batches False). "with-optimizer" (DMD): the warm-up is scaled by it, so it lasts
+    ``lr_warmup_steps`` updates of this optimizer on any number of processes. "every-iteration"
+    (DMD2's code, train_sd.py: num_warmup_steps=args.warmup_step unscaled): it ends after
+    lr_warmup_steps / num_processes iterations; the decay horizon (``max_train_steps`` iterations;
+    no effect under constant_with_warmup) is scaled in both."""
     from diffusers.optimization import get_scheduler
 
     optimizer = torch.optim.AdamW(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
-    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps * num_processes,
+    warmup = cfg.lr_warmup_steps * (1 if lr_steps_every_iteration(cfg) else num_processes)
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup,
                               num_training_steps=max(1, max_train_steps) * num_processes)
     return optimizer, scheduler
 
@@ -446,17 +581,29 @@ class DMD(TrainingMethod):
     default_guidance_scale: ClassVar[float | None] = 1.0
 
     def unsupported_steps_reason(self, steps: int) -> str | None:
-        if steps in self.config.step_counts:
+        """None for a count in ``step_counts`` or in the toy schedule's (the check does not know the
+        teacher: DMD2's toy list serves 1 and 4 steps, its default one-step list 1 only; ``sample``
+        refuses a count the list it trained does not serve)."""
+        cfg = self.config
+        toy_counts = tuple(cfg.toy.get("step_counts", cfg.step_counts))
+        if steps in cfg.step_counts or steps in toy_counts:
             return None
-        counts = ", ".join(map(str, self.config.step_counts))
-        trained = str(list(self.config.denoising_step_list))
-        toy = self.config.toy.get("denoising_step_list")
-        if toy is not None and tuple(toy) != tuple(self.config.denoising_step_list):
-            trained += f" (on toy teachers {list(toy)})"
+        counts = ", ".join(map(str, cfg.step_counts))
+        trained = str(list(cfg.denoising_step_list))
+        toy = cfg.toy.get("denoising_step_list")
+        if toy is not None and tuple(toy) != tuple(cfg.denoising_step_list):
+            trained += f" (on toy teachers {list(toy)}" + (
+                f", for {', '.join(map(str, toy_counts))} steps)" if toy_counts != tuple(cfg.step_counts) else ")")
         return f"{self.name} samples with the {counts}-step schedule(s) of its trained step list {trained}; " \
                f"{steps} steps skipped"
 
     # -- training --------------------------------------------------------------------------------
+    @property
+    def needs_images(self) -> bool:
+        """Real images enter only the GAN's discriminator (DMD2); DMD's regression pairs and the
+        distribution matching gradient come from the teacher, so captions suffice without it."""
+        return bool(self.config.gan)
+
     def init_training_state(self, ctx: TrainingContext) -> DMDState:
         cfg, teacher, trainer = self.config, ctx.teacher, ctx.trainer
         distance, pairs = None, None
@@ -466,24 +613,34 @@ class DMD(TrainingMethod):
             else:
                 distance = lambda a, b: regression_distance(a, b, cfg.regression_distance, cfg.huber_c)  # noqa: E731
             pairs = trainer.teacher_outputs(teacher, ctx.data, cfg.pair_spec())     # made once, cached
-        generator = copy_unet(teacher.unet, cfg.gradient_checkpointing).to(trainer.device)
+        generator = copy_unet(teacher.unet, cfg.gradient_checkpointing)
+        if getattr(cfg, "generator_init", None) is not None:          # DMD2 stage 2: a stage-1 student
+            load_unet_weights(generator, cfg.generator_init, "generator_init")
+        generator = generator.to(trainer.device)
         ema = None
         if cfg.generator_ema_decay is not None:
             ema = copy.deepcopy(generator).requires_grad_(False)
-        fake = FakeScore(copy_unet(teacher.unet, cfg.gradient_checkpointing), cfg.gan, trainer.seed).to(trainer.device)
+        fake_unet = copy_unet(teacher.unet, cfg.gradient_checkpointing)
+        if getattr(cfg, "fake_score_init", None) is not None:
+            load_unet_weights(fake_unet, cfg.fake_score_init, "fake_score_init")
+        fake = FakeScore(fake_unet, cfg.gan, trainer.seed).to(trainer.device)
         steps, n = trainer.schedule.max_train_steps, trainer.num_processes
+        every_iteration = lr_steps_every_iteration(cfg)
         g_opt, g_sched = _make_optimizer(list(generator.parameters()), cfg, trainer.schedule.learning_rate,
-                                         -(-steps // cfg.generator_update_ratio), n)
+                                         steps if every_iteration else -(-steps // cfg.generator_update_ratio), n)
         fake_lr = cfg.fake_learning_rate if cfg.fake_learning_rate is not None else trainer.schedule.learning_rate
         f_opt, f_sched = _make_optimizer(list(fake.parameters()), cfg, fake_lr, steps, n)
-        generator, fake, g_opt, f_opt, g_sched, f_sched = trainer.prepare(generator, fake, g_opt, f_opt, g_sched, f_sched)
-        updates = [Update("generator", g_opt, list(trainer.unwrap(generator).parameters()), g_sched),
-                   Update("fake_score", f_opt, list(trainer.unwrap(fake).parameters()), f_sched)]
+        generator, fake, g_opt, f_opt, g_sched, f_sched = trainer.prepare(generator, fake, g_opt, f_opt,
+                                                                          g_sched, f_sched)
+        with_optimizer = (None, None) if every_iteration else (g_sched, f_sched)
+        updates = [Update("generator", g_opt, list(trainer.unwrap(generator).parameters()), with_optimizer[0]),
+                   Update("fake_score", f_opt, list(trainer.unwrap(fake).parameters()), with_optimizer[1])]
         real = teacher.unet.requires_grad_(False)
         return DMDState(generator=generator, fake=fake, real=real, schedule=teacher.schedule, config=cfg,
                         updates=updates, pairs=pairs, distance=distance,
                         real_autocast=lambda: _half_autocast(real, cfg.real_score_half_precision),
-                        unwrap=trainer.unwrap, generator_ema=ema)
+                        unwrap=trainer.unwrap, generator_ema=ema,
+                        iteration_lr_schedulers=[g_sched, f_sched] if every_iteration else [])
 
     def training_step(self, state: DMDState, batch: Any) -> dict[str, Tensor]:
         return dmd_training_step(state, batch)
@@ -539,11 +696,28 @@ class DMD(TrainingMethod):
 class DMD2(DMD):
     paper: ClassVar[str] = ("Yin et al. 2024, Improved Distribution Matching Distillation for Fast Image "
                             "Synthesis, arXiv:2405.14867")
-    summary: ClassVar[str] = ("DMD without regression: two time-scale updates, optional GAN on the fake score's "
-                              "bottleneck, multi-step list with backward simulation")
+    summary: ClassVar[str] = ("DMD without regression: two time-scale updates; presets sd15-stage1 (one step, "
+                              "default), sd15-stage2 (GAN on the fake score's bottleneck), sdxl-4step (backward "
+                              "simulation)")
     config_class: ClassVar[type] = DMD2Config
     reported_names: ClassVar[tuple[str, ...]] = ()        # not DMD's numbers
-    supported_steps: ClassVar[tuple[int, ...] | None] = (1, 4)
+    # the default preset's step_counts (sd15-stage1: one step); the toy schedule adds 4
+    # (unsupported_steps_reason), preset=sdxl-4step serves 1 and 4
+    supported_steps: ClassVar[tuple[int, ...] | None] = (1,)
+
+    def __init__(self, config: DMD2Config | None = None):
+        super().__init__(config)
+        self.config = self.config.resolved()
+
+    def training_identity(self) -> dict[str, Any]:
+        """DMD's, without ``preset`` (its resolved values are there) and with the sha256 of the
+        ``generator_init`` / ``fake_score_init`` weights in place of their paths."""
+        values = super().training_identity()
+        values.pop("preset", None)
+        for key in ("generator_init", "fake_score_init"):
+            path = getattr(self.config, key)
+            values[key] = unet_weights_sha256(path) if path is not None else None
+        return values
 
 
 def _half_autocast(real: nn.Module, enabled: bool):

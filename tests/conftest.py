@@ -125,3 +125,16 @@ class KilledAt:
         if index == self.index:
             raise Killed(f"killed at micro-batch {index}")
         return self.data.batch(index, batch_size)
+
+
+def random_lora_unet(teacher, rank: int = 8):
+    """A LoRA student of ``teacher`` whose adapter is not the identity (lora_B is zero at init)."""
+    from methods.lcm import LCMLoRAConfig, build_lora_unet
+
+    unet = build_lora_unet(teacher.unet, LCMLoRAConfig(lora_rank=rank, lora_alpha=float(rank)), seed=0)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        for name, p in unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    return unet.eval().requires_grad_(False)

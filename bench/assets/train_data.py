@@ -23,6 +23,17 @@ Sources:
   resolution (bilinear, antialiased), random crop to a square, scale to [-1, 1]. Point the harness
   at one with ``BENCH_TRAIN_DATA=DIR``.
 
+* :class:`CaptionFile`: a UTF-8 text file with one caption per line (``BENCH_TRAIN_DATA=FILE.txt``),
+  for methods that train on prompts only (``TrainingMethod.needs_images`` False: DMD and DMD2
+  without the GAN term, whose real-image side is the teacher's score; DMD's regression pairs come
+  from the teacher too). Batches carry captions and no images.
+
+What each method needs: LCM, LCM-LoRA, SCott, SPLAM and MCM noise real images (image-caption pairs,
+the papers' LAION-Aesthetics subsets: LAION-Aesthetics-6.5+ for LCM, 6.25+ for DMD/DMD2; any
+folder of same-stem image/caption files); DMD and DMD2 stage 1 need captions only (DMD2 used
+LAION-Aesthetics captions, DMD the first 500K LAION prompts for its regression pairs); DMD2 with
+``gan=true`` (stage 2, the SDXL preset) needs images again.
+
 WebDataset shards (the LAION tars the reference scripts stream) are **not supported yet**: unpack
 them into a folder (``tar xf shard.tar -C DIR``; a shard holds ``KEY.jpg`` + ``KEY.txt`` pairs,
 which is exactly the folder layout above).
@@ -51,7 +62,10 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 @runtime_checkable
 class TrainingData(Protocol):
-    """A deterministic source of (image, caption) training batches."""
+    """A deterministic source of (image, caption) training batches; ``has_images`` False: captions
+    only (``batch`` returns None for the images)."""
+
+    has_images: bool
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -90,6 +104,8 @@ class SyntheticPairs:
     a colour that depends on its caption, so the caption carries some information about the
     image."""
 
+    has_images = True
+
     resolution: int = 16
     seed: int = 0
     grid: int = 4
@@ -124,6 +140,8 @@ class ToyWorldPairs:
     ``index * B .. index * B + B - 1`` of the world's draw with ``seed`` (each item has its own
     generator in the world, so this is a pure function of (seed, index, B))."""
 
+    has_images = True
+
     world: Any = None           # bench.assets.toy.world.ToyWorldConfig; None: the default world
     seed: int = 0
 
@@ -152,6 +170,8 @@ class ImageCaptionFolder:
     error. The item order of epoch ``e`` is a permutation seeded by ``(seed, e)``; the crop of
     each item by ``(seed, index)``. ``identity`` hashes the relative file names and sizes (not the
     bytes: hashing a LAION-sized folder would take longer than the training)."""
+
+    has_images = True
 
     def __init__(self, root: str | os.PathLike, resolution: int, seed: int = 0):
         self.root = Path(root).expanduser()
@@ -222,6 +242,47 @@ class ImageCaptionFolder:
         return torch.stack(images), captions
 
 
+class CaptionFile:
+    """One caption per line of a UTF-8 text file (blank lines skipped): a source of prompts only,
+    for methods that do not noise real images. Epoch ``e`` visits the captions in a permutation
+    seeded by ``(seed, e)``; ``identity`` hashes the file's bytes."""
+
+    has_images = False
+
+    def __init__(self, path: str | os.PathLike, seed: int = 0):
+        self.path = Path(path).expanduser()
+        try:
+            text = self.path.read_bytes()
+        except OSError as err:
+            raise MissingResourceError(f"training captions file {self.path} cannot be read ({err.strerror}; set "
+                                       f"{TRAIN_DATA_ENV} to a .txt file with one caption per line)") from None
+        try:
+            lines = text.decode("utf-8").splitlines()
+        except UnicodeDecodeError as err:
+            raise UsageError(f"training captions file {self.path} is not UTF-8 text (byte {err.start})") from None
+        self.captions = [line.strip() for line in lines if line.strip()]
+        if not self.captions:
+            raise UsageError(f"training captions file {self.path} has no caption (expected one per line)")
+        self.seed = int(seed)
+        self._digest = hashlib.sha256(text).hexdigest()[:16]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {"source": "caption-file", "sha256": self._digest, "items": len(self.captions), "seed": self.seed}
+
+    def batch(self, index: int, batch_size: int) -> tuple[None, list[str]]:
+        n, captions, permutations = len(self.captions), [], {}
+        for j in range(batch_size):
+            epoch, offset = divmod(index * batch_size + j, n)
+            if epoch not in permutations:
+                permutations[epoch] = torch.randperm(n, generator=_generator(self.seed, epoch, "epoch"))
+            captions.append(self.captions[int(permutations[epoch][offset])])
+        return None, captions
+
+
 # ------------------------------------------------------------------------------------------------
 # Which source a teacher trains on
 # ------------------------------------------------------------------------------------------------
@@ -264,6 +325,8 @@ def training_data_for(teacher: Any, seed: int = 0, root: str | os.PathLike | Non
     toy world for the toy teacher, synthetic pairs for random-weight teachers; a real teacher
     without a data folder is an error naming the variable to set."""
     root = root if root is not None else (os.environ.get(TRAIN_DATA_ENV) or None)
+    if root is not None and Path(root).expanduser().is_file():
+        return CaptionFile(root, seed=seed)
     if root is not None:
         return ImageCaptionFolder(root, teacher.resolution, seed=seed)
     if is_toy_world_teacher(teacher):
@@ -271,10 +334,12 @@ def training_data_for(teacher: Any, seed: int = 0, root: str | os.PathLike | Non
     if is_random_weights_teacher(teacher):
         return SyntheticPairs(resolution=teacher.resolution, seed=seed)
     raise MissingResourceError(
-        f"training a student of teacher {getattr(teacher, 'name', '?')!r} needs image-caption data: set "
+        f"training a student of teacher {getattr(teacher, 'name', '?')!r} needs training data: set "
         f"{TRAIN_DATA_ENV}=DIR to a folder of images with same-stem .txt captions (e.g. a LAION-Aesthetics "
-        "subset; webdataset shards: unpack them into such a folder with `tar xf`)")
+        "subset; webdataset shards: unpack them into such a folder with `tar xf`), or, for dmd and dmd2 "
+        f"without gan, {TRAIN_DATA_ENV}=FILE.txt with one caption per line (README, \"Training data for real "
+        "teachers\"); or sample a published student with --student instead of training one")
 
 
-__all__ = ["TrainingData", "SyntheticPairs", "ToyWorldPairs", "ImageCaptionFolder", "training_data_for",
+__all__ = ["TrainingData", "SyntheticPairs", "ToyWorldPairs", "ImageCaptionFolder", "CaptionFile", "training_data_for",
            "is_toy_world_teacher", "is_random_weights_teacher", "batch_seed", "TRAIN_DATA_ENV"]

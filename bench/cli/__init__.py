@@ -7,16 +7,18 @@ the traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
+import traceback
 from typing import Callable, Sequence
 
 from bench.cli import commands
 from bench.cli.run import add_run_arguments
 from bench.core.defaults import DEFAULT_SUITE, DEFAULT_TEACHER
 from bench.core.errors import BenchError, UsageError
-from bench.core.spec import finite_float
+from bench.core.spec import guidance_scale
 
 log = logging.getLogger("bench")
 
@@ -69,8 +71,21 @@ def _add_student_args(parser: argparse.ArgumentParser) -> None:
                              "replaces the cached one; an interrupted retraining resumes from its checkpoints)")
 
 
+def _add_published_arg(parser: argparse.ArgumentParser, many: bool = False) -> None:
+    parser.add_argument(
+        "--student", default=None, metavar="NAMES" if many else "NAME",
+        help=("published student(s), comma-separated: " if many else "a published student: ")
+        + "a zoo name (`bench list`: lcm-sd15, lcm-lora-sd15, lcm-dreamshaper-v7, dmd2-sd15, ...), a Hugging Face "
+          "reference owner/name[@revision][/path/in/repo], or a local folder or file (a diffusers pipeline or "
+          "UNet folder, LoRA weights, or a raw UNet state dict); it replaces the student the method would "
+          "train. The zoo gives the method, teacher and preset; otherwise pass --method and --teacher")
+
+
 def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--guidance", type=finite_float, default=None, metavar="G",
+    parser.add_argument("--overwrite", action="store_true",
+                        help="empty an image folder that holds another run's images or files this tool did not "
+                             "write, instead of refusing it (a folder belongs to one run's image fingerprint)")
+    parser.add_argument("--guidance", type=guidance_scale, default=None, metavar="G",
                         help="classifier-free guidance scale, diffusers convention (1 = none; default: the teacher's)")
     parser.add_argument("--seed", type=int, default=0, help="run seed; image i uses a seed derived from (seed, i) only")
     parser.add_argument("--batch-size", type=int, default=None, metavar="B",
@@ -100,12 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample one method at one step count into a folder",
                        description="Write exactly N PNGs named 00000.png... by prompt index into --out, plus "
                                    "metadata.json. Resumable; shard with `accelerate launch -m bench sample ...`.")
-    p.add_argument("--method", required=True, help="method name from `bench list`")
+    p.add_argument("--method", default=None,
+                   help="method name from `bench list` (required unless --student is a zoo name)")
     p.add_argument("--steps", type=int, required=True, metavar="K", help="number of sampling steps")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (PNGs go directly in it)")
     p.add_argument("--config", default=None, metavar="K=V,...",
                    help="method config overrides, e.g. eta=0.5 (fields: see `bench list --verbose`)")
     _add_teacher_args(p)
+    _add_published_arg(p)
     _add_student_args(p)
     _add_suite_args(p)
     _add_sampling_args(p)
@@ -136,7 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "overrides under a label of its own; `bench list --experiments`), run like --methods")
     p.add_argument("--steps", default="1,2,4", metavar="1,2,4", help="comma-separated step counts (default 1,2,4)")
     p.add_argument("--out", default="runs", metavar="DIR", help="run folder (samples/, results/); default runs/")
+    p.add_argument("--config", default=None, metavar="K=V,M:K=V",
+                   help="method config overrides: plain K=V for every method of the run, M:K=V for method (or "
+                        "experiment label, or published student) M only, e.g. `lcm:learning_rate=1e-5,seed=1`; "
+                        "tuples as a:b:c (fields: `bench list --verbose`)")
+    p.add_argument("--max-train-steps", type=int, default=None, metavar="N",
+                   help="train every student for N steps instead of its schedule (a new fingerprint: never a "
+                        "released student)")
     _add_teacher_args(p)
+    _add_published_arg(p, many=True)
     _add_student_args(p)
     _add_suite_args(p)
     _add_sampling_args(p)
@@ -199,7 +224,19 @@ def one_line(message: str) -> str:
     return " ".join(p[2:] if p.startswith("- ") else p for p in parts if p)
 
 
+#: what survives a Ctrl-C, by command (the work in flight is lost; the rest resumes)
+INTERRUPTED = {
+    "sample": "finished images are kept; run the same command again to resume",
+    "run": "finished images, students and result rows are kept; run the same command again to resume",
+    "train": "training resumes from its last checkpoint when you run the same command again",
+    "eval": "nothing was written; run the same command again",
+    "toy": "finished parts are kept; run the same command again to resume",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Exit codes: 0, 2 (usage), 1 (runtime), 130 (Ctrl-C); ``--debug`` adds the
+    traceback and keeps the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args)
@@ -207,17 +244,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args)
     except BenchError as err:
         if args.debug:
-            raise
+            traceback.print_exc()
         print(f"error: {one_line(str(err))}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print("interrupted: finished images are kept; run the same command again to resume", file=sys.stderr)
+        print(f"interrupted: {INTERRUPTED.get(args.command, 'run the same command again')}", file=sys.stderr)
         return 130
+    except OSError as err:
+        if args.debug:
+            traceback.print_exc()
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            print(f"error: {type(err).__name__}: {one_line(str(err))}"
+                  + ("" if args.debug else " (rerun with --debug for the traceback)"), file=sys.stderr)
+            return 1
+        where = f" writing {err.filename}" if err.filename else ""
+        print(f"error: no space left on the device{where}: free some space (or point --out / BENCH_CACHE_DIR "
+              "elsewhere) and run the same command again; finished work is kept", file=sys.stderr)
+        return 1
     except Exception as err:  # a bug or a library failure: one line, traceback on --debug
         if args.debug:
-            raise
-        print(f"error: {type(err).__name__}: {one_line(str(err))} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+            traceback.print_exc()
+        print(f"error: {type(err).__name__}: {one_line(str(err))}"
+              + ("" if args.debug else " (rerun with --debug for the traceback)"), file=sys.stderr)
         return 1
 
 

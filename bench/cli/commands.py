@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -11,10 +12,12 @@ from bench.assets.experiments import experiment_names, load_experiment
 from bench.assets.suites import describe_suites, load_suite
 from bench.assets.teachers import load_teacher
 from bench.assets.teachers.model import TEACHER_SPECS
-from bench.cli.run import run_benchmark
+from bench.assets.zoo import describe_zoo
+from bench.cli.run import RunEntry, run_benchmark
 from bench.core.defaults import DEFAULT_SUITE, DEFAULT_TEACHER
 from bench.core.errors import UsageError
 from bench.core.spec import (
+    apply_config_overrides,
     describe_config_fields,
     load_method,
     parse_int_list,
@@ -27,8 +30,15 @@ from bench.engine.cells import (
     resolve_precision,
     sample_one,
 )
+from bench.engine.published import PublishedStudent, load_own_teacher, load_published, resolve_published
 from bench.engine.sampling import PRECISIONS
-from bench.engine.students import StudentPolicy, export_student, load_student
+from bench.engine.students import (
+    StudentPolicy,
+    export_student,
+    load_student,
+    strict_steps_reason,
+    unsupported_steps_on,
+)
 from methods import get_method_class, method_names
 
 log = logging.getLogger(__name__)
@@ -39,9 +49,30 @@ log = logging.getLogger(__name__)
 # ------------------------------------------------------------------------------------------------
 
 
-def load_teacher_from_args(args: argparse.Namespace, device: torch.device, precision: str):
+def load_teacher_from_args(args: argparse.Namespace, device: torch.device, precision: str,
+                           published: Sequence[PublishedStudent] = ()):
+    """``--teacher`` / ``--teacher-path``; without them the teacher the published students fit (a
+    pipeline student's own networks), else the default teacher."""
+    dtype = PRECISIONS[precision]
+    if published and not (args.teacher or args.teacher_path):
+        wanted = {(p.own_teacher, p.located.root if p.own_teacher else p.teacher_name) for p in published}
+        if len(wanted) > 1:
+            raise UsageError("--student: these students sample with different teachers ("
+                             + ", ".join(f"{p.label}: {_teacher_of(p)}" for p in published)
+                             + "); run them in separate commands")
+        student = published[0]
+        if student.own_teacher:
+            return load_own_teacher(student, device, dtype)
+        if student.teacher_name is None:
+            raise UsageError(f"--student {student.label}: name the teacher it was distilled from with --teacher NAME "
+                             "or --teacher-path DIR (its text encoder, VAE and noise schedule sample the student)")
+        return load_teacher(student.teacher_name, device=device, dtype=dtype)
     name = args.teacher if (args.teacher or args.teacher_path) else DEFAULT_TEACHER
-    return load_teacher(name, path=args.teacher_path, device=device, dtype=PRECISIONS[precision])
+    return load_teacher(name, path=args.teacher_path, device=device, dtype=dtype)
+
+
+def _teacher_of(student: PublishedStudent) -> str:
+    return "its own pipeline" if student.own_teacher else (student.teacher_name or "not known")
 
 
 def load_suite_from_args(args: argparse.Namespace):
@@ -97,6 +128,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     if args.verbose:
         lines.append("  (fields: set with --config K=V,... on any teacher; \"toy: v\" is the value the toy "
                      "and random-weight teachers use instead, set with --config toy_K=V)")
+    lines.append("published students (--student NAME; also a hub id owner/name[/path] or a local path):")
+    lines.extend(describe_zoo())
     lines.append("teachers:")
     for name, spec in TEACHER_SPECS.items():
         lines.append(f"  {name:<12} {spec.summary}")
@@ -123,25 +156,36 @@ METRIC_SUMMARIES = {
 # ------------------------------------------------------------------------------------------------
 
 
-def _context(args: argparse.Namespace) -> SamplingContext:
-    students = StudentPolicy(source=getattr(args, "student_source", "auto"), retrain=getattr(args, "retrain", False))
+def _context(args: argparse.Namespace, published: Sequence[PublishedStudent] = ()) -> SamplingContext:
+    students = StudentPolicy(source=getattr(args, "student_source", "auto"), retrain=getattr(args, "retrain", False),
+                             max_train_steps=getattr(args, "max_train_steps", None))
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
-    teacher = load_teacher_from_args(args, device, precision)
+    teacher = load_teacher_from_args(args, device, precision, published)
     return SamplingContext(teacher, teacher_label(args, teacher), device, precision, students)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    method = load_method(args.method, args.config)
+    published = resolve_published(args.student, args.method, args.config) if args.student else None
+    if published is None and not args.method:
+        raise UsageError("bench sample needs --method NAME (or --student with a zoo name; `bench list` shows both)")
+    method = published.method if published else load_method(args.method, args.config)
     reason = method.unsupported_steps_reason(args.steps)
     if reason:
         raise UsageError(reason)
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UsageError(f"--out {args.out} is a file; give a folder for the images")
     suite = load_suite_from_args(args)
     apply_sampling_defaults(args, suite)
-    ctx = _context(args)
-    guidance = guidance_for(args.guidance, method, ctx.teacher)
+    ctx = _context(args, [published] if published else [])
+    reason = strict_steps_reason(method, args.steps) if published else \
+        unsupported_steps_on(method, ctx.teacher, args.steps)
+    if reason:
+        raise UsageError(reason)
+    student = load_published(published, ctx.teacher, args.batching) if published else None
+    guidance = guidance_for(args.guidance, method, ctx.teacher, published)
     summary = sample_one(ctx, method, suite, args.steps, guidance, args.seed, Path(args.out), args.batch_size,
-                         args.batching, progress=not args.quiet)
+                         args.batching, progress=not args.quiet, student=student, overwrite=args.overwrite)
     rate = summary.written / summary.seconds if summary.seconds > 0 else float("nan")
     print(f"{summary.out_dir}: {summary.written} written, {summary.skipped} already done "
           f"({rate:.2f} img/s), fingerprint {summary.fingerprint}")
@@ -170,18 +214,62 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    if not args.methods and not args.experiment:
-        raise UsageError("bench run needs --methods A,B and/or --experiment M/NAME,... (`bench list` shows both)")
-    runs = [(name, load_method(name)) for name in parse_name_list(args.methods, "--methods")] if args.methods else []
+    if not args.methods and not args.experiment and not args.student:
+        raise UsageError("bench run needs --methods A,B, --experiment M/NAME,... and/or --student NAMES "
+                         "(`bench list` shows them)")
+    published: list[PublishedStudent] = []
+    if args.student:
+        names = parse_name_list(args.methods, "--methods") if args.methods else []
+        if len(names) > 1:
+            raise UsageError("--student with --methods: name the one method that samples the students (or use zoo "
+                             "names alone and drop --methods)")
+        for text in parse_name_list(args.student, "--student"):
+            student = resolve_published(text, names[0] if names else None)
+            extra = method_config(args.config, student.label, student.method.name)
+            student.method = type(student.method)(apply_config_overrides(student.method.config, extra))
+            published.append(student)
+        runs = [RunEntry(p.label, p.method, p) for p in published]
+    else:
+        runs = [RunEntry(name, load_method(name, method_config(args.config, name)))
+                for name in parse_name_list(args.methods, "--methods")] if args.methods else []
     for name in parse_name_list(args.experiment, "--experiment") if args.experiment else []:
         experiment = load_experiment(name)
-        runs.append((experiment.label, experiment.build()))
-    labels = [label for label, _ in runs]
+        method = experiment.build()
+        extra = method_config(args.config, experiment.label, method.name)
+        runs.append(RunEntry(experiment.label, type(method)(apply_config_overrides(method.config, extra))))
+    check_config_targets(args.config, runs)
+    labels = [entry.label for entry in runs]
     if len(set(labels)) != len(labels):
         raise UsageError(f"bench run: a label is asked for twice ({', '.join(labels)}); name each method or "
                          "experiment once")
     steps = parse_int_list(args.steps, "--steps")
     suite = load_suite_from_args(args)
     apply_sampling_defaults(args, suite)
-    ctx = _context(args)
+    ctx = _context(args, published)
     return run_benchmark(args, ctx, runs, steps, suite)
+
+
+def method_config(text: str | None, label: str, method: str | None = None) -> str | None:
+    """The part of ``bench run --config`` for one method: plain ``k=v`` items apply to every method,
+    ``M:k=v`` to the method (or experiment label) M only. A colon after the ``=`` belongs to the
+    value (tuples are written a:b:c)."""
+    items = []
+    for item in (text or "").split(","):
+        key = item.split("=", 1)[0]
+        if ":" in key:
+            target, _, rest = item.partition(":")
+            if target.strip() in (label, method):
+                items.append(rest)
+        elif item.strip():
+            items.append(item)
+    return ",".join(items) or None
+
+
+def check_config_targets(text: str | None, runs: Sequence[RunEntry]) -> None:
+    """An ``M:k=v`` item of ``bench run --config`` whose M is in no run is a mistake, not a no-op."""
+    known = {entry.label for entry in runs} | {entry.method.name for entry in runs}
+    for item in (text or "").split(","):
+        key = item.split("=", 1)[0]
+        if ":" in key and key.partition(":")[0].strip() not in known:
+            raise UsageError(f"--config {item.strip()}: {key.partition(':')[0].strip()!r} is not a method or "
+                             f"experiment of this run ({', '.join(sorted(known))})")

@@ -9,8 +9,9 @@ import torch
 
 from bench.assets.teachers.model import teacher_names
 from bench.core.errors import UsageError
-from bench.core.spec import finite_float, load_method, parse_int_list, parse_name_list
+from bench.core.spec import guidance_scale, load_method, parse_int_list, parse_name_list
 from bench.engine.cells import resolve_device
+from bench.engine.published import OWN_TEACHER, resolve_published
 from bench.engine.sampling import PRECISIONS
 from bench.perf.profile import merge_reports, run_profile
 from bench.perf.profile_report import (
@@ -37,7 +38,12 @@ from bench.scoring.metrics.latency import MIN_RUNS, MIN_WARMUP
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--methods", default=None, metavar="A,B", help="comma-separated method names (required)")
+    parser.add_argument("--methods", default=None, metavar="A,B",
+                        help="comma-separated method names (required unless --student is a zoo name)")
+    parser.add_argument("--student", default=None, metavar="NAME",
+                        help="time a published student (zoo name, hub reference or local path, as `bench sample "
+                             "--student`) instead of an untrained student of the method's architecture; the "
+                             "teacher defaults to the one it fits")
     parser.add_argument("--steps", default="1,2,4", metavar="1,2,4", help="comma-separated step counts (default 1,2,4)")
     parser.add_argument("--teacher", default=None,
                         help=f"teacher name (default: {DEFAULT_GPU_TEACHER} on CUDA, the SD-1.5 architecture at "
@@ -55,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"timed runs per throughput batch size, after {THROUGHPUT_WARMUP} warm-up (default 5: "
                              "a rate over whole batches needs fewer runs than a batch-1 median)")
     parser.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed warm-up runs (default 3)")
-    parser.add_argument("--guidance", type=finite_float, default=None, metavar="G",
+    parser.add_argument("--guidance", type=guidance_scale, default=None, metavar="G",
                         help="classifier-free guidance scale, diffusers convention (default: the method's, "
                              "else the teacher's)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (image 0 of this seed)")
@@ -92,13 +98,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def parse_spec(args: argparse.Namespace) -> ProfileSpec:
-    methods = tuple(load_method(name, args.config) for name in parse_name_list(args.methods, "--methods"))
+    published = None
+    if args.student:
+        names = parse_name_list(args.methods, "--methods") if args.methods else []
+        if len(names) > 1:
+            raise UsageError("--student is sampled by one method; give at most one in --methods")
+        published = resolve_published(args.student, names[0] if names else None, args.config)
+        methods = (published.method,)
+        if args.teacher is None and (published.teacher_name or published.own_teacher):
+            args.teacher = published.teacher_name or OWN_TEACHER
+    else:
+        methods = tuple(load_method(name, args.config) for name in parse_name_list(args.methods, "--methods"))
     steps = tuple(parse_int_list(args.steps, "--steps"))
     batches = tuple(parse_int_list(args.batches, "--batches"))
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
     teacher = args.teacher or (DEFAULT_GPU_TEACHER if cuda else DEFAULT_CPU_TEACHER)
-    if teacher not in teacher_names():
+    if teacher == OWN_TEACHER and not (published is not None and published.own_teacher):
+        raise UsageError(f"--teacher {OWN_TEACHER} is the networks a pipeline student brings; this one has none")
+    if teacher not in teacher_names() and teacher != OWN_TEACHER:
         raise UsageError(f"unknown teacher {teacher!r}; known teachers: {', '.join(teacher_names())}")
     dtypes = tuple(parse_name_list(args.dtypes or (DEFAULT_GPU_DTYPES if cuda else DEFAULT_CPU_DTYPES), "--dtypes"))
     unknown = [d for d in dtypes if d not in PRECISIONS]
@@ -134,7 +152,7 @@ def parse_spec(args: argparse.Namespace) -> ProfileSpec:
                        sampling=not args.no_sampling, config=args.config, speedup_at=speedup_at,
                        speedup_variants=variants, train_batch=args.train_batch,
                        train_steps=args.train_steps, train_warmup=args.train_warmup,
-                       batch_search=not args.no_batch_search)
+                       batch_search=not args.no_batch_search, student=published, student_text=args.student)
 
 
 def command(args: argparse.Namespace) -> int:
@@ -144,7 +162,7 @@ def command(args: argparse.Namespace) -> int:
         md_path, json_path = write_report(merge_reports(args.merge.split(","), args.out), args.out)
         print(f"report: {md_path} (and {json_path.name})")
         return 0
-    if not args.methods:
+    if not args.methods and not args.student:
         raise UsageError("--methods is required (comma-separated method names; `python -m bench list` shows them)")
     spec = parse_spec(args)
     if args.threads is not None:

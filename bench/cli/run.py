@@ -12,7 +12,14 @@ from tqdm.auto import tqdm
 
 from bench.core.fingerprint import fingerprint
 from bench.engine.cells import guidance_for, sample_one, samples_dir
-from bench.engine.students import load_student, released_student_for
+from bench.engine.published import PublishedStudent, load_published, rebatched
+from bench.engine.students import (
+    LoadedStudent,
+    load_student,
+    released_student_for,
+    strict_steps_reason,
+    unsupported_steps_on,
+)
 from bench.publish.leaderboard import write_leaderboards
 from bench.scoring.evaluate import (
     IMAGE_METRICS,
@@ -37,6 +44,16 @@ LATENCY_ROWS = {  # result metric name -> LatencyResult attribute
 
 
 @dataclass
+class RunEntry:
+    """One row label of a run: a method (or an experiment, or a published student) and, for a
+    published student (``--student``), the student it samples with instead of one it trains."""
+
+    label: str
+    method: Method
+    published: PublishedStudent | None = None
+
+
+@dataclass
 class CellOutcome:
     method: str
     steps: int
@@ -56,28 +73,30 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where to write <suite>.md/.json (default: <out>/leaderboards)")
 
 
-def run_benchmark(args: argparse.Namespace, ctx, runs: list[tuple[str, Method]], steps_list: list[int],
-                  suite) -> int:
-    """Every (label, method) of ``runs`` at every step count: rows and sample folders are named by
-    the label (the method's name, or an experiment's label)."""
+def run_benchmark(args: argparse.Namespace, ctx, runs: list[RunEntry], steps_list: list[int], suite) -> int:
+    """Every entry of ``runs`` at every step count: rows and sample folders are named by the label
+    (the method's name, an experiment's label, or a published student's)."""
     metrics = parse_metrics(args.metrics)
     progress = not args.quiet
-    for _, method in runs:      # --student-source released: a missing student stops the run before any work
+    for entry in runs:      # --student-source released: a missing student stops the run before any work
         for steps in steps_list:
-            if method.unsupported_steps_reason(steps) is None:
-                released_student_for(method, ctx.teacher, steps, ctx.students)
+            if entry.published is None and unsupported_steps_on(entry.method, ctx.teacher, steps) is None:
+                released_student_for(entry.method, ctx.teacher, steps, ctx.students)
     evaluator = build_evaluator(suite, metrics, args, progress=progress)  # fails fast, before sampling
     out = Path(args.out)
     store = ResultsStore(out / "results")
     outcomes: list[CellOutcome] = []
     if suite.name == "toy":
         outcomes += score_real_image_cells(ctx, evaluator, store, suite, progress)
-    for label, method in runs:
-        guidance = guidance_for(args.guidance, method, ctx.teacher)
+    for entry in runs:
+        label, method = entry.label, entry.method
+        guidance = guidance_for(args.guidance, method, ctx.teacher, entry.published)
+        student = load_published(entry.published, ctx.teacher, args.batching) if entry.published else None
         for steps in steps_list:
             cell = {"teacher": ctx.teacher_name, "method": label, "steps": steps,
                     "nfe": method.nfe(steps, guidance), "guidance": guidance, "seed": args.seed}
-            reason = method.unsupported_steps_reason(steps)
+            reason = (strict_steps_reason(method, steps) if entry.published
+                      else unsupported_steps_on(method, ctx.teacher, steps))
             if reason:
                 log.warning("skipped: %s", reason)
                 outcomes.append(CellOutcome(label, steps, "skipped", reason))
@@ -87,10 +106,11 @@ def run_benchmark(args: argparse.Namespace, ctx, runs: list[tuple[str, Method]],
                 continue
             out_dir = samples_dir(out, suite.name, ctx.teacher_name, label, steps, guidance, args.seed)
             summary = sample_one(ctx, method, suite, steps, guidance, args.seed, out_dir, args.batch_size,
-                                 args.batching, progress=progress)
+                                 args.batching, progress=progress, student=student,
+                                 overwrite=getattr(args, "overwrite", False))
             cell["student"] = summary.student
             values = score_cell(args, ctx, evaluator, store, method, steps, guidance, cell, out_dir,
-                                summary.fingerprint, progress)
+                                summary.fingerprint, progress, student)
             outcomes.append(CellOutcome(label, steps, "scored" if values else "sampled",
                                         samples=out_dir, values=values))
     print(format_outcomes(outcomes, evaluator.models.note))
@@ -126,8 +146,9 @@ def score_real_image_cells(ctx, evaluator, store, suite, progress: bool) -> list
 
 
 def score_cell(args, ctx, evaluator, store, method, steps: int, guidance: float, cell: dict, out_dir: Path,
-               samples_fp: str, progress: bool) -> dict:
-    """Rows of one cell: reused when every expected row exists with its fingerprint, else measured."""
+               samples_fp: str, progress: bool, student: LoadedStudent | None = None) -> dict:
+    """Rows of one cell: reused when every expected row exists with its fingerprint, else measured
+    (latency with ``student``, a published one, else the one ``load_student`` gives)."""
     values: dict[str, float] = {}
     image_metrics = [m for m in evaluator.metrics if m in IMAGE_METRICS]
     if image_metrics:
@@ -142,7 +163,7 @@ def score_cell(args, ctx, evaluator, store, method, steps: int, guidance: float,
                                   "runs": args.latency_runs, "throughput_batch": args.throughput_batch})
         found = _reuse(store, evaluator, latency_fp, tuple(LATENCY_ROWS), cell)
         if found is None:
-            found = measure_cell_latency(args, ctx, method, steps, guidance, evaluator.suite.prompts[0])
+            found = measure_cell_latency(args, ctx, method, steps, guidance, evaluator.suite.prompts[0], student)
             store.append(make_rows(found, evaluator=evaluator, cell=cell, samples_fingerprint=latency_fp,
                                    run_id=store.run_id, device=_device_name(ctx.device)))
         values.update(found)
@@ -173,8 +194,12 @@ def _reuse(store, evaluator, samples_fp: str, names: tuple[str, ...], cell: dict
     return {row.metric: row.value for row in rows}
 
 
-def measure_cell_latency(args, ctx, method, steps: int, guidance: float, prompt: str) -> dict[str, float]:
-    student = load_student(method, ctx.teacher, steps, batching="fast", progress=False, policy=ctx.students)
+def measure_cell_latency(args, ctx, method, steps: int, guidance: float, prompt: str,
+                         student: LoadedStudent | None = None) -> dict[str, float]:
+    if student is not None:
+        student = rebatched(student, "fast")
+    else:
+        student = load_student(method, ctx.teacher, steps, batching="fast", progress=False, policy=ctx.students)
     end_to_end, denoiser_only = latency_closures(ctx, method, student, prompt, steps, guidance, args.seed, "fast")
     throughput = throughput_closure(ctx, method, student, prompt, steps, guidance, args.seed, args.throughput_batch)
     with tqdm(desc=f"latency {method.name} {steps} step(s)", unit="call", disable=args.quiet,

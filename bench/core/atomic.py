@@ -29,6 +29,10 @@ def atomic_path(path: str | Path, durable: bool = True) -> Iterator[Path]:
                 os.fsync(handle.fileno())
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; published files get the usual mode
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.filename is None and err.errno is not None:   # a failed write names no file (ENOSPC in a save)
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

@@ -33,6 +33,16 @@ def finite_float(text: str) -> float:
     return value
 
 
+def guidance_scale(text: str) -> float:
+    """argparse type of ``--guidance``: a finite number >= 0 (diffusers convention: 1 is no
+    guidance, 0 the unconditional model; a negative scale pushes towards the empty prompt, which
+    no method here is defined for)."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a guidance scale >= 0 (1 = none), got {text!r}")
+    return value
+
+
 def parse_int_list(text: str, flag: str) -> list[int]:
     """``"1,2,4"`` -> [1, 2, 4]; one clear UsageError otherwise."""
     try:

@@ -49,10 +49,13 @@ def resolve_precision(name: str | None, device: torch.device) -> str:
     return name
 
 
-def guidance_for(requested: float | None, method: Method, teacher: Any) -> float:
-    """``requested`` (``--guidance``) if given, else the method's own default, else the teacher's."""
+def guidance_for(requested: float | None, method: Method, teacher: Any, published: Any = None) -> float:
+    """``requested`` (``--guidance``) if given, else a published student's released preset, else the
+    method's own default, else the teacher's."""
     if requested is not None:
         return requested
+    if published is not None and published.guidance_scale is not None:
+        return published.guidance_scale
     if method.default_guidance_scale is not None:
         return method.default_guidance_scale
     return teacher.default_guidance_scale
@@ -71,15 +74,19 @@ def sampling_spec(ctx: SamplingContext, method: Method, student: LoadedStudent, 
 
 
 def sample_one(ctx: SamplingContext, method: Method, suite: Any, steps: int, guidance: float, seed: int,
-               out_dir: Path, batch_size: int, batching: str, progress: bool) -> SampleSummary:
-    student = load_student(method, ctx.teacher, steps, batching=batching, progress=progress, policy=ctx.students)
+               out_dir: Path, batch_size: int, batching: str, progress: bool,
+               student: LoadedStudent | None = None, overwrite: bool = False) -> SampleSummary:
+    """Sample ``suite`` into ``out_dir`` with ``student`` (a published one, ``--student``), else the
+    student ``load_student`` finds or trains for ``method``."""
+    if student is None:
+        student = load_student(method, ctx.teacher, steps, batching=batching, progress=progress, policy=ctx.students)
     spec = sampling_spec(ctx, method, student, steps, guidance, seed, batching)
-    # "student" (released / trained / empty) goes into every result row scored from this folder
+    # "student" (released / trained / published / empty) goes into every result row scored from this folder
     extra = {"suite": suite.name, "teacher": ctx.teacher_name, "nfe": method.nfe(steps, guidance),
              "student": student.row_label}
     summary = sample_to_folder(ctx.teacher, student.denoiser, student.sampling_method(method), suite.prompts, spec,
                                out_dir, batch_size=batch_size, suite_fingerprint=suite.fingerprint,
-                               progress=progress, extra_metadata=extra)
+                               progress=progress, extra_metadata=extra, overwrite=overwrite)
     return dataclasses.replace(summary, student=student.row_label)
 
 

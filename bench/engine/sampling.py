@@ -14,13 +14,17 @@ Invariants:
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
+import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -28,7 +32,7 @@ from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
 from bench.core.atomic import atomic_path, atomic_write_json, is_temp_file
-from bench.core.errors import UsageError
+from bench.core.errors import BenchError, UsageError
 from bench.core.fingerprint import fingerprint, library_versions
 from methods.base import Denoiser, Method, SampleRequest
 
@@ -169,17 +173,25 @@ def _barrier() -> None:
 def sample_to_folder(teacher: Any, denoiser: Denoiser, method: Method, prompts: Sequence[str],
                      spec: SamplingSpec, out_dir: Path, batch_size: int = 8,
                      suite_fingerprint: str = "", progress: bool = True,
-                     extra_metadata: dict | None = None) -> SampleSummary:
+                     extra_metadata: dict | None = None, overwrite: bool = False) -> SampleSummary:
     """Write ``len(prompts)`` PNGs ``00000.png ...`` into ``out_dir`` plus ``metadata.json``.
 
     Resumable and shardable: images already on disk with a matching fingerprint are skipped;
-    under `accelerate launch` process r of P takes indices i with i % P == r."""
+    under `accelerate launch` process r of P takes indices i with i % P == r. The folder belongs
+    to one image fingerprint (:func:`owned_folder`); ``overwrite`` empties a folder of another."""
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     if spec.batching not in BATCHING_MODES:
         raise UsageError(f"--batching must be one of {', '.join(BATCHING_MODES)}, got {spec.batching!r}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with owned_folder(out_dir, spec, overwrite):
+        return _sample_into(teacher, denoiser, method, prompts, spec, out_dir, batch_size, suite_fingerprint,
+                            progress, extra_metadata)
+
+
+def _sample_into(teacher: Any, denoiser: Denoiser, method: Method, prompts: Sequence[str], spec: SamplingSpec,
+                 out_dir: Path, batch_size: int, suite_fingerprint: str, progress: bool,
+                 extra_metadata: dict | None) -> SampleSummary:
     rank, world = process_shard()
     for stale in out_dir.iterdir():
         if rank == 0 and is_temp_file(stale):
@@ -204,7 +216,9 @@ def sample_to_folder(teacher: Any, denoiser: Denoiser, method: Method, prompts: 
             batch_prompts = [prompts[i] for i in indices]
             latents = generate_latents(teacher, denoiser, method, batch_prompts, indices, spec.steps,
                                        spec.guidance_scale, spec.seed, uncond, spec.batching)
-            for index, prompt, image in zip(indices, batch_prompts, to_pil(_decode(teacher, latents, exact))):
+            decoded = _decode(teacher, latents, exact)
+            check_finite(decoded, indices, spec)
+            for index, prompt, image in zip(indices, batch_prompts, to_pil(decoded)):
                 # no fsync: a PNG damaged by an OS crash fails the CRC check on resume and is redone
                 with atomic_path(out_dir / image_name(index), durable=False) as tmp:
                     image.save(tmp, format="PNG",
@@ -216,7 +230,111 @@ def sample_to_folder(teacher: Any, denoiser: Denoiser, method: Method, prompts: 
     _barrier()
     if rank == 0:
         write_metadata(out_dir, prompts, spec, suite_fingerprint, extra_metadata or {})
-    return SampleSummary(out_dir, len(pending), skipped, seconds, folder_fingerprint(spec, suite_fingerprint, len(prompts)))
+    return SampleSummary(out_dir, len(pending), skipped, seconds,
+                         folder_fingerprint(spec, suite_fingerprint, len(prompts)))
+
+
+# ------------------------------------------------------------------------------------------------
+# Folder ownership: one image fingerprint per folder
+# ------------------------------------------------------------------------------------------------
+
+MARKER_FILE = ".bench-samples.json"
+LOCK_FILE = ".bench-samples.lock"
+
+
+def read_marker(out_dir: Path) -> dict | None:
+    try:
+        return json.loads((out_dir / MARKER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _describe(owner: dict) -> str:
+    return ", ".join(f"{k} {owner[k]}" for k in ("method", "steps", "guidance_scale", "seed") if k in owner) or \
+        f"fingerprint {owner.get('fingerprint', '?')}"
+
+
+@contextlib.contextmanager
+def owned_folder(out_dir: Path, spec: SamplingSpec, overwrite: bool = False) -> Iterator[None]:
+    """Hold ``out_dir`` for the image fingerprint of ``spec`` while sampling into it.
+
+    The marker file (``.bench-samples.json``, written before any image) names the fingerprint the
+    folder belongs to. A folder of another fingerprint, or holding files this run did not write,
+    is refused with one UsageError offering ``--overwrite`` (which empties it first) or a fresh
+    folder. A lock file (``flock``) lets processes of one fingerprint share the folder (accelerate
+    sharding) and stops a process of another fingerprint, or an ``--overwrite``, while they write."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file; give a folder for the images")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / LOCK_FILE, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            claim_folder(out_dir, spec, overwrite)          # nobody else is in the folder
+        except BlockingIOError:
+            fcntl.flock(lock, fcntl.LOCK_SH)                 # waits while a claim is being made
+            owner = read_marker(out_dir) or {}
+            if owner.get("fingerprint") != spec.fingerprint:  # not another shard of this run
+                raise UsageError(f"another process is writing {out_dir} (a run with {_describe(owner)})"
+                                 + ("; --overwrite waits for it to finish" if overwrite else "")
+                                 + "; choose another folder") from None
+        fcntl.flock(lock, fcntl.LOCK_SH)                     # share with the other shards of this run
+        yield
+
+
+def claim_folder(out_dir: Path, spec: SamplingSpec, overwrite: bool) -> None:
+    """Check (or with ``overwrite`` empty) ``out_dir`` for ``spec``, then write the marker."""
+    spec_fp = spec.fingerprint
+    entries = [p for p in out_dir.iterdir() if p.name != LOCK_FILE]
+    if overwrite and entries:
+        log.warning("--overwrite: removing %d entries of %s", len(entries), out_dir)
+        for entry in entries:
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        entries = []
+    owner = read_marker(out_dir)
+    if owner is not None and owner.get("fingerprint") != spec_fp:
+        raise UsageError(f"--out {out_dir} holds the images of another run ({_describe(owner)}); choose a fresh "
+                         "folder, or pass --overwrite to replace them")
+    if owner is None:
+        foreign = [p.name for p in entries if not _written_for(p, spec_fp)]
+        if foreign:
+            raise UsageError(f"--out {out_dir} holds {len(foreign)} file(s) this run did not write (e.g. "
+                             f"{', '.join(sorted(foreign)[:3])}); choose a fresh folder, or pass --overwrite to "
+                             "replace them")
+    atomic_write_json(out_dir / MARKER_FILE, {"fingerprint": spec_fp, "method": spec.method, "steps": spec.steps,
+                                              "guidance_scale": spec.guidance_scale, "seed": spec.seed,
+                                              "student": spec.student})
+
+
+def _written_for(path: Path, spec_fp: str) -> bool:
+    """Whether a file found in a folder without a marker is this run's own (a folder an earlier
+    version wrote): temp files, its metadata.json, PNGs carrying its fingerprint."""
+    if is_temp_file(path) or path.name == MARKER_FILE:
+        return True
+    if path.name == METADATA_FILE:
+        try:
+            return json.loads(path.read_text()).get("image_fingerprint") == spec_fp
+        except (OSError, ValueError):
+            return False
+    if path.suffix != ".png" or not path.is_file():
+        return False
+    try:
+        with Image.open(path) as image:
+            return image.info.get("bench_fingerprint") == spec_fp
+    except Exception:
+        return False
+
+
+def check_finite(images: torch.Tensor, indices: Sequence[int], spec: SamplingSpec) -> None:
+    """A NaN or inf pixel would be written as black (PNG clamps it): one error naming the images,
+    before any of the batch is written."""
+    finite = torch.isfinite(images.flatten(1)).all(dim=1)
+    if bool(finite.all()):
+        return
+    bad = [index for index, ok in zip(indices, finite.tolist()) if not ok]
+    raise BenchError(f"{spec.method} at {spec.steps} step(s), guidance {spec.guidance_scale:g}: non-finite values in "
+                     f"image(s) {', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''} (nothing of this batch "
+                     "was written): the student or the sampler diverged; check the method's config and step count, "
+                     "or retrain the student with --retrain")
 
 
 def folder_fingerprint(spec: SamplingSpec, suite_fingerprint: str, num_images: int) -> str:

@@ -103,12 +103,16 @@ class StudentPolicy:
 
     source: str = "auto"
     retrain: bool = False
+    max_train_steps: int | None = None     # --max-train-steps: overrides every method's schedule
     released: ReleasedStudents = field(default_factory=ReleasedStudents)
     retrained: set[str] = field(default_factory=set)   # fingerprints trained anew by this command
 
     def __post_init__(self):
         if self.source not in STUDENT_SOURCES:
             raise UsageError(f"--student-source {self.source!r}: choose one of {', '.join(STUDENT_SOURCES)}")
+        if self.max_train_steps is not None and self.max_train_steps < 1:
+            raise UsageError(f"--max-train-steps must be >= 1, got {self.max_train_steps} (an untrained student "
+                             "would be cached as if it were trained)")
         if self.retrain and self.source == "released":
             raise UsageError("--retrain trains a student on this machine; it cannot be combined with "
                              "--student-source released")
@@ -123,7 +127,9 @@ class LoadedStudent:
     # the method instance to sample with: the config the student was trained with (on toy
     # teachers the toy schedule's values, e.g. dmd's toy denoising_step_list); None: the caller's
     sampler: Method | None = None
-    source: str = "teacher"     # "teacher" (teacher solvers), "released" or "trained" (on this machine)
+    # "teacher" (teacher solvers), "released", "trained" (on this machine) or "published"
+    # (``--student``: bench.engine.published)
+    source: str = "teacher"
     weights: str = ""           # sha256 of the student's weight files ("" for teacher solvers)
 
     def sampling_method(self, method: Method) -> Method:
@@ -138,8 +144,8 @@ class LoadedStudent:
 
     @property
     def row_label(self) -> str:
-        """The ``student`` field of result rows: "released", "trained", or "" (no student)."""
-        return self.source if self.source in ("released", "trained") else ""
+        """The ``student`` field of result rows: "released", "trained", "published", or "" (no student)."""
+        return self.source if self.source in ("released", "trained", "published") else ""
 
 
 def students_dir() -> Path:
@@ -188,6 +194,27 @@ def training_plan(method: Method, teacher: Any, max_train_steps: int | None = No
     return train_method, schedule
 
 
+def unsupported_steps_on(method: Method, teacher: Any, steps: int) -> str | None:
+    """Why ``method`` skips ``steps`` on ``teacher``, judged on the config it trains there (the toy
+    schedule applied on toy teachers, not on real ones): ``Method.unsupported_steps_reason`` alone
+    cannot know the teacher and also accepts a count that only the toy schedule serves."""
+    if not method.trains:
+        limit = teacher.schedule.num_train_timesteps       # one range check for every teacher solver
+        if steps > limit:
+            return f"{method.name}: at most {limit} steps (the teacher's schedule has {limit} timesteps); " \
+                   f"{steps} skipped"
+        return method.unsupported_steps_reason(steps)
+    return strict_steps_reason(training_plan(method, teacher, None, steps)[0], steps)
+
+
+def strict_steps_reason(method: Method, steps: int) -> str | None:
+    """``method.unsupported_steps_reason(steps)`` for its config as it is, the toy schedule ignored."""
+    config = method.config
+    if TOY_FIELD in {f.name for f in dataclasses.fields(config)} and config.toy:
+        method = type(method)(dataclasses.replace(config, **{TOY_FIELD: {}}))
+    return method.unsupported_steps_reason(steps)
+
+
 def _training_identity(method: TrainingMethod) -> dict[str, Any]:
     """The config fields that change the student, minus the schedule fields (the effective
     schedule is fingerprinted on its own) and the toy schedule (already applied to the effective
@@ -234,6 +261,8 @@ def save_lora_weights(unet: nn.Module, folder: Path) -> None:
 
     layers = get_peft_model_state_dict(unet)
     metadata = unet.peft_config["default"].to_dict() if hasattr(unet, "peft_config") else None
+    if metadata is not None:   # peft keeps target_modules as a set: its order (hash-seeded) would change the file
+        metadata = {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in metadata.items()}
     StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=layers, safe_serialization=True,
                                               weight_name=LORA_WEIGHT_NAME, unet_lora_adapter_metadata=metadata)
 
@@ -259,12 +288,28 @@ def student_complete(folder: Path, fp: str) -> bool:
     return info is not None and info.get("fingerprint") == fp
 
 
-def weights_digest(folder: Path) -> str:
-    """sha256 over a student folder's weight files (every file but student.json, by relative path)."""
+def weights_digest(folder: Path, canonical: bool = True) -> str:
+    """sha256 over a student folder's weight files (every file but student.json, by relative path).
+    ``canonical``: a ``.safetensors`` file is hashed with its JSON header's keys sorted, since the
+    library writes a metadata table of two or more keys in a per-process hash order (the tensors'
+    bytes and offsets do not move); ``False``: the raw bytes (records written before 2026-12-07)."""
     folder = Path(folder)
     digest = hashlib.sha256()
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != STUDENT_FILE):
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{sha256_file(path)}\n".encode())
+        file_digest = canonical_safetensors_sha256(path) if canonical and path.suffix == ".safetensors" \
+            else sha256_file(path)
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{file_digest}\n".encode())
+    return digest.hexdigest()
+
+
+def canonical_safetensors_sha256(path: Path) -> str:
+    """sha256 of a safetensors file with its header re-serialised with sorted keys."""
+    with open(path, "rb") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(size))
+        digest = hashlib.sha256(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
+        while block := handle.read(1 << 20):
+            digest.update(block)
     return digest.hexdigest()
 
 
@@ -363,6 +408,9 @@ def train_student(method: Method, teacher: Any, data: TrainingData, schedule: Tr
                   fp: str, steps: int | None = None, progress: bool = True, replace: bool = False) -> Path:
     """Train ``method`` (resuming from checkpoints in the work folder beside ``folder``) and save
     the student atomically into ``folder`` (replacing a finished one there with ``replace``)."""
+    if not getattr(data, "has_images", True) and method.needs_images:
+        raise UsageError(f"{method.name} trains on real images, and the training data {data.identity} has captions "
+                         "only: point BENCH_TRAIN_DATA at a folder of images with same-stem .txt captions")
     work = folder.parent / f".{folder.name}.work"
     device = next(teacher.unet.parameters()).device
     trainer = Trainer(schedule, work / "checkpoints", device=device, progress=progress,
@@ -424,7 +472,7 @@ def released_student_for(method: Method, teacher: Any, steps: int, policy: Stude
     that ``bench run`` can stop before any sampling or scoring."""
     if not method.trains or policy.source == "trained" or policy.retrain:
         return None
-    train_method, schedule = training_plan(method, teacher, None, steps)
+    train_method, schedule = training_plan(method, teacher, policy.max_train_steps, steps)
     data = training_data_for(teacher, seed=schedule.seed)
     return _released_match(method, teacher, student_fingerprint(train_method, teacher, schedule, data, steps), steps,
                            policy)
@@ -448,9 +496,11 @@ def load_student(method: Method, teacher: Any, steps: int, batching: str = "exac
     for distilled methods a released student, else the cached one, else one trained now (module
     docstring; ``policy`` narrows the sources).
 
-    ``max_train_steps`` overrides the schedule (``bench train --max-train-steps``); ``data``
+    ``max_train_steps`` overrides the schedule (``--max-train-steps``; default: the policy's); ``data``
     overrides the training source (default: ``bench.assets.train_data.training_data_for(teacher)``)."""
     policy = policy if policy is not None else StudentPolicy()
+    if max_train_steps is None:
+        max_train_steps = policy.max_train_steps
     images_per_call = 1 if batching == "exact" else None
 
     def denoiser_of(unet: nn.Module) -> Denoiser:
@@ -494,6 +544,8 @@ def verified_weights(folder: Path, info: dict) -> str:
     student that samples black images. Folders saved before the record had it are hashed as they are."""
     actual = weights_digest(folder)
     recorded = info.get("weights_sha256")
+    if recorded is not None and recorded != actual and recorded == weights_digest(folder, canonical=False):
+        return recorded                                 # recorded as raw bytes, before canonical hashing
     if recorded is not None and recorded != actual:
         raise BenchError(f"cached student {folder} is damaged: its weight files hash to {actual[:12]}..., not the "
                          f"{recorded[:12]}... recorded in {STUDENT_FILE} when it was saved; delete the folder (or "
@@ -564,4 +616,4 @@ def export_student(student: LoadedStudent, out: str | os.PathLike) -> Path:
 __all__ = ["LoadedStudent", "StudentPolicy", "STUDENT_SOURCES", "load_student", "train_student", "save_student",
            "load_student_unet", "load_released_unet", "release_student", "export_student", "student_fingerprint",
            "training_plan", "students_dir", "read_student_info", "save_lora_weights", "weights_digest",
-           "released_student_for"]
+           "released_student_for", "unsupported_steps_on", "strict_steps_reason"]

@@ -63,6 +63,7 @@ from tqdm.auto import tqdm
 from bench.assets.teachers.model import VaeCodec
 from bench.assets.train_data import TrainingData, batch_seed
 from bench.core.errors import BenchError
+from bench.core.fingerprint import sha256_file
 from bench.engine.lpips import lpips_distance
 from bench.engine.teacher_outputs import CachedTeacherOutputs, build_teacher_outputs
 from methods.base import TeacherOutputSpec, Update
@@ -145,13 +146,15 @@ class TrainingBatch:
     """One micro-batch, encoded by the harness. ``generator`` (CPU) must serve every random draw
     the method makes for this micro-batch (timesteps, noise, guidance scales)."""
 
-    latents: torch.Tensor                # (B, C, h, w) float32, on the training device
+    latents: torch.Tensor | None         # (B, C, h, w) float32, on the training device; None: captions only
+    #                                      (a source without images, for methods that do not need them)
     cond: torch.Tensor                   # (B, L, D) prompt embeddings
     uncond: torch.Tensor                 # (B, L, D) empty-prompt embeddings
     captions: list[str]
     generator: torch.Generator
     step: int                            # 0-based optimizer step this micro-batch belongs to
     index: int                           # micro-batch index (the data index)
+    latent_shape: tuple[int, ...] = ()   # (B, C, h, w): the latents' shape, also when there are none
 
 
 class TrainingState(Protocol):
@@ -339,17 +342,19 @@ class Trainer:
         VAE codec the latents are a posterior sample (as the reference scripts encode), drawn from
         the batch's own generator."""
         images, captions = data.batch(index, self.schedule.train_batch_size)
-        images = images.to(self.device)
-        if isinstance(teacher.codec, VaeCodec):
-            latents = teacher.codec.encode(images, generator=self.generator(index, "vae"))
+        if images is None:                                  # a captions-only source
+            latents = None
+        elif isinstance(teacher.codec, VaeCodec):
+            latents = teacher.codec.encode(images.to(self.device), generator=self.generator(index, "vae"))
         else:
-            latents = teacher.codec.encode(images)
+            latents = teacher.codec.encode(images.to(self.device))
         cond = teacher.encode_prompts(list(captions)).to(self.device, torch.float32)
         if self._uncond is None:
             self._uncond = teacher.encode_prompts([""]).to(self.device, torch.float32)
         uncond = self._uncond.expand(len(captions), -1, -1)
-        return TrainingBatch(latents=latents.to(self.device, torch.float32), cond=cond, uncond=uncond,
-                             captions=list(captions), generator=self.generator(index), step=step, index=index)
+        return TrainingBatch(latents=None if latents is None else latents.to(self.device, torch.float32), cond=cond,
+                             uncond=uncond, captions=list(captions), generator=self.generator(index), step=step,
+                             index=index, latent_shape=(len(captions), *teacher.latent_shape))
 
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self, state: TrainingState, training_step: Callable[[Any, TrainingBatch], torch.Tensor],
@@ -431,6 +436,24 @@ class Trainer:
         found = self.checkpoints()
         return found[-1] if found else None
 
+    def latest_good_checkpoint(self) -> Path | None:
+        """The newest checkpoint whose files match the sha256 recorded when it was written; a
+        damaged one is moved aside (``.step-N.damaged``), with one warning naming the file, and
+        the one before it is taken (or none: training starts over)."""
+        for checkpoint in reversed(self.checkpoints()):
+            problem = checkpoint_problem(checkpoint)
+            if problem is None:
+                return checkpoint
+            aside = checkpoint.with_name(f".{checkpoint.name}.damaged")
+            if self.is_main_process:
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(checkpoint, aside)
+            earlier = [c for c in self.checkpoints() if self._step_of(c) < self._step_of(checkpoint)]
+            log.warning("%s: training checkpoint %s is damaged (%s), moved to %s; resuming from %s", self.description,
+                        checkpoint, problem, aside.name, earlier[-1].name if earlier else "step 0")
+            self.wait_for_everyone()
+        return None
+
     def save_state(self, state: TrainingState, seconds: float = 0.0) -> Path:
         """Checkpoint after optimizer step ``self._step``: temp folder, then rename."""
         assert self.checkpoint_dir is not None
@@ -448,7 +471,8 @@ class Trainer:
             extra["__trainer__.losses"] = torch.tensor(self._losses, dtype=torch.float64)
             save_file(extra, str(tmp / EXTRA_STATE_FILE))
             trainer_state = {"step": self._step, "seconds": seconds,
-                             "schedule": dataclasses.asdict(self.schedule), "written": time.time()}
+                             "schedule": dataclasses.asdict(self.schedule), "written": time.time(),
+                             "sha256": checkpoint_hashes(tmp)}
             (tmp / TRAINER_STATE_FILE).write_text(json.dumps(trainer_state, indent=2, sort_keys=True) + "\n")
             if final.exists():
                 shutil.rmtree(final)
@@ -467,11 +491,16 @@ class Trainer:
             for stale in self.checkpoint_dir.glob(".step-*.tmp"):
                 shutil.rmtree(stale, ignore_errors=True)   # a checkpoint a kill interrupted
         self.wait_for_everyone()
-        latest = self.latest_checkpoint()
+        latest = self.latest_good_checkpoint()
         if latest is None:
             return None
         meta = json.loads((latest / TRAINER_STATE_FILE).read_text())
-        self.accelerator.load_state(str(latest))
+        try:
+            self.accelerator.load_state(str(latest))
+        except Exception as err:   # a checkpoint written before hashes were recorded, damaged
+            raise BenchError(f"training checkpoint {latest} cannot be loaded ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0] if str(err) else ''}); delete that folder to resume from "
+                             "the one before it (or from scratch)") from None
         extra = load_file(str(latest / EXTRA_STATE_FILE))
         losses = extra.pop("__trainer__.losses", torch.zeros(0, dtype=torch.float64))
         state.load_extra_state_dict(extra)
@@ -482,6 +511,30 @@ class Trainer:
         log.info("%s: resumed from %s (step %d of %d)", self.description, latest, self._step,
                  self.schedule.max_train_steps)
         return self._step
+
+
+def checkpoint_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every file of a checkpoint folder but its trainer_state.json, by relative path."""
+    return {path.relative_to(folder).as_posix(): sha256_file(path)
+            for path in sorted(folder.rglob("*")) if path.is_file() and path.name != TRAINER_STATE_FILE}
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """What is wrong with a checkpoint folder (unreadable state, a missing or changed file),
+    or None. Checkpoints written before hashes were recorded are taken as they are."""
+    try:
+        recorded = json.loads((folder / TRAINER_STATE_FILE).read_text()).get("sha256")
+    except (OSError, ValueError) as err:
+        return f"{TRAINER_STATE_FILE} unreadable: {type(err).__name__}"
+    if recorded is None:
+        return None
+    actual = checkpoint_hashes(folder)
+    for name, digest in recorded.items():
+        if name not in actual:
+            return f"{name} missing"
+        if actual[name] != digest:
+            return f"{name} does not hash to the sha256 recorded when it was written"
+    return None
 
 
 __all__ = ["TrainSchedule", "Trainer", "TrainingBatch", "TrainingState", "TrainReport", "NonFiniteLossError", "Update"]

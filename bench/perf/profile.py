@@ -60,6 +60,7 @@ import torch
 from bench.assets.teachers import load_teacher
 from bench.core.errors import UsageError
 from bench.engine.cells import guidance_for
+from bench.engine.published import OWN_TEACHER, load_own_teacher
 from bench.engine.sampling import PRECISIONS
 from bench.perf.profile_report import (
     device_info,
@@ -115,7 +116,10 @@ def run_profile(spec: ProfileSpec, progress: bool = True, partial: Callable[[dic
                 training += [TrainRow(m.name, dtype, spec.train_batch, ckpt, status="skipped", note=note)
                              for m in spec.methods for ckpt in (False, True)]
             continue
-        teacher = load_teacher(spec.teacher, device=spec.device, dtype=PRECISIONS[dtype])
+        if spec.teacher == OWN_TEACHER:
+            teacher = load_own_teacher(spec.student, spec.device, PRECISIONS[dtype])
+        else:
+            teacher = load_teacher(spec.teacher, device=spec.device, dtype=PRECISIONS[dtype])
         teacher_info.update(identity=teacher.identity, resolution=teacher.resolution,
                             latent_shape=list(teacher.latent_shape), codec=type(teacher.codec).__name__,
                             vae_dtype=vae_dtype(teacher))

@@ -121,6 +121,10 @@ class ProfileSpec:
     train_steps: int
     train_warmup: int
     batch_search: bool
+    # --student: a published student (bench.engine.published.PublishedStudent) timed in place of
+    # an untrained one; its text (``student_text``) goes into the command
+    student: Any = None
+    student_text: str | None = None
 
     def command(self) -> str:
         """The exact command, every option spelled out (defaults resolved)."""
@@ -145,6 +149,8 @@ class ProfileSpec:
                       "--speedup-variants", ",".join(self.speedup_variants)]
         if not self.batch_search:
             parts.append("--no-batch-search")
+        if self.student_text:
+            parts += ["--student", self.student_text]
         return " ".join(shlex.quote(p) for p in parts)
 
 

@@ -15,8 +15,16 @@ from torch import nn
 
 from bench.assets.teachers.model import VaeCodec
 from bench.engine.cells import guidance_for
+from bench.engine.published import load_published
 from bench.engine.sampling import make_generators
-from bench.engine.students import LoadedStudent, _place, load_student, training_plan
+from bench.engine.students import (
+    LoadedStudent,
+    _place,
+    load_student,
+    strict_steps_reason,
+    training_plan,
+    unsupported_steps_on,
+)
 from bench.perf.profile_spec import (
     THROUGHPUT_WARMUP,
     ProfileSpec,
@@ -40,11 +48,12 @@ log = logging.getLogger(__name__)
 
 def profile_method_latency(spec: ProfileSpec, teacher, method, dtype: str, progress: bool = True) -> list[SpeedRow]:
     """The ours + diffusers rows of ``method`` at every step count of ``spec``."""
-    guidance = guidance_for(spec.guidance, method, teacher)
+    guidance = guidance_for(spec.guidance, method, teacher, spec.student)
     rows: list[SpeedRow] = []
     supported = []
     for steps in spec.steps:
-        reason = method.unsupported_steps_reason(steps)
+        reason = strict_steps_reason(method, steps) if spec.student is not None else \
+            unsupported_steps_on(method, teacher, steps)
         if reason:
             log.warning("skipped: %s", reason)
             rows += [SpeedRow(method.name, steps, dtype, p, status="skipped", note=reason, guidance=guidance)
@@ -53,7 +62,8 @@ def profile_method_latency(spec: ProfileSpec, teacher, method, dtype: str, progr
             supported.append(steps)
     if not supported:
         return rows
-    student = profile_student(method, teacher)
+    student = load_published(spec.student, teacher, "fast") if spec.student is not None else \
+        profile_student(method, teacher)
     with sampling_teacher(teacher, student.denoiser.unet) as sampler_teacher:
         for steps in supported:
             ours = measure_ours(spec, sampler_teacher, method, student, steps, guidance, dtype)

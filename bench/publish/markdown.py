@@ -8,6 +8,7 @@ import math
 from collections import Counter
 from typing import Any, Iterable, Mapping, Sequence
 
+from bench.assets.zoo import ZOO
 from bench.publish.cells import (
     MAIN_METRICS,
     PRDC_METRICS,
@@ -91,7 +92,7 @@ def best_in_groups(entries: Sequence[Entry], metric: str) -> set[int]:
 
 
 #: how the Student column prints a row's student source
-STUDENT_LABELS = {"released": "released", "trained": "trained here"}
+STUDENT_LABELS = {"released": "released", "trained": "trained here", "published": "published (--student)"}
 
 
 def _render_table(entries: Sequence[Entry], metrics: Sequence[str], notes: _Notes, student: bool = False) -> list[str]:
@@ -174,6 +175,7 @@ def render_section_markdown(suite: str, teacher: str, entries: Sequence[Entry], 
         lines += [f"> {note}", ""]
     lines += [f"{hashes}# Quality and speed", ""]
     lines += _render_table(entries, MAIN_METRICS, notes, student=any(e.student for e in entries))
+    lines += render_printed_beside(suite, entries, level + 1)
     if _present(entries, ("precision", "recall", "density")):
         lines += [f"{hashes}# Fidelity and diversity (Naeem et al. 2020)", ""]
         lines += _render_table(entries, PRDC_METRICS, notes)
@@ -186,6 +188,27 @@ def render_section_markdown(suite: str, teacher: str, entries: Sequence[Entry], 
         lines += [f"{hashes}# Other metrics", ""]
         lines += _render_table(entries, others, notes)
     return lines + notes.render()
+
+
+def render_printed_beside(suite: str, entries: Sequence[Entry], level: int) -> list[str]:
+    """Published students of the zoo (``--student NAME``): our number beside the one printed for
+    the same checkpoint, suite, metric and step count (``bench.assets.zoo``)."""
+    lines = []
+    for entry in entries:
+        zoo = ZOO.get(entry.method) if entry.student == "published" else None
+        for printed in zoo.paper if zoo else ():
+            cell = entry.cells.get(printed.metric)
+            if printed.suite != suite or printed.steps != entry.steps or cell is None or cell.value is None:
+                continue
+            spec = metric_spec(printed.metric)
+            lines.append(f"| {_md_escape(entry.method)} | {entry.steps} | {spec.label} | {spec.display(cell.value)} | "
+                         f"{spec.display(printed.value)} | {_md_escape(printed.source)} |")
+    if not lines:
+        return []
+    header = [f"{'#' * level} Published students beside their printed numbers", "",
+              "Each paper used its own evaluation code and reference set; same checkpoint, different protocol.", "",
+              "| Student | Steps | Metric | Ours | Printed | Where printed |", "|:---|---:|:---|---:|---:|:---|"]
+    return header + lines + [""]
 
 
 # --------------------------------------------------------------------------------------------

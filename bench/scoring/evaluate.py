@@ -7,6 +7,7 @@ any image is generated, so a missing download fails in seconds, not after an hou
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -21,7 +22,11 @@ from bench.core.atomic import atomic_path
 from bench.core.errors import UsageError
 from bench.core.fingerprint import fingerprint, library_versions
 from bench.core.paths import cache_dir
-from bench.scoring.metrics.clip_score import ClipScoreConfig, ClipScorer
+from bench.scoring.metrics.clip_score import (
+    ClipScoreConfig,
+    ClipScorer,
+    resolve_clip_protocol,
+)
 from bench.scoring.metrics.features import (
     ImageProtocol,
     inception_extractor,
@@ -80,9 +85,14 @@ class Evaluator:
     extra_protocol: dict = field(default_factory=dict)
 
     def protocol(self) -> dict:
+        clip = self.models.clip
+        # The CLIP protocol (prefix, crop/resize) when it is not the "raw" one; rows without the key
+        # (the toy rows, all rows made before per-suite CLIP protocols) were scored raw.
+        recorded = None if clip is None else clip.config.clip_protocol.recorded()
         return {"num_images": len(self.suite.prompts), "suite_fingerprint": self.suite.fingerprint,
                 "image_protocol": self.reference.protocol.as_dict(), "reference": self.reference.description,
                 "metric_models": self.models.identities(), "nearest_k": self.models.nearest_k,
+                **({"clip_protocol": recorded} if recorded is not None else {}),
                 **self.extra_protocol}
 
     def score_folder(self, folder: Path, progress: bool = True, prompts: tuple[str, ...] | None = None,
@@ -103,7 +113,8 @@ class Evaluator:
             if "coverage" in metrics:
                 values.update(prdc(real.features, fake.features, nearest_k=self.models.nearest_k))
         if "clip" in metrics and self.models.clip is not None:
-            values["clip"] = self.models.clip.score(folder, list(prompts), progress=progress).mean_cosine
+            files = list_images(folder, len(prompts), check_indices=True, take_first=True)
+            values["clip"] = self.models.clip.score(files, list(prompts), progress=progress).mean_cosine
         return values
 
 
@@ -152,17 +163,28 @@ def smoke_reference_folder(num_images: int = 16, resolution: int = 16, seed: int
 def metric_models_for(suite, metrics: tuple[str, ...], inception_path: str | None = None,
                       clip_weights: str | None = None, clip_model: str | None = None,
                       clip_pretrained: str | None = None, clip_prefix: str | None = None,
-                      device: torch.device | str | None = None) -> MetricModels:
+                      device: torch.device | str | None = None, clip_resize: str | int | None = None) -> MetricModels:
     """Real models for real suites (fail fast when the weights are missing), the trained toy models
-    for the toy suite, stand-ins for smoke."""
+    for the toy suite, stand-ins for smoke. The CLIP protocol is the suite's
+    (:func:`bench.scoring.metrics.clip_score.clip_protocol_for_suite`) unless ``clip_prefix``
+    (``none`` or a text) / ``clip_resize`` (``raw`` or a size) override it."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     wants_features = any(m in metrics for m in ("fid", "coverage"))
+    clip_protocol = resolve_clip_protocol(suite.name, clip_prefix, clip_resize)
+
+    def with_protocol(scorer):
+        if scorer is not None:
+            scorer.config = dataclasses.replace(scorer.config, prefix=clip_protocol.prefix,
+                                                image_size=clip_protocol.image_size)
+        return scorer
+
     if suite.name == "toy":
-        return MetricModels(*toy_metric_models(metrics, device), note=TOY_NOTE)
+        extractor, clip = toy_metric_models(metrics, device)
+        return MetricModels(extractor, with_protocol(clip), note=TOY_NOTE)
     if suite.name in ("smoke",) or suite.name == "prompts-file":
         extractor = standin_extractor(seed=0, device=device) if wants_features else None
         clip = standin_clip_scorer(device=device) if "clip" in metrics else None
-        return MetricModels(extractor, clip, note=STANDIN_NOTE)
+        return MetricModels(extractor, with_protocol(clip), note=STANDIN_NOTE)
 
     extractor = inception_extractor(inception_path, device=device) if wants_features else None
     clip = None
@@ -170,7 +192,8 @@ def metric_models_for(suite, metrics: tuple[str, ...], inception_path: str | Non
         defaults = ClipScoreConfig()
         config = ClipScoreConfig(model_name=clip_model or defaults.model_name,
                                  pretrained=clip_pretrained or defaults.pretrained,
-                                 prefix=clip_prefix, weights_path=clip_weights)
+                                 prefix=clip_protocol.prefix, image_size=clip_protocol.image_size,
+                                 weights_path=clip_weights)
         clip = ClipScorer.from_config(config, device=device)
     return MetricModels(extractor, clip)
 
@@ -222,7 +245,8 @@ def build_evaluator(suite, metrics: tuple[str, ...], args: argparse.Namespace, p
         raise UsageError("FID needs at least 2 images: raise --num-images or leave fid out of --metrics")
     models = metric_models_for(suite, image_metrics, getattr(args, "inception_path", None),
                                getattr(args, "clip_weights", None), getattr(args, "clip_model", None),
-                               getattr(args, "clip_pretrained", None), getattr(args, "clip_prefix", None))
+                               getattr(args, "clip_pretrained", None), getattr(args, "clip_prefix", None),
+                               clip_resize=getattr(args, "clip_resize", None))
     reference = reference_for(suite, models, getattr(args, "data_root", None), image_metrics, progress=progress)
     return Evaluator(suite, metrics, models, reference)
 
@@ -237,8 +261,13 @@ def add_metric_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip-model", default=None, help="open_clip architecture (default ViT-g-14)")
     parser.add_argument("--clip-pretrained", default=None,
                         help="open_clip pretrained tag, recorded with every number (default laion2b_s12b_b42k)")
-    parser.add_argument("--clip-prefix", default=None,
-                        help='optional caption prefix such as "A photo depicts" (recorded)')
+    parser.add_argument("--clip-prefix", default=None, metavar="TEXT|none",
+                        help='caption prefix, or none (default: the suite\'s: "A photo depicts" on coco2014-30k, '
+                             'coco2017-5k and mjhq-5k as DMD2, none on toy/smoke; recorded)')
+    parser.add_argument("--clip-resize", default=None, metavar="N|raw",
+                        help="centre crop + PIL Lanczos to NxN before the CLIP transform, or raw (no crop/resize) "
+                             "(default: the suite's: 256 on coco2014-30k, coco2017-5k and mjhq-5k as DMD2, raw on "
+                             "toy/smoke; recorded)")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -47,8 +47,11 @@ def test_identical_png_bytes_whatever_batch_size(tmp_path, method, config):
 def test_writes_exactly_n_pngs_and_metadata(tmp_path):
     assert _sample(tmp_path, num_images=4) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["00000.png", "00001.png", "00002.png", "00003.png", "metadata.json"]
+    # and the two hidden files of folder ownership (bench.engine.sampling.owned_folder)
+    assert names == [".bench-samples.json", ".bench-samples.lock", "00000.png", "00001.png", "00002.png",
+                     "00003.png", "metadata.json"]
     meta = json.loads((tmp_path / "metadata.json").read_text())
+    assert json.loads((tmp_path / ".bench-samples.json").read_text())["fingerprint"] == meta["image_fingerprint"]
     assert meta["num_images"] == 4 and meta["method"] == "ddim" and meta["steps"] == 2
     assert [p["index"] for p in meta["prompts"]] == [0, 1, 2, 3]
     assert meta["prompts"][2]["seed"] == image_seed(0, 2)
@@ -68,8 +71,13 @@ def test_resume_skips_matching_and_redoes_mismatched(tmp_path, capsys):
     assert "1 written, 3 already done" in capsys.readouterr().out
     assert _pngs(tmp_path) == before
     assert all(tmp_path.joinpath(n).stat().st_mtime_ns == m for n, m in mtimes.items() if n != "00001.png")
-    # another seed into the same folder: every fingerprint mismatches, everything is redone
-    assert _sample(tmp_path, "--seed", "1", num_images=4) == 0
+    # another seed into the same folder: refused (the folder belongs to seed 0), nothing touched;
+    # --overwrite empties it and redoes everything
+    assert _sample(tmp_path, "--seed", "1", num_images=4) == 2
+    err = capsys.readouterr().err
+    assert f"--out {tmp_path} holds the images of another run (method ddim, steps 2" in err and "--overwrite" in err
+    assert _pngs(tmp_path) == before
+    assert _sample(tmp_path, "--seed", "1", "--overwrite", num_images=4) == 0
     assert "4 written, 0 already done" in capsys.readouterr().out
     assert _pngs(tmp_path) != before
 

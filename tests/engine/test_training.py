@@ -236,6 +236,35 @@ def test_checkpoints_are_pruned_and_stale_temp_folders_removed(teacher, tmp_path
     assert json.loads((tmp_path / "step-00000004" / "trainer_state.json").read_text())["step"] == 4
 
 
+def test_a_damaged_checkpoint_falls_back_to_the_one_before(teacher, tmp_path, caplog):
+    """4 KB overwritten in the middle of the newest checkpoint's weights (size kept): resume moves it
+    aside with one warning naming the file, resumes from the previous checkpoint and ends bit-identical
+    to the uninterrupted run."""
+    data = SyntheticPairs(resolution=teacher.resolution)
+    method = _method("lcm-lora")
+    schedule = dict(max_train_steps=5, gradient_accumulation_steps=1, checkpointing_steps=1)
+    straight = Trainer(_schedule(**schedule), tmp_path / "a", device="cpu", progress=False)
+    expected = method.train(TrainingContext(teacher, straight, data)).unet.state_dict()
+    with pytest.raises(Killed):
+        method.train(TrainingContext(teacher, Trainer(_schedule(**schedule), tmp_path / "b", device="cpu",
+                                                      progress=False), KilledAt(data, 4)))
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["step-00000003", "step-00000004"]
+    weights = tmp_path / "b" / "step-00000004" / "model.safetensors"
+    size = weights.stat().st_size
+    with open(weights, "r+b") as handle:
+        handle.seek(size // 2)
+        handle.write(b"\xff" * 4096)
+    assert weights.stat().st_size == size
+    resumed = Trainer(_schedule(**schedule), tmp_path / "b", device="cpu", progress=False)
+    with caplog.at_level("WARNING"):
+        student = method.train(TrainingContext(teacher, resumed, data))
+    assert resumed.report.resumed_from == 3
+    assert any("step-00000004 is damaged (model.safetensors does not hash" in r.getMessage() and
+               "resuming from step-00000003" in r.getMessage() for r in caplog.records)
+    assert (tmp_path / "b" / ".step-00000004.damaged").is_dir()
+    assert all(torch.equal(v, expected[k]) for k, v in student.unet.state_dict().items())
+
+
 # ------------------------------------------------------------------------------------------------
 # NaN guard
 # ------------------------------------------------------------------------------------------------
@@ -387,3 +416,25 @@ def test_load_student_resumes_a_killed_training(teacher, tmp_path, monkeypatch):
         students.load_student(method, teacher, steps=1, max_train_steps=3, data=KilledAt(data, 2), progress=False)
     loaded = students.load_student(method, teacher, steps=1, max_train_steps=3, data=data, progress=False)
     assert loaded.info["resumed_from_step"] == 2 and loaded.info["trained_steps"] == 3
+
+
+def test_a_captions_file_trains_dmd_and_is_refused_for_image_methods(teacher, tmp_path, monkeypatch):
+    """BENCH_TRAIN_DATA=FILE.txt: prompts only. DMD (no GAN) trains on it; a method that noises real
+    images (LCM) is refused before any work with one error naming the fix."""
+    from bench.assets.train_data import CaptionFile, training_data_for
+    from bench.engine import students
+    from methods.dmd import DMD
+
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a red cube\n\na blue ball on grass\na green cone\n")
+    monkeypatch.setenv("BENCH_TRAIN_DATA", str(captions))
+    data = training_data_for(teacher, seed=0)
+    assert isinstance(data, CaptionFile) and len(data) == 3 and not data.has_images
+    images, first = data.batch(0, 5)
+    assert images is None and first == data.batch(0, 5)[1] and sorted(first[:3]) == sorted(data.captions)
+    loaded = students.load_student(DMD(), teacher, steps=1, max_train_steps=2, progress=False)
+    assert loaded.info["trained_steps"] == 2 and loaded.info["data"]["source"] == "caption-file"
+    with pytest.raises(UsageError, match="lcm trains on real images.*folder of images"):
+        students.load_student(LCM(), teacher, steps=1, max_train_steps=2, progress=False)
+    assert not list((tmp_path / "cache" / "students").glob("lcm-*"))

@@ -89,14 +89,15 @@ def test_registered_with_the_papers_values():
     assert (dmd.regression_weight, dmd.real_guidance_scale, dmd.generator_update_ratio) == (0.25, 3.0, 1)
     assert (dmd.min_step_percent, dmd.max_step_percent, dmd.denoising_step_list) == (0.02, 0.98, (999,))
     assert dmd.pair_spec() == TeacherOutputSpec("pndm", 50, 3.0, 500_000, 64)
-    assert DMD(DMDConfig(real_guidance_scale=8.0)).config.pair_spec().guidance_scale == 8.0   # "at the training guidance"
+    # "at the training guidance"
+    assert DMD(DMDConfig(real_guidance_scale=8.0)).config.pair_spec().guidance_scale == 8.0
     assert (dmd2.regression_weight, dmd2.real_guidance_scale, dmd2.generator_update_ratio) == (0.0, 1.75, 10)
-    assert dmd2.denoising_step_list == (999, 749, 499, 249) and (dmd2.gen_gan_weight, dmd2.disc_gan_weight) == (1e-3, 1e-2)
+    assert (dmd2.denoising_step_list, dmd2.step_counts, dmd2.gan) == ((999,), (1,), False)    # SD-1.5 stage 1
     assert DMD().nfe(1, 1.0) == 1 and DMD().default_guidance_scale == 1.0
-    # the toy schedule: only what it sets changes
-    toy = apply_toy_schedule(DMD2Config())
+    # the toy schedule: only what it sets changes (tests/methods/test_dmd2_recipe.py: every value)
+    toy = apply_toy_schedule(DMD2().config)
     assert (toy.generator_update_ratio, toy.gan, toy.max_train_steps, toy.real_guidance_scale) == (5, True, 2400, 1.75)
-    assert (toy.denoising_step_list, toy.fake_learning_rate) == ((399, 299, 199, 99), None)
+    assert (toy.denoising_step_list, toy.step_counts, toy.fake_learning_rate) == ((399, 299, 199, 99), (1, 4), None)
     toy = apply_toy_schedule(DMDConfig())
     assert (toy.regression_distance, toy.denoising_step_list, toy.fake_learning_rate) == ("l2", (399,), 2e-4)
     assert (toy.generator_update_ratio, toy.max_train_steps) == (5, 4000)    # DMD2's two time-scale rule
@@ -116,18 +117,26 @@ def test_unsupported_steps_give_a_clear_reason():
         reason = dmd.unsupported_steps_reason(steps)
         assert reason.startswith("dmd ") and f"{steps} steps skipped" in reason and "[999]" in reason
     assert "[999] (on toy teachers [399])" in dmd.unsupported_steps_reason(2)
+    # the default one-step recipe serves 1; the toy schedule's 4-step list 1 and 4 (the check does
+    # not know the teacher)
+    assert DMD2.supported_steps == dmd2.config.step_counts == (1,)
     assert dmd2.unsupported_steps_reason(1) is None and dmd2.unsupported_steps_reason(4) is None
     assert "2 steps skipped" in dmd2.unsupported_steps_reason(2)
     assert "8 steps skipped" in dmd2.unsupported_steps_reason(8)
-    with_two = DMD2(DMD2Config(step_counts=(1, 2, 4)))
+    assert "[999] (on toy teachers [399, 299, 199, 99], for 1, 4 steps)" in dmd2.unsupported_steps_reason(2)
+    with_two = DMD2(DMD2Config(preset="sdxl-4step", step_counts=(1, 2, 4)))
     assert with_two.unsupported_steps_reason(2) is None
     assert sampling_timesteps((999, 749, 499, 249), 2) == [999, 499]
     assert sampling_timesteps((999, 749, 499, 249), 1) == [999]
     with pytest.raises(ValueError, match="does not divide"):
-        DMD2Config(step_counts=(3,))
+        DMD2Config(denoising_step_list=(999, 749, 499, 249), step_counts=(3,))
+    with pytest.raises(ValueError, match="step count 4 does not divide the 1-step"):
+        DMD2(DMD2Config(step_counts=(1, 4)))                     # the default preset's list is [999]
+    with pytest.raises(ValueError, match="preset=sdxl-4step"):
+        sampling_timesteps((999,), 4)
     from bench.core.spec import load_method
 
-    assert load_method("dmd2", "step_counts=1:2:4").config.step_counts == (1, 2, 4)
+    assert load_method("dmd2", "preset=sdxl-4step,step_counts=1:2:4").config.step_counts == (1, 2, 4)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -195,8 +204,9 @@ def test_dm_gradient_is_zero_when_fake_and_real_scores_agree(teacher, data):
 def test_pndm_equals_stable_diffusion_pipeline(teacher):
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
-    pipe = StableDiffusionPipeline(vae=teacher.codec.vae, text_encoder=teacher.text_encoder, tokenizer=teacher.tokenizer,
-                                   unet=teacher.unet, scheduler=PNDMScheduler.from_config(teacher.scheduler_config),
+    pipe = StableDiffusionPipeline(vae=teacher.codec.vae, text_encoder=teacher.text_encoder,
+                                   tokenizer=teacher.tokenizer, unet=teacher.unet,
+                                   scheduler=PNDMScheduler.from_config(teacher.scheduler_config),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     request = make_request(teacher, 10, guidance=3.0)
@@ -329,9 +339,9 @@ def test_resume_reproduces_the_uninterrupted_run(teacher, data, tmp_path, name):
     """4 iterations, checkpoint every 2; killed in iteration 3 and resumed by a fresh trainer and
     state: the generator, the fake score (with its GAN head for dmd2), the generator's EMA and the
     loss history are bit-identical to an uninterrupted run. dmd: regression pairs; dmd2: r = 2,
-    GAN, 4-step list, EMA."""
-    method = small_dmd() if name == "dmd" else small_dmd2(generator_update_ratio=2, gan=True, lr_warmup_steps=1,
-                                                          generator_ema_decay=0.9)
+    GAN, 4-step list, EMA, LR schedulers stepped every iteration."""
+    method = small_dmd() if name == "dmd" else small_dmd2(generator_update_ratio=2, gan=True, lr_warmup_steps=3,
+                                                          generator_ema_decay=0.9, preset="sdxl-4step")
     straight = trainer(tmp_path / "a", checkpointing_steps=2)
     state_a = method.init_training_state(TrainingContext(teacher, straight, data))
     straight.fit(state_a, method.training_step, data, teacher)
@@ -370,7 +380,7 @@ def test_sampler_equals_lcm_scheduler_on_the_step_list(teacher, steps):
     same network, same per-image generators for the fresh noise."""
     from diffusers import LCMScheduler
 
-    method = DMD2(DMD2Config(step_counts=(1, 2, 4)))
+    method = DMD2(DMD2Config(preset="sdxl-4step", step_counts=(1, 2, 4)))
     request = make_request(teacher, steps)
     ours = method.sample(Denoiser(teacher.unet, teacher.schedule), request)
     scheduler = LCMScheduler.from_config(teacher.scheduler_config)
@@ -399,7 +409,7 @@ def test_load_student_trains_saves_and_samples(teacher, tmp_path):
     # a second load finds it in the cache; enabling another step count reuses the same student
     again = students.load_student(method, teacher, steps=1, max_train_steps=2, progress=False)
     assert again.path == loaded.path
-    dmd2 = DMD2(DMD2Config(step_counts=(1, 2, 4)))
+    dmd2 = DMD2(DMD2Config(preset="sdxl-4step", step_counts=(1, 2, 4)))
     assert "step_counts" not in dmd2.training_identity() and "denoising_step_list" in dmd2.training_identity()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_close, make_request
+from conftest import assert_close, make_request, random_lora_unet
 
 from bench.assets.train_data import SyntheticPairs
 from bench.core.spec import apply_toy_schedule
@@ -29,7 +29,6 @@ from methods.lcm import (
     LCMConfig,
     LCMLoRA,
     LCMLoRAConfig,
-    build_lora_unet,
     build_w_conditioned_unet,
 )
 
@@ -44,14 +43,7 @@ def lcm_unet(teacher):
 
 @pytest.fixture(scope="module")
 def lora_unet(teacher):
-    """A LoRA student whose adapter is not the identity (lora_B is zero at init)."""
-    unet = build_lora_unet(teacher.unet, LCMLoRAConfig(lora_rank=8, lora_alpha=8.0), seed=0)
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(1)
-        for name, p in unet.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.05)
-    return unet.eval().requires_grad_(False)
+    return random_lora_unet(teacher)
 
 
 def generators(batch: int, seed: int = 0) -> list[torch.Generator]:

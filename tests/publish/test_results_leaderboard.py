@@ -482,3 +482,18 @@ def test_one_section_per_teacher_and_one_file_pair_per_suite(tmp_path):
     paths = write_leaderboards(rows_to_frame(rows), tmp_path / "all", generated_at="2025-01-05T00:00:00Z")
     assert sorted(p.name for p in paths) == ["coco2014-30k.json", "coco2014-30k.md", "smoke.json", "smoke.md"]
     assert json.loads((tmp_path / "all" / "smoke.json").read_text())["generated_at"] == "2025-01-05T00:00:00Z"
+
+
+def test_published_students_sit_beside_their_printed_numbers():
+    """A zoo student's measured FID is shown next to the number printed for the same checkpoint,
+    suite and step count, with where it was printed; other suites and step counts are left out."""
+    from bench.publish.cells import Cell, Entry
+    from bench.publish.markdown import render_printed_beside
+
+    def entry(suite, steps, fid):
+        cell = Cell("fid", fid, "", "fp", "run", "2026-12-07T00:00:00", "cpu", 1, 0, "{}", student="published")
+        return Entry(suite, "sd15", "dmd2-sd15", steps, 1.0, {"fid": cell})
+
+    lines = render_printed_beside("coco2014-30k", [entry("coco2014-30k", 1, 10.5)], level=3)
+    assert "| dmd2-sd15 | 1 | FID | 10.50 | 9.28 | tianweiy/DMD2 experiments/sdv1.5/README.md (model zoo) |" in lines
+    assert render_printed_beside("coco2017-5k", [entry("coco2017-5k", 1, 10.5)], level=3) == []

@@ -23,7 +23,12 @@ from bench.scoring.metrics.features import (
     preprocess,
     protocol_for_suite,
 )
-from bench.scoring.metrics.fid import fid_folders, fid_from_features
+from bench.scoring.metrics.fid import (
+    feature_statistics,
+    fid_folders,
+    fid_from_features,
+    fid_from_stats,
+)
 from bench.scoring.metrics.prdc import prdc
 from bench.scoring.metrics.standins import standin_extractor
 
@@ -206,7 +211,7 @@ def test_fid_folders_equals_clean_fid_compute_fid(tmp_path):
         custom_image_tranform=protocol.preprocess, device=torch.device("cpu"), num_workers=0,
         batch_size=8, verbose=False, use_dataparallel=False)
     assert ours > 0.01
-    assert abs(ours - reference) < 1e-6
+    assert ours == reference  # same float32 features, same statistics, same frechet_distance: bit-equal
 
 
 def test_fid_from_features_closed_form_and_clean_fid():
@@ -219,6 +224,29 @@ def test_fid_from_features_closed_form_and_clean_fid():
     assert abs(fid_from_features(real, fake) - cleanfid_fid.fid_from_feats(real, fake)) < 1e-9
     with pytest.raises(UsageError, match="at least 2"):
         fid_from_features(real[:1], fake)
+
+
+def test_statistics_and_fid_bit_equal_clean_fid_on_float32_features():
+    """clean-fid (compare_folders / fid_folder / compute_fid) takes np.mean and np.cov of the float32
+    features get_folder_features returns: a float32 mu, a float64 sigma. Ours are the same arrays, so
+    the FID is the same float, also where a float64 mean would differ in the last bits."""
+    rng = np.random.default_rng(11)
+    for n, m, dim in [(500, 400, 64), (2000, 1500, 256), (60, 50, 512)]:
+        real = np.abs(rng.standard_normal((n, dim))).astype(np.float32) * 3  # Inception-like: >= 0
+        fake = (np.abs(rng.standard_normal((m, dim))) * 2.5 + 0.3).astype(np.float32)
+        ref_stats = [(np.mean(x, axis=0), np.cov(x, rowvar=False)) for x in (real, fake)]  # clean-fid's lines
+        ours = [feature_statistics(x) for x in (real, fake)]
+        for (mu, sigma), (ref_mu, ref_sigma) in zip(ours, ref_stats):
+            assert mu.dtype == ref_mu.dtype == np.float32 and sigma.dtype == ref_sigma.dtype == np.float64
+            assert np.array_equal(mu, ref_mu) and np.array_equal(sigma, ref_sigma)
+        with contextlib.redirect_stdout(io.StringIO()), np.errstate(all="ignore"):
+            expected = cleanfid_fid.frechet_distance(*ref_stats[0], *ref_stats[1])
+            assert fid_from_stats(*ours[0], *ours[1]) == expected
+            assert fid_from_features(real, fake) == expected == cleanfid_fid.fid_from_feats(real, fake)
+        # the float64 mean of the old code is not bit-equal to clean-fid's float32 one
+        old = fid_from_stats(real.astype(np.float64).mean(0), ref_stats[0][1],
+                             fake.astype(np.float64).mean(0), ref_stats[1][1])
+        print(f"N={n}/{m} dim={dim}: FID {expected!r}; float64 mean: {abs(old - expected) / expected:.2g} rel off")
 
 
 def test_extract_features_matches_direct_call(tmp_path):

@@ -123,6 +123,23 @@ def test_folder_features_cached_by_fingerprint(tmp_path, _cache):
     assert changed.fingerprint != first.fingerprint and not changed.from_cache
 
 
+def test_cached_statistics_are_clean_fids_and_old_format_entries_are_not_reused(tmp_path, _cache, monkeypatch):
+    """mu is clean-fid's float32 np.mean of the features (format 2); a format-1 entry (float64 mu)
+    has another fingerprint, so it is never read."""
+    folder = _pngs(tmp_path / "real", 5, seed=4)
+    extractor = standin_extractor(seed=0)
+    protocol = protocol_for_suite("smoke")
+    first = ref.folder_features(folder, extractor, protocol, progress=False)
+    assert first.mu.dtype == np.float32 and first.sigma.dtype == np.float64
+    assert np.array_equal(first.mu, np.mean(first.features, axis=0))
+    assert np.array_equal(first.sigma, np.cov(first.features, rowvar=False))
+    cached = ref.folder_features(folder, extractor, protocol, progress=False)
+    assert cached.from_cache and cached.mu.dtype == np.float32 and np.array_equal(cached.mu, first.mu)
+    monkeypatch.setattr(ref, "_CACHE_FORMAT", 1)
+    old = ref.folder_features(folder, extractor, protocol, progress=False)
+    assert old.fingerprint != first.fingerprint and not old.from_cache
+
+
 def test_cache_entry_with_wrong_stored_fingerprint_is_not_used(tmp_path, _cache):
     folder = _pngs(tmp_path / "real", 4, seed=1)
     extractor = standin_extractor(seed=0)

@@ -50,6 +50,12 @@ Registered suites (``SUITE_SPECS``; add a :class:`SuiteSpec` to extend):
     A UTF-8 text file, one prompt per line, taken verbatim (a final newline is allowed; empty or
     whitespace-only lines are rejected with their line numbers).
 
+Metric protocols per suite are kept with the metrics, not in ``Suite.protocol`` (which fingerprints the
+prompts): the FID/PRDC image crop and resize in :func:`bench.scoring.metrics.features.protocol_for_suite`,
+the CLIP score protocol in :func:`bench.scoring.metrics.clip_score.clip_protocol_for_suite` (``coco2014-30k``,
+``coco2017-5k``, ``mjhq-5k``: DMD2's ``compute_clip_score``, prefix "A photo depicts" + centre crop and
+Lanczos 256; ``toy``, ``smoke``: no prefix, raw image). Result rows record both.
+
 Text normalisation: prompts read from json files (COCO captions, MJHQ prompts) have their
 whitespace collapsed, ``" ".join(text.split())``: COCO captions carry stray newlines and double
 spaces, CLIP's tokenizer collapses whitespace anyway, and the result can be written one prompt per

@@ -124,13 +124,24 @@ def _load_folder(name: str, root: Path, vae_root: Path, vae_subfolder: str | Non
     from transformers import CLIPTextModel, CLIPTokenizer
 
     logger.info("loading teacher %s from %s", name, root)
-    unet = UNet2DConditionModel.from_pretrained(str(root), subfolder="unet", local_files_only=True)
-    vae_kwargs = {"subfolder": vae_subfolder} if vae_subfolder else {}
-    vae = AutoencoderKL.from_pretrained(str(vae_root), local_files_only=True, **vae_kwargs)
-    text_encoder = CLIPTextModel.from_pretrained(str(root), subfolder="text_encoder", local_files_only=True)
-    tokenizer = CLIPTokenizer.from_pretrained(str(root), subfolder="tokenizer", local_files_only=True)
+    unet = _component(UNet2DConditionModel, root, "unet")
+    vae = _component(AutoencoderKL, vae_root, vae_subfolder)
+    text_encoder = _component(CLIPTextModel, root, "text_encoder")
+    tokenizer = _component(CLIPTokenizer, root, "tokenizer")
     return _assemble(name, unet, vae, text_encoder, tokenizer, _read_scheduler_config(root), resolution,
                      guidance, identity, device, dtype, vae_upcast)
+
+
+def _component(cls, root: Path, subfolder: str | None):
+    """``cls.from_pretrained(root/subfolder)``; a damaged file is one error naming the folder."""
+    kwargs = {"subfolder": subfolder} if subfolder else {}
+    try:
+        return cls.from_pretrained(str(root), local_files_only=True, **kwargs)
+    except Exception as err:   # a broken config.json, truncated weights, a wrong class, ...
+        where = root / subfolder if subfolder else root
+        detail = str(err).splitlines()[0] if str(err) else ""
+        raise UsageError(f"teacher component {where} cannot be loaded as {cls.__name__} ({type(err).__name__}: "
+                         f"{detail}); repair or re-download that folder") from None
 
 
 def _load_local(root: Path, spec: TeacherSpec | None, device, dtype, vae_upcast) -> Teacher:
@@ -157,10 +168,19 @@ def _load_local(root: Path, spec: TeacherSpec | None, device, dtype, vae_upcast)
     return _load_folder(name, root, root, "vae", resolution, guidance, identity, device, dtype, vae_upcast)
 
 
-def _folder_resolution(root: Path) -> int:
-    """Pixel side of a local folder's images: U-Net sample_size x the VAE's downsampling."""
-    unet = json.loads((root / "unet" / "config.json").read_text())
-    vae = json.loads((root / "vae" / "config.json").read_text())
+def _read_config(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UsageError(f"{path} is not a readable JSON config ({type(err).__name__}: {err}); repair or "
+                         "re-download it") from None
+
+
+def _folder_resolution(root: Path, vae_root: Path | None = None, vae_subfolder: str | None = "vae") -> int:
+    """Pixel side of a folder's images: U-Net sample_size x the VAE's downsampling (the VAE in
+    ``vae_root/vae_subfolder``, by default the folder's own vae/)."""
+    vae_folder = (vae_root or root) / vae_subfolder if vae_subfolder else (vae_root or root)
+    unet, vae = (_read_config(folder / "config.json") for folder in (root / "unet", vae_folder))
     return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from bench.assets.teachers.folders import (
     _component_needs,
+    _folder_resolution,
     _found_files,
     _load_folder,
     _missing,
@@ -204,5 +205,8 @@ def _load_from_hub(spec: TeacherSpec, revision: str | None, device, dtype, vae_u
     else:
         vae_root, vae_subfolder = main.snapshot, "vae"
     identity["weights"] = _weights_digest(files)
-    return _load_folder(spec.name, main.snapshot, vae_root, vae_subfolder, spec.resolution,
+    # the side the weights are built for (512 for the SD-1.5 repos, as the spec says; a test's
+    # tiny stand-in under the same id samples at its own 16 px)
+    resolution = _folder_resolution(main.snapshot, vae_root, vae_subfolder)
+    return _load_folder(spec.name, main.snapshot, vae_root, vae_subfolder, resolution,
                         spec.default_guidance_scale, identity, device, dtype, vae_upcast)

@@ -1,5 +1,5 @@
 """CLIP score: mean cosine between OpenCLIP image and prompt embeddings (as in DMD2's
-``main/coco_eval/coco_evaluator.py``).
+``compute_clip_score``, tianweiy/DMD2 ``main/coco_eval/coco_evaluator.py``, which GigaGAN and DMD2 use).
 
 Protocol recorded here (see ``ClipScorer.protocol``):
 
@@ -9,15 +9,41 @@ Protocol recorded here (see ``ClipScorer.protocol``):
 * Text: open_clip's own tokenizer. ``SimpleTokenizer.__call__`` builds ``[SOT] + bpe + [EOT]``, keeps the
   first ``context_length`` (77) tokens and overwrites the last kept slot with EOT, so the pooled
   (argmax = EOT) position of a long prompt is still the EOT token. An optional prefix (GigaGAN/DMD2's
-  "A photo depicts", after Hessel et al.'s CLIPScore) is prepended before tokenising; it is off by
-  default and recorded as a flag.
-* Images: the transform returned by ``open_clip.create_model_and_transforms`` (shortest-side bicubic
-  resize to 224, centre crop, OpenAI mean/std). Any earlier down-sizing of generated images (GigaGAN/DMD2
-  LANCZOS to 256) is the caller's business and must be recorded by it.
+  "A photo depicts", after Hessel et al.'s CLIPScore) is prepended to the text before tokenising.
+  DMD2 instead splices the prefix's 3 BPE tokens in after SOT of the already truncated caption, cuts
+  to 77 and writes EOT into the last slot when it is not padding; both give the same 77 tokens
+  (SOT, 3 prefix tokens, the first 72 caption tokens at most, EOT), because CLIP's BPE works word by word.
+* Images: optionally (``ClipScoreConfig.image_size``) a centre crop of the long edge to a square
+  (torchvision ``center_crop`` offsets, DMD2's ``CenterCropLongEdge``) and a PIL Lanczos resize to
+  ``image_size`` x ``image_size`` (DMD2: 256) first, the crop of :mod:`bench.scoring.metrics.features`;
+  then the transform returned by ``open_clip.create_model_and_transforms`` (shortest-side bicubic
+  resize to 224, centre crop, OpenAI mean/std).
 * Number: the raw cosine between the L2-normalised embeddings, per image and averaged (e.g. 0.31),
   with no clamping. torchmetrics' ``CLIPScore`` differs: it reports ``100 * cos`` and clamps at 0
   (``max(mean, 0)`` in ``compute()``). Use :func:`as_paper_scale` only for display next to papers that
   print ×100.
+
+The configuration defaults (no prefix, image straight into the open_clip transform) are the library's;
+the benchmark picks a protocol per suite (:func:`clip_protocol_for_suite`, applied by
+``bench.scoring.evaluate``):
+
+``coco2014-30k``, ``coco2017-5k``
+    ``dmd2``: DMD2's ``compute_clip_score`` exactly: prefix "A photo depicts", centre crop + PIL
+    Lanczos 256, the open_clip transform, raw mean cosine (ViT-g/14 ``laion2b_s12b_b42k``).
+``mjhq-5k``
+    ``dmd2`` as well. None of the papers we compare with publishes a ViT-g/14 CLIP score on MJHQ (the
+    MJHQ card reports FID only; SVDQuant-style tables use torchmetrics' ViT-L/14, x100 and clamped),
+    so there is no MJHQ protocol to follow; the COCO one keeps a method's CLIP numbers on one
+    definition across suites. The prefix reads oddly before Midjourney-style prompts, but it is the same
+    constant shift of the text for every method, and the choice is recorded.
+``toy``, ``smoke``, ``prompts-file``
+    ``raw``: no prefix, image straight into the transform (their stand-in / toy CLIP models; the toy
+    leaderboard numbers were made this way).
+
+``--clip-prefix none|TEXT`` and ``--clip-resize raw|N`` select variants. A result row records the
+protocol in ``protocol["clip_protocol"]`` (name, prefix, image path) whenever it is not ``raw``, so rows
+of different CLIP protocols never share a fingerprint; rows without the key used ``raw`` (every row
+made before the per-suite protocol existed, the toy rows included).
 
 Weights are never downloaded: a tag is resolved to a file in the Hugging Face cache, or a local
 checkpoint file is given through ``ClipScoreConfig.weights_path`` / ``--clip-weights`` /
@@ -42,12 +68,16 @@ from tqdm.auto import tqdm
 
 from bench.core.errors import MissingResourceError, UsageError
 from bench.core.fingerprint import sha256_file
+from bench.scoring.metrics.features import ImageProtocol
+from bench.scoring.metrics.features import preprocess as crop_and_resize
 
 logger = logging.getLogger(__name__)
 
 CLIP_WEIGHTS_ENV = "BENCH_CLIP_PATH"
 CLIP_WEIGHTS_FLAG = "--clip-weights"
 GIGAGAN_PREFIX = "A photo depicts"  # GigaGAN / DMD2 evaluation code (CLIPScore, Hessel et al. 2021)
+DMD2_IMAGE_SIZE = 256  # DMD2 compute_clip_score: resize_and_center_crop(image_np, resize_size=256)
+DMD2_SOURCE = "tianweiy/DMD2 main/coco_eval/coco_evaluator.py::compute_clip_score"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 # open_clip.constants: the default file names of an open_clip checkpoint on the Hub. open_clip tries
@@ -63,6 +93,8 @@ class ClipScoreConfig:
     ``pretrained`` is an open_clip tag: ``laion2b_s12b_b42k`` (DMD2, GigaGAN, SiD) or
     ``laion2b_s34b_b88k`` (BK-SDM); they do not give the same numbers.
     ``prefix``: ``None`` (BK-SDM, SiD) or ``GIGAGAN_PREFIX`` (GigaGAN / DMD2 parity).
+    ``image_size``: ``None`` (the image goes into the open_clip transform as it is) or N: centre crop
+    of the long edge + PIL Lanczos to N x N first (``DMD2_IMAGE_SIZE`` = 256 for DMD2 parity).
     ``weights_path``: a local open_clip checkpoint file; when ``None`` the ``BENCH_CLIP_PATH``
     environment variable is used, then the Hugging Face cache.
     ``cache_dir``: the Hugging Face hub cache to search; ``None`` means ``HF_HUB_CACHE`` /
@@ -73,6 +105,7 @@ class ClipScoreConfig:
     pretrained: str | None = "laion2b_s12b_b42k"
     prefix: str | None = None
     batch_size: int = 32
+    image_size: int | None = None
     weights_path: str | None = None
     cache_dir: str | None = None
 
@@ -81,6 +114,97 @@ class ClipScoreConfig:
             raise UsageError(f"CLIP score batch_size must be >= 1, got {self.batch_size}")
         if self.prefix is not None and not self.prefix.strip():
             raise UsageError("CLIP score prefix must be None or a non-empty string")
+        if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
+                                            or self.image_size < 1):
+            raise UsageError(f"CLIP score image_size must be None or a positive int, got {self.image_size!r}")
+
+    @property
+    def clip_protocol(self) -> ClipProtocol:
+        return ClipProtocol(self.prefix, self.image_size)
+
+
+@dataclass(frozen=True)
+class ClipProtocol:
+    """What happens to the text and the image before the model: the prefix, and the optional centre
+    crop + Lanczos resize (``image_size``) before the open_clip transform."""
+
+    prefix: str | None
+    image_size: int | None
+
+    def __post_init__(self) -> None:
+        if self.prefix is not None:  # the scorer strips it (text_for): one spelling per protocol
+            object.__setattr__(self, "prefix", self.prefix.strip())
+
+    @property
+    def name(self) -> str:
+        if self == DMD2_CLIP_PROTOCOL:
+            return "dmd2"
+        if self == RAW_CLIP_PROTOCOL:
+            return "raw"
+        return "variant"
+
+    def describe_image(self) -> str:
+        if self.image_size is None:
+            return "open_clip transform only"
+        return f"centre crop + PIL lanczos {self.image_size}, then the open_clip transform"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "prefix": self.prefix, "image": self.describe_image(),
+                **({"source": DMD2_SOURCE} if self.name == "dmd2" else {})}
+
+    def recorded(self) -> dict[str, Any] | None:
+        """What a result row records: None for ``raw`` (rows made before per-suite CLIP protocols,
+        the toy rows included, carry no key and were made this way), else :meth:`as_dict`."""
+        return None if self == RAW_CLIP_PROTOCOL else self.as_dict()
+
+
+DMD2_CLIP_PROTOCOL = ClipProtocol(GIGAGAN_PREFIX, DMD2_IMAGE_SIZE)
+RAW_CLIP_PROTOCOL = ClipProtocol(None, None)
+_SUITE_CLIP_PROTOCOLS: dict[str, ClipProtocol] = {
+    "coco2014-30k": DMD2_CLIP_PROTOCOL,
+    "coco2017-5k": DMD2_CLIP_PROTOCOL,
+    "mjhq-5k": DMD2_CLIP_PROTOCOL,   # no published MJHQ CLIP protocol: the COCO one (module docstring)
+    "toy": RAW_CLIP_PROTOCOL,        # toy CLIP, unchanged: the committed toy leaderboard was made so
+    "smoke": RAW_CLIP_PROTOCOL,      # stand-in CLIP
+    "prompts-file": RAW_CLIP_PROTOCOL,  # stand-in CLIP
+}
+
+
+def clip_protocol_for_suite(name: str) -> ClipProtocol:
+    """The CLIP protocol of a suite (module docstring); a suite not listed (a named prompts file
+    scored with the real model) gets DMD2's."""
+    return _SUITE_CLIP_PROTOCOLS.get(name, DMD2_CLIP_PROTOCOL)
+
+
+def parse_clip_prefix(text: str) -> str | None:
+    """A given ``--clip-prefix``: ``none`` -> no prefix, else the text."""
+    if text.strip().lower() == "none":
+        return None
+    if not text.strip():
+        raise UsageError("--clip-prefix takes 'none' or a non-empty text")
+    return text.strip()  # the scorer strips it anyway (text_for): one spelling per protocol
+
+
+def parse_clip_resize(text: str | int) -> int | None:
+    """A given ``--clip-resize``: ``raw`` -> None (no crop/resize before the transform), else a positive int."""
+    if str(text).strip().lower() == "raw":
+        return None
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        value = 0
+    if isinstance(text, bool) or value < 1:
+        raise UsageError(f"--clip-resize takes 'raw' or a positive integer size, got {text!r}")
+    return value
+
+
+def resolve_clip_protocol(suite_name: str, prefix: str | None = None,
+                          resize: str | int | None = None) -> ClipProtocol:
+    """The suite's CLIP protocol with the ``--clip-prefix`` / ``--clip-resize`` overrides (None: not
+    given, keep the suite's) applied."""
+    base = clip_protocol_for_suite(suite_name)
+    return ClipProtocol(base.prefix if prefix is None else parse_clip_prefix(prefix),
+                        base.image_size if resize is None else parse_clip_resize(resize))
 
 
 @dataclass(frozen=True)
@@ -145,7 +269,8 @@ def resolve_clip_weights(config: ClipScoreConfig, environ: Mapping[str, str] | N
     tag's hub repo (``huggingface_hub.try_to_load_from_cache``, a pure file-system look-up).
     """
     env = os.environ if environ is None else environ
-    for source, value in (("config.weights_path", config.weights_path), (f"env:{CLIP_WEIGHTS_ENV}", env.get(CLIP_WEIGHTS_ENV))):
+    candidates = (("config.weights_path", config.weights_path), (f"env:{CLIP_WEIGHTS_ENV}", env.get(CLIP_WEIGHTS_ENV)))
+    for source, value in candidates:
         if value:
             path = os.path.expandvars(os.path.expanduser(value))
             if not os.path.isfile(path):
@@ -298,6 +423,7 @@ class ClipScorer:
             "pretrained": self.config.pretrained,
             "weights": self.identity,
             "prefix": self.config.prefix,
+            "image": self.config.clip_protocol.describe_image(),
             "value": "raw mean cosine, no clamp",
             "context_length": getattr(self.tokenizer, "context_length", None),
         }
@@ -320,10 +446,18 @@ class ClipScorer:
                             int(full.sum()), len(prompts), tokens.shape[1])
         return tokens
 
+    def prepare_image(self, item: Image.Image | Path) -> Image.Image:
+        """The RGB image handed to the open_clip transform (centre crop + Lanczos when configured)."""
+        image = _as_rgb(item)
+        if self.config.image_size is None:
+            return image
+        protocol = ImageProtocol(self.config.image_size, center_crop_long_edge=True, resize_filter="lanczos")
+        return Image.fromarray(crop_and_resize(image, protocol))
+
     @torch.inference_mode()
     def cosines(self, images: Sequence[Image.Image | Path], prompts: Sequence[str]) -> torch.Tensor:
         """Raw cosine of each (image i, prompt i) pair, for one batch."""
-        pixels = torch.stack([self.preprocess(_as_rgb(item)) for item in images]).to(self.device)
+        pixels = torch.stack([self.preprocess(self.prepare_image(item)) for item in images]).to(self.device)
         tokens = self.tokenize(prompts).to(self.device)
         image_emb = F.normalize(self.model.encode_image(pixels).float(), dim=-1)
         text_emb = F.normalize(self.model.encode_text(tokens).float(), dim=-1)

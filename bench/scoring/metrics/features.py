@@ -254,7 +254,7 @@ SIDECAR_EXTENSIONS = frozenset({".json", ".jsonl", ".txt", ".md", ".csv", ".log"
 
 
 def list_images(folder: str | os.PathLike, expected_count: int | None = None, *,
-                check_indices: bool = False) -> list[Path]:
+                check_indices: bool = False, take_first: bool = False) -> list[Path]:
     """The images of a flat folder, sorted by name, checked before any feature is computed.
 
     Ignored: hidden files (including atomic-write temporaries) and sidecars (``.json``, ``.txt``,
@@ -262,7 +262,9 @@ def list_images(folder: str | os.PathLike, expected_count: int | None = None, *,
     entry: a subfolder (clean-fid globs recursively, so nested images would be mixed in), any other
     non-image file, a file with an image extension that PIL cannot identify, an empty folder, and
     a count different from ``expected_count``. With ``check_indices`` the names must be
-    ``00000.png ...``, one per prompt index 0..N-1.
+    ``00000.png ...``, one per prompt index 0..N-1; with ``take_first`` too, a folder holding
+    more indexed images than ``expected_count`` gives its first N (0..N-1), with a warning. PNGs
+    are checked to their last chunk (``verify``: every CRC), so a truncated file is named here.
     """
     root = Path(folder)
     if not root.is_dir():
@@ -285,16 +287,22 @@ def list_images(folder: str | os.PathLike, expected_count: int | None = None, *,
         raise UsageError(f"no images in {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     if all(p.stem.isdigit() for p in images):  # 00000.png ...: prompt-index order past 99999 too
         images.sort(key=lambda p: (int(p.stem), p.name))
-    if expected_count is not None and len(images) != expected_count:
-        raise UsageError(_count_message(root, images, expected_count, check_indices))
     if check_indices:
         _check_indices(root, images)
+    if (take_first and check_indices and expected_count is not None and len(images) > expected_count
+            and [int(p.stem) for p in images[:expected_count]] == list(range(expected_count))):
+        log.warning("%s holds %d images; scoring the first %d (indices 0..%d)", root, len(images), expected_count,
+                    expected_count - 1)
+        images = images[:expected_count]
+    if expected_count is not None and len(images) != expected_count:
+        raise UsageError(_count_message(root, images, expected_count, check_indices))
     for path in images:
         try:
             with Image.open(path) as im:
-                im.size  # noqa: B018 - header read only
+                im.verify() if im.format == "PNG" else im.size  # noqa: B018 - PNG: every chunk's CRC
         except Exception as exc:
-            raise UsageError(f"{path} is not a readable image ({type(exc).__name__}: {exc})") from exc
+            raise UsageError(f"{path} is not a readable image ({type(exc).__name__}: {exc}); delete it and "
+                             "sample again (the run resumes), or replace it") from None
     return images
 
 

@@ -1,4 +1,9 @@
-"""FID: clean-fid's ``frechet_distance`` on float64 mean / covariance of two feature sets."""
+"""FID: clean-fid's ``frechet_distance`` on the mean / covariance of two feature sets, computed the way
+clean-fid computes them (``cleanfid.fid.compare_folders`` / ``fid_folder`` / ``compute_fid``:
+``mu = np.mean(feats, axis=0)``, ``sigma = np.cov(feats, rowvar=False)`` on the float32 feature array
+``get_folder_features`` returns). Given the same float32 features the statistics, and so the FID, are
+bit-identical to clean-fid's: ``mu`` is float32 (numpy's float32 pairwise mean), ``sigma`` float64
+(``np.cov`` promotes to float64 itself)."""
 from __future__ import annotations
 
 import contextlib
@@ -20,12 +25,14 @@ log = logging.getLogger(__name__)
 
 
 def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mu, sigma) in float64: ``mean(axis=0)`` and ``np.cov(rowvar=False)``, as clean-fid."""
+    """(mu, sigma) exactly as clean-fid: ``np.mean(features, axis=0)`` and ``np.cov(features,
+    rowvar=False)`` on the array as given, no cast. For the float32 features of
+    :func:`~bench.scoring.metrics.features.extract_features` that is a float32 ``mu`` and a float64
+    ``sigma``, bit-equal to clean-fid's; a float64 array gives float64 statistics (as in clean-fid)."""
     features = np.asarray(features)
     if features.ndim != 2 or features.shape[0] < 2:
         raise UsageError(f"FID needs at least 2 feature vectors in a [N, dim] array, got shape {features.shape}")
-    features = features.astype(np.float64, copy=False)
-    return features.mean(axis=0), np.cov(features, rowvar=False)
+    return np.mean(features, axis=0), np.cov(features, rowvar=False)
 
 
 def fid_from_stats(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:

@@ -15,7 +15,8 @@ mjhq-5k         ``mjhq/mjhq30k_imgs/<category>/<image_id>.jpg`` one per selected
 image is generated.
 
 Caching. Features are computed once per fingerprint and stored as ``.npz`` (features float32,
-mu/sigma float64, the fingerprint and the file list; ``allow_pickle=False``) under the tool's cache
+mu float32 / sigma float64 as clean-fid computes them (:func:`bench.scoring.metrics.fid.feature_statistics`),
+the fingerprint and the file list; ``allow_pickle=False``) under the tool's cache
 dir, ``cache_dir()/reference/<fingerprint>.npz`` and ``cache_dir()/samples/<fingerprint>.npz``,
 never inside site-packages. The fingerprint covers: the image list, as sorted relative names +
 byte sizes + mtimes in nanoseconds (rewriting or replacing an image changes it; copying a folder
@@ -61,7 +62,9 @@ DATA_ROOT_ENV = "BENCH_DATA_ROOT"
 COCO2014_VAL_URL = "http://images.cocodataset.org/zips/val2014.zip"
 COCO2017_VAL_URL = "http://images.cocodataset.org/zips/val2017.zip"
 MJHQ_IMAGES_URL = "https://huggingface.co/datasets/playgroundai/MJHQ-30K/resolve/main/mjhq30k_imgs.zip"
-_CACHE_FORMAT = 1
+# 2: mu is clean-fid's float32 np.mean of the float32 features (format 1 stored a float64 mean, which
+# is not bit-equal to clean-fid's; its entries get other fingerprints and are never read again).
+_CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -201,8 +204,8 @@ class FeatureSet:
     """Features of an image set, their FID statistics and the fingerprint that keys them."""
 
     features: np.ndarray        # float32 [N, dim], rows in the order of ``files``
-    mu: np.ndarray              # float64 [dim]
-    sigma: np.ndarray           # float64 [dim, dim]
+    mu: np.ndarray              # float32 [dim] (np.mean of the float32 features, as clean-fid)
+    sigma: np.ndarray           # float64 [dim, dim] (np.cov, as clean-fid)
     fingerprint: str
     files: tuple[str, ...]      # names relative to the folder or data root
     extractor: str              # extractor identity
@@ -335,7 +338,7 @@ def samples_features(folder: str | os.PathLike, extractor: FeatureExtractor, pro
     """Cached features of a generated samples folder: images ``00000.png ...`` named by prompt index
     (checked: count and names), sidecars such as ``metadata.json`` ignored but hashed into the key."""
     folder = Path(folder)
-    files = list_images(folder, expected_count, check_indices=True)
+    files = list_images(folder, expected_count, check_indices=True, take_first=True)
     metadata = folder / "metadata.json"
     extra = {"metadata_sha256": sha256_file(metadata) if metadata.is_file() else None}
     return files_features(files, folder, extractor, protocol, kind="samples", extra_key=extra, **kwargs)
