@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from bench.assets.teachers.folders import _component_needs, _missing, _Need, _teacher_needs
+from bench.assets.teachers.folders import _component_needs, _found_files, _missing, _Need, _teacher_needs
 from bench.assets.teachers.hub import HUB_TIMEOUT_ENV, _hub_timeout, hf_hub_cache_dir, hf_offline
 from bench.assets.zoo import StudentRef
 from bench.core.errors import MissingResourceError, UsageError
@@ -115,12 +115,10 @@ def detect(ref: StudentRef, path: Path) -> LocatedStudent:
     if not path.is_dir():
         raise UsageError(f"--student {path} does not exist")
     if (path / "model_index.json").is_file() and not _missing(path, _teacher_needs(with_vae=True)):
-        files = {str(p.relative_to(path)): p for need in _teacher_needs(with_vae=True) for p in need.find(path)}
-        return LocatedStudent(ref, "pipeline", path, "unet", files)
+        return LocatedStudent(ref, "pipeline", path, "unet", _found_files(path, _teacher_needs(with_vae=True)))
     subfolder = _unet_folder(path)
     if subfolder is not None:
-        needs = _component_needs(subfolder or None, "diffusers")
-        files = {str(p.relative_to(path)): p for need in needs for p in need.find(path)}
+        files = _found_files(path, _component_needs(subfolder or None, "diffusers"))
         return LocatedStudent(ref, "unet-folder", path, subfolder, files)
     for name in LORA_WEIGHT_NAMES:
         if (path / name).is_file():
@@ -233,25 +231,32 @@ def _download(ref: StudentRef, cache: Path) -> Path:
 
 
 def _files_to_fetch(ref: StudentRef, names: set[str]) -> list[str]:
+    """The repo files (or patterns) of the student at ``ref.path``, from the repo's file list, in the
+    order :func:`detect` tells formats apart: pipeline, UNet folder, LoRA / state-dict file."""
     prefix = f"{ref.path}/" if ref.path else ""
     if ref.path in names:
         return [ref.path]
     inside = {name[len(prefix):] for name in names if name.startswith(prefix)}
-    groups: list[list[_Need]] = [_teacher_needs(with_vae=True) if "model_index.json" in inside else []]
-    groups += [_component_needs(sub, "diffusers") for sub in ("unet", None)]
-    for needs in groups:
-        chosen = [need.choose(inside) for need in needs]
-        if needs and all(group is not None for group in chosen):
-            files = [f"{prefix}{name}" for group in chosen for name in group]
-            if "model_index.json" in inside and needs is groups[0]:
-                files += [f"{prefix}model_index.json", f"{prefix}tokenizer/*", f"{prefix}scheduler/*"]
-            return files
+    if "model_index.json" in inside:
+        chosen = _choose_all(_teacher_needs(with_vae=True), inside)
+        if chosen is not None:
+            return [f"{prefix}{name}" for name in chosen + ["model_index.json", "tokenizer/*", "scheduler/*"]]
+    for subfolder in ("unet", None):
+        chosen = _choose_all(_component_needs(subfolder, "diffusers"), inside)
+        if chosen is not None:
+            return [f"{prefix}{name}" for name in chosen]
     for name in LORA_WEIGHT_NAMES + STATE_DICT_NAMES:
         if name in inside:
             return [f"{prefix}{name}"]
     raise MissingResourceError(f"Hugging Face repo {ref.hub_id} has no student at {ref.path or 'its root'}: no "
                                "pipeline, UNet folder, LoRA or state-dict file there; name the file with "
                                "--student owner/name/path/to/file")
+
+
+def _choose_all(needs: list[_Need], available: set[str]) -> list[str] | None:
+    """The files that meet every need from ``available``, or None when one cannot be met."""
+    chosen = [need.choose(available) for need in needs]
+    return None if any(group is None for group in chosen) else [name for group in chosen for name in group]
 
 
 __all__ = ["LocatedStudent", "locate_student", "detect", "read_state_dict", "weight_keys", "cached_snapshot",

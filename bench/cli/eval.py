@@ -8,11 +8,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from PIL import Image
-
 from bench.assets.suites import load_suite
 from bench.core.errors import UsageError
 from bench.core.spec import finite_float
+from bench.engine.sampling import png_fingerprint
 from bench.scoring.evaluate import (
     IMAGE_METRICS,
     add_metric_arguments,
@@ -53,8 +52,7 @@ def check_one_run(folder: Path, files: list[Path]) -> None:
     images carry no fingerprint (another tool's) passes."""
     runs: dict[str | None, list[str]] = {}
     for path in files:
-        with Image.open(path) as image:
-            runs.setdefault(image.info.get("bench_fingerprint"), []).append(path.name)
+        runs.setdefault(png_fingerprint(path), []).append(path.name)
     recorded = samples_metadata(folder).get("image_fingerprint")
     if set(runs) == {None} or (len(runs) == 1 and (recorded is None or recorded in runs)):
         return

@@ -315,13 +315,17 @@ def _written_for(path: Path, spec_fp: str) -> bool:
             return json.loads(path.read_text()).get("image_fingerprint") == spec_fp
         except (OSError, ValueError):
             return False
-    if path.suffix != ".png" or not path.is_file():
-        return False
+    return path.suffix == ".png" and path.is_file() and png_fingerprint(path) == spec_fp
+
+
+def png_fingerprint(path: Path) -> str | None:
+    """The image fingerprint a PNG of `bench sample` carries (its text chunk, read without decoding
+    the pixels); None for another tool's image or an unreadable file."""
     try:
         with Image.open(path) as image:
-            return image.info.get("bench_fingerprint") == spec_fp
+            return image.info.get("bench_fingerprint")
     except Exception:
-        return False
+        return None
 
 
 def check_finite(images: torch.Tensor, indices: Sequence[int], spec: SamplingSpec) -> None:
