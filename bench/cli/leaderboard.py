@@ -11,7 +11,7 @@ import pandas as pd
 
 from bench.core.errors import UsageError
 from bench.publish.cells import load_leaderboard_json
-from bench.publish.leaderboard import rows_from_leaderboard, write_leaderboards
+from bench.publish.leaderboard import ABLATIONS_SUFFIX, ablations_path, rows_from_leaderboard, write_leaderboards
 from bench.scoring.results import load_all
 
 
@@ -22,9 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base", type=Path, action="append", default=None, metavar="LEADERBOARD_JSON",
                         help="start from a published leaderboard JSON (e.g. leaderboards/toy.json) and add the "
                              "rows of --results to it: a newer run of the same cell replaces it, the old "
-                             "fingerprint is listed in the notes (repeatable)")
+                             "fingerprint is kept in the JSON (repeatable; <suite>-ablations.json beside it is "
+                             "read too)")
     parser.add_argument("--out", type=Path, default=Path("leaderboards"),
-                        help="output folder for <suite>.md and <suite>.json (default: leaderboards)")
+                        help="output folder for <suite>.md and <suite>.json (canonical rows) and "
+                             "<suite>-ablations.md / .json (the other rows) (default: leaderboards)")
     parser.add_argument("--suite", action="append", default=None,
                         help="only this suite (repeatable; default: every suite in the results)")
     parser.add_argument("--generated-at", default=None,
@@ -35,8 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace, out: Any = None) -> int:
     out = sys.stdout if out is None else out
-    frames = [rows_from_leaderboard(load_leaderboard_json(path, "base leaderboard"), f"base leaderboard {path}")
-              for path in args.base or []]
+    frames = []
+    for path in _with_ablations(args.base or [], out):
+        document = load_leaderboard_json(path, "base leaderboard")
+        frames.append(rows_from_leaderboard(document, f"base leaderboard {path}"))
     results_dir = Path(args.results) if args.results is not None else Path("runs/results")
     if results_dir.is_dir():
         frames.append(load_all(results_dir))
@@ -50,3 +54,16 @@ def command(args: argparse.Namespace, out: Any = None) -> int:
     for path in paths:
         out.write(f"{path}\n")
     return 0
+
+
+def _with_ablations(bases: list[Path], out: Any) -> list[Path]:
+    """Each --base JSON and, when it exists beside it, its ``<suite>-ablations.json`` (the probes' rows
+    are published apart from the canonical ones but belong to the same leaderboard)."""
+    paths: list[Path] = []
+    for base in bases:
+        paths.append(base)
+        sibling = ablations_path(base)
+        if not base.stem.endswith(ABLATIONS_SUFFIX) and sibling.is_file() and sibling not in bases:
+            out.write(f"base: {base} and its ablations {sibling}\n")
+            paths.append(sibling)
+    return paths

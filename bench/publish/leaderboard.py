@@ -43,13 +43,16 @@ from bench.assets.reported import load_reported
 from bench.core.atomic import atomic_write_json, atomic_write_text
 from bench.core.errors import BenchError, UsageError
 from bench.publish.cells import SCHEMA_VERSION, SPEED_METRICS, Entry, index_rows, merge_protocols, select_cells
-from bench.publish.markdown import render_markdown
+from bench.publish.kinds import RowKinds
+from bench.publish.markdown import render_ablations_markdown, render_markdown
 from bench.scoring.results import (
     metric_spec,
     normalize_frame,
 )
 
 log = logging.getLogger(__name__)
+
+ABLATIONS_SUFFIX = "-ablations"
 
 def suite_json(suite: str, sections: Mapping[str, Sequence[Entry]], generated_at: str | None = None) -> dict:
     """The machine-readable leaderboard of one suite (what ``bench check`` compares)."""
@@ -164,15 +167,35 @@ def build(results: pd.DataFrame, suites: Sequence[str] | None = None) -> dict[st
     return out
 
 
+def ablations_path(leaderboard_json: str | Path) -> Path:
+    """``leaderboards/toy.json`` -> ``leaderboards/toy-ablations.json`` (the probes' rows, kept apart)."""
+    path = Path(leaderboard_json)
+    return path.with_name(f"{path.stem}{ABLATIONS_SUFFIX}{path.suffix}")
+
+
+def split_canonical(sections: Mapping[str, Sequence[Entry]], kinds: RowKinds
+                    ) -> tuple[dict[str, list[Entry]], dict[str, list[Entry]]]:
+    """``(canonical, ablations)`` of one suite's sections, each ``{teacher: [Entry]}`` without empty teachers."""
+    canonical: dict[str, list[Entry]] = {}
+    ablations: dict[str, list[Entry]] = {}
+    for teacher, entries in sections.items():
+        for entry in entries:
+            (canonical if kinds.is_canonical(entry.method) else ablations).setdefault(teacher, []).append(entry)
+    return canonical, ablations
+
+
 def write_leaderboards(results: pd.DataFrame, out_dir: str | Path = "leaderboards", *,
                        suites: Sequence[str] | None = None, generated_at: str | None = None,
                        reported: Mapping[str, Any] | str | Path | None = None,
-                       include_reported: bool = True) -> list[Path]:
-    """Write ``<out_dir>/<suite>.md`` and ``<out_dir>/<suite>.json`` for each suite; return the paths.
+                       include_reported: bool = True, kinds: RowKinds | None = None) -> list[Path]:
+    """Write the leaderboard files of each suite into ``out_dir``; return the paths written.
 
-    ``reported`` is the papers' numbers (a loaded dict or a path); by default the packaged
-    ``bench/data/reported.json``. ``generated_at`` (text) is written only when given, so that the
-    outputs are a pure function of the rows.
+    ``<suite>.md`` / ``<suite>.json`` hold the canonical rows (registered methods at their default
+    configs, published students, real-image rows; the JSON is the CI baseline).
+    ``<suite>-ablations.md`` / ``<suite>-ablations.json`` hold every other row, written only when
+    there are any (``bench.publish.kinds``). ``reported`` is the papers' numbers (a loaded dict or a
+    path); by default the packaged ``bench/data/reported.json``. ``generated_at`` (text) is written
+    only when given, so that the outputs are a pure function of the rows.
     """
     built = build(results, suites)
     if not built:
@@ -181,13 +204,22 @@ def write_leaderboards(results: pd.DataFrame, out_dir: str | Path = "leaderboard
     reported_data: Mapping[str, Any] | None = None
     if include_reported:
         reported_data = reported if isinstance(reported, Mapping) else load_reported(reported)
+    kinds = RowKinds() if kinds is None else kinds
     out_dir = Path(out_dir)
     written: list[Path] = []
     for suite, sections in built.items():
-        md_path = out_dir / f"{suite}.md"
-        json_path = out_dir / f"{suite}.json"
-        atomic_write_text(md_path, render_markdown(suite, sections, reported_data, generated_at))
-        atomic_write_json(json_path, suite_json(suite, sections, generated_at))
-        written += [md_path, json_path]
-        log.info("wrote %s and %s", md_path, json_path)
+        canonical, ablations = split_canonical(sections, kinds)
+        pages = []
+        if canonical or not ablations:
+            pages.append((out_dir / f"{suite}.json", render_markdown(suite, canonical, reported_data, generated_at),
+                          canonical))
+        if ablations:
+            page = render_ablations_markdown(suite, ablations, canonical, kinds, out_dir, generated_at)
+            pages.append((ablations_path(out_dir / f"{suite}.json"), page, ablations))
+        for json_path, markdown, rows in pages:
+            md_path = json_path.with_suffix(".md")
+            atomic_write_text(md_path, markdown)
+            atomic_write_json(json_path, suite_json(suite, rows, generated_at))
+            written += [md_path, json_path]
+            log.info("wrote %s and %s", md_path, json_path)
     return written

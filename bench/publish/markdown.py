@@ -5,21 +5,24 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections import Counter
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from bench.assets.zoo import ZOO
 from bench.publish.cells import (
     MAIN_METRICS,
-    PRDC_METRICS,
     PROTOCOL_KEY_ORDER,
     SKIPPED_MARK,
     SPEED_METRICS,
+    Cell,
     Entry,
     _protocol_text,
     format_guidance,
     merge_protocols,
 )
+from bench.publish.kinds import RowKind, RowKinds
 from bench.scoring.results import (
     metric_spec,
 )
@@ -71,21 +74,22 @@ def _md_escape(text: str) -> str:
 def best_in_groups(entries: Sequence[Entry], metric: str) -> set[int]:
     """Indices of entries holding the best displayed value of ``metric`` within their step count.
 
-    Values are compared as displayed (rounded), so values that print the same are tied and all bold.
-    A step group needs at least two values for anything to be bold.
+    Bold must discriminate: values are compared as displayed (rounded), the tied best are all
+    marked, but nothing is marked in a step group with fewer than two values or where every value
+    prints the same. Real-image reference rows (steps 0) are references, not competitors: never bold.
     """
     spec = metric_spec(metric)
     groups: dict[int, list[tuple[int, float]]] = {}
     for index, entry in enumerate(entries):
         cell = entry.cells.get(metric)
-        if cell is None or cell.value is None or cell.skipped:
+        if entry.steps == 0 or cell is None or cell.value is None or cell.skipped:
             continue
         groups.setdefault(entry.steps, []).append((index, float(spec.display(cell.value))))
     best: set[int] = set()
     for members in groups.values():
-        if len(members) < 2:
-            continue
         shown = [v for _, v in members]
+        if len(set(shown)) < 2:
+            continue
         target = max(shown) if spec.higher_is_better else min(shown)
         best.update(i for i, v in members if v == target)
     return best
@@ -95,50 +99,87 @@ def best_in_groups(entries: Sequence[Entry], metric: str) -> set[int]:
 STUDENT_LABELS = {"released": "released", "trained": "trained here", "published": "published (--student)"}
 
 
+def _cell_text(entry: Entry, metric: str, bold: bool, notes: _Notes, common: Sequence[str]) -> str:
+    """One cell as shown: the value (bold when best), "—" and a note marker when skipped, "" when absent."""
+    cell = entry.cells.get(metric)
+    if cell is None:
+        return ""
+    if cell.skipped:
+        return f"{SKIPPED_MARK} {notes.mark(cell.note)}"
+    text = "" if cell.value is None else metric_spec(metric).display(cell.value)
+    if text and bold:
+        text = f"**{text}**"
+    if cell.note and cell.note not in common:
+        text = f"{text} {notes.mark(cell.note)}".strip()
+    return text
+
+
 def _render_table(entries: Sequence[Entry], metrics: Sequence[str], notes: _Notes, student: bool = False) -> list[str]:
-    """One markdown table; ``student`` adds the column saying where each row's student came from."""
+    """One markdown table, one row per entry; ``student`` adds the column saying where each row's
+    student came from. Columns and rows without anything to show are left out."""
+    metrics = [m for m in metrics if any(m in e.cells for e in entries)]
+    entries = [e for e in entries if any(m in e.cells for m in metrics)]
     header = ["Method", "Steps", "NFE", "CFG"] + (["Student"] if student else [])
     header += [f"{metric_spec(m).label} {metric_spec(m).arrow}" for m in metrics]
     align = [":---" if name in ("Method", "Student") else "---:" for name in header]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     bold = {m: best_in_groups(entries, m) for m in metrics}
+    common = _section_notes(entries)
     for index, entry in enumerate(entries):
-        method = _md_escape(entry.method)
-        superseded = [
-            f"{metric_spec(m).label} `{fp}` (run {run})"
-            for m, cell in sorted(entry.cells.items())
-            for fp, run in cell.superseded
-        ]
-        if superseded:
-            shown = ", ".join(
-                f"{metric_spec(m).label} `{c.fingerprint}`" for m, c in sorted(entry.cells.items()) if c.superseded
-            )
-            method += " " + notes.mark(
-                f"{entry.method}, {entry.steps} step(s), CFG {format_guidance(entry.guidance)}: shown "
-                f"{shown} (most recent run); older fingerprints not shown: {', '.join(superseded)}."
-            )
-        row = [method, str(entry.steps), "" if entry.nfe is None else str(entry.nfe), format_guidance(entry.guidance)]
+        row = [_md_escape(entry.method), str(entry.steps), "" if entry.nfe is None else str(entry.nfe),
+               format_guidance(entry.guidance)]
         if student:
             row.append(STUDENT_LABELS.get(entry.student, entry.student))
-        for metric in metrics:
-            cell = entry.cells.get(metric)
-            if cell is None:
-                row.append("")
-                continue
-            if cell.skipped:
-                row.append(f"{SKIPPED_MARK} {notes.mark(cell.note)}")
-                continue
-            if cell.value is None:
-                text = ""
-            else:
-                text = metric_spec(metric).display(cell.value)
-                if index in bold[metric]:
-                    text = f"**{text}**"
-            if cell.note and not _is_common(cell.note, entries):
-                text = f"{text} {notes.mark(cell.note)}".strip()
-            row.append(text)
+        row += [_cell_text(entry, m, index in bold[m], notes, common) for m in metrics]
         lines.append("| " + " | ".join(row) + " |")
     return lines + [""]
+
+
+def _matrix_rows(entries: Sequence[Entry]) -> dict[str, list[Entry]]:
+    """The entries of a by-steps matrix keyed by row label: distilled students first, then teacher
+    solvers, alphabetically; a method measured at several guidance scales gets one row per scale."""
+    measured = [e for e in entries if e.steps > 0]
+    scales: dict[str, set[float]] = {}
+    for entry in measured:
+        scales.setdefault(entry.method, set()).add(entry.guidance)
+    rows: dict[str, list[Entry]] = {}
+    for entry in sorted(measured, key=lambda e: (not e.student, e.method, e.guidance, e.steps)):
+        label = _md_escape(entry.method)
+        if len(scales[entry.method]) > 1:
+            label += f" (CFG {format_guidance(entry.guidance)})"
+        rows.setdefault(label, []).append(entry)
+    return rows
+
+
+def render_matrix(entries: Sequence[Entry], metric: str, notes: _Notes) -> list[str]:
+    """``metric`` as papers print it: one row per method, one column per step count (best per column in bold)."""
+    rows = _matrix_rows([e for e in entries if metric in e.cells])
+    if not rows:
+        return []
+    steps = sorted({e.steps for members in rows.values() for e in members})
+    spec = metric_spec(metric)
+    flat = [e for members in rows.values() for e in members]
+    bold = {id(flat[i]) for i in best_in_groups(flat, metric)}
+    common = _section_notes(entries)
+    lines = [f"| {spec.label} {spec.arrow} | " + " | ".join(f"{k} step{'s' if k > 1 else ''}" for k in steps) + " |",
+             "|:---|" + "---:|" * len(steps)]
+    for label, members in rows.items():
+        by_steps = {e.steps: e for e in members}
+        cells = [_cell_text(by_steps[k], metric, id(by_steps[k]) in bold, notes, common) if k in by_steps else ""
+                 for k in steps]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def reference_line(entries: Sequence[Entry]) -> list[str]:
+    """The real-image rows (steps 0) in one line: the floor every method is measured against."""
+    parts = []
+    for entry in (e for e in entries if e.steps == 0):
+        values = [f"{metric_spec(m).label} {metric_spec(m).display(entry.value(m))}"
+                  for m in MAIN_METRICS if entry.value(m) is not None]
+        if values:
+            parts.append(f"`{_md_escape(entry.method)}` {', '.join(values)}")
+    return [f"Real images (steps 0, the reference): {'; '.join(parts)}.", ""] if parts else []
 
 
 def _section_notes(entries: Sequence[Entry]) -> list[str]:
@@ -150,39 +191,48 @@ def _section_notes(entries: Sequence[Entry]) -> list[str]:
     return sorted(note for note, n in counts.items() if n == len(cells))
 
 
-def _is_common(note: str, entries: Sequence[Entry]) -> bool:
-    return note in _section_notes(entries)
-
-
 def _present(entries: Sequence[Entry], metrics: Iterable[str]) -> bool:
     return any(m in e.cells for e in entries for m in metrics)
 
 
+def runs_line(cells: Sequence[Cell]) -> str:
+    """How many runs the cells come from and the newest one (the list itself is in the JSON)."""
+    runs = sorted({c.run_id for c in cells})
+    if not runs:
+        return "Runs: none"
+    return f"Runs: {len(runs)}, newest `{runs[-1]}`" if len(runs) > 1 else f"Runs: `{runs[0]}`"
+
+
 def render_section_markdown(suite: str, teacher: str, entries: Sequence[Entry], level: int = 2) -> list[str]:
-    """Markdown for one (suite, teacher): protocol line, tables and their notes."""
+    """Markdown for one (suite, teacher): protocol line, the by-steps matrices, every cell in one
+    table, speed, and the notes. Fingerprints and superseded measurements stay in the JSON."""
     hashes = "#" * level
     notes = _Notes()
     cells = [c for e in entries for c in e.cells.values()]
     lines = [f"{hashes} Teacher: {teacher}", ""]
     lines += [protocol_line(merge_protocols(c.protocol for c in cells)), ""]
-    runs = sorted({c.run_id for c in cells})
-    lines += [f"Runs: {', '.join(f'`{r}`' for r in runs)}"]
+    runs = runs_line(cells)
     devices = sorted({c.device for c in cells if c.metric in SPEED_METRICS and c.device and not c.skipped})
-    if devices:
-        lines += [f"Speed measured on: {', '.join(devices)}"]
-    lines.append("")
+    lines += [runs + (f" · speed measured on: {', '.join(devices)}" if devices else ""), ""]
+    remeasured = sum(1 for c in cells if c.superseded)
+    if remeasured:
+        lines += [f"{remeasured} cell(s) were measured again under a newer fingerprint; the older fingerprints "
+                  "and their runs are in the JSON (`superseded`).", ""]
     for note in _section_notes(entries):
         lines += [f"> {note}", ""]
-    lines += [f"{hashes}# Quality and speed", ""]
-    lines += _render_table(entries, MAIN_METRICS, notes, student=any(e.student for e in entries))
+    matrices = [m for m in ("fid", "clip", "coverage") if _present([e for e in entries if e.steps > 0], [m])]
+    if matrices:
+        lines += [f"{hashes}# By steps", ""] + reference_line(entries)
+        for metric in matrices:
+            lines += render_matrix(entries, metric, notes)
+    main = ["fid", "clip", "coverage", "precision", "recall", "density", "latency_ms"]
+    lines += [f"{hashes}# All cells", ""]
+    lines += _render_table(entries, main, notes, student=any(e.student for e in entries))
     lines += render_printed_beside(suite, entries, level + 1)
-    if _present(entries, ("precision", "recall", "density")):
-        lines += [f"{hashes}# Fidelity and diversity (Naeem et al. 2020)", ""]
-        lines += _render_table(entries, PRDC_METRICS, notes)
     if _present(entries, SPEED_METRICS[1:]):
         lines += [f"{hashes}# Speed", ""]
         lines += _render_table(entries, SPEED_METRICS, notes)
-    known = set(MAIN_METRICS) | set(PRDC_METRICS) | set(SPEED_METRICS)
+    known = set(main) | set(SPEED_METRICS)
     others = sorted({m for e in entries for m in e.cells if m not in known})
     if others:
         lines += [f"{hashes}# Other metrics", ""]
@@ -294,15 +344,14 @@ def render_reported_markdown(reported: Mapping[str, Any], suite: str, level: int
 
 def _legend() -> list[str]:
     return [
-        "↓ lower is better, ↑ higher is better. **Bold**: best measured value among rows with the same "
-        "step count (ties all bold; needs at least two rows with a value). CLIP×100: mean CLIP cosine "
-        "similarity ×100, as papers print it (0.312 → 31.20). NFE: denoiser evaluations per image. "
-        "CFG: guidance scale recorded by the run. Latency: median ms per image, batch 1, end to end. "
-        f"{SKIPPED_MARK}: skipped (reason in the notes); empty: not measured.",
+        "↓ lower is better, ↑ higher is better. **Bold**: the best value of a step count, only where the "
+        "shown values differ. CLIP×100: mean CLIP cosine similarity ×100, as papers print it (0.312 → 31.20). "
+        "NFE: denoiser evaluations per image. CFG: guidance scale recorded by the run. Latency: median ms per "
+        f"image, batch 1, end to end. {SKIPPED_MARK}: skipped (reason in the notes); empty: not measured.",
         "",
-        "Each cell comes from exactly one fingerprint (teacher, method config, suite protocol, seed, metric "
-        "models, library versions); when a configuration was measured under several fingerprints the most "
-        "recent run is shown and the others are listed in the notes.",
+        "The registered methods at their default configs. Each cell comes from one fingerprint (teacher, "
+        "method config, suite protocol, seed, metric models, library versions), the most recent run of it; "
+        "fingerprints, runs and the cells they replaced are in the JSON beside this page.",
         "",
     ]
 
@@ -322,3 +371,76 @@ def render_markdown(suite: str, sections: Mapping[str, Sequence[Entry]], reporte
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------------------------
+# Ablations page
+
+
+def _experiment_link(kind: RowKind, page_dir: Path | None) -> str:
+    """The row label, linked to its experiment file relative to the page when it has one."""
+    label = _md_escape(kind.label)
+    path = kind.experiment.path if kind.experiment else None
+    if path is None:
+        return label
+    target = os.path.relpath(path, page_dir.resolve()) if page_dir is not None else kind.config_path()
+    return f"[{label}]({Path(target).as_posix()})"
+
+
+def render_ablations_markdown(suite: str, sections: Mapping[str, Sequence[Entry]],
+                              canonical: Mapping[str, Sequence[Entry]], kinds: RowKinds,
+                              page_dir: Path | None = None, generated_at: str | None = None) -> str:
+    """The probes and ablations of ``suite``, grouped by the method they vary. Each group starts with
+    the method's default rows at the same step counts (from the canonical leaderboard) for reference;
+    each ablation links to the experiment file that produced it."""
+    lines = [f"# Ablations and probes: {suite}", ""]
+    if generated_at:
+        lines += [f"Generated at {generated_at}.", ""]
+    lines += [
+        f"Rows that are not a registered method at its default config: named experiments "
+        f"(`methods/configs/<method>/ablations/<name>.toml`, run with `bench run --experiment <method>/<name>`) "
+        f"and labels given by hand to `bench eval --method`. The canonical table is `{suite}.md`; fingerprints "
+        f"and runs are in `{suite}-ablations.json`. ↓ lower is better, ↑ higher is better; CLIP ×100; "
+        f"**bold**: the best of a method's group at a step count, only where the values differ.",
+        "",
+    ]
+    for teacher, entries in sections.items():
+        notes = _Notes()
+        cells = [c for e in entries for c in e.cells.values()]
+        lines += [f"## Teacher: {teacher}", "", protocol_line(merge_protocols(c.protocol for c in cells)), "",
+                  runs_line(cells), ""]
+        common = _section_notes(entries)
+        for note in common:
+            lines += [f"> {note}", ""]
+        groups: dict[str, list[Entry]] = {}
+        for entry in entries:
+            groups.setdefault(kinds.of(entry.method).method or "other", []).append(entry)
+        defaults = {(e.method, e.steps): e for e in canonical.get(teacher, ())}
+        for method in sorted(groups):
+            members = sorted(groups[method], key=lambda e: (e.method, e.steps, e.guidance))
+            reference = [defaults[(method, k)] for k in sorted({e.steps for e in members}) if (method, k) in defaults]
+            rows = reference + members
+            metrics = [m for m in ("fid", "clip", "coverage", "precision", "recall", "latency_ms")
+                       if any(m in e.cells for e in rows)]
+            lines += [f"### {method} ({len({e.method for e in members})} ablation(s))", ""]
+            header = ["Row", "Steps", "CFG"] + [f"{metric_spec(m).label} {metric_spec(m).arrow}" for m in metrics]
+            lines += ["| " + " | ".join(header + ["What"]) + " |",
+                      "|:---|---:|---:|" + "---:|" * len(metrics) + ":---|"]
+            bold = {m: best_in_groups(rows, m) for m in metrics}
+            described: set[str] = set()
+            for index, entry in enumerate(rows):
+                kind = kinds.of(entry.method)
+                if kind.canonical:
+                    label, what = f"{_md_escape(entry.method)} (default)", "the canonical row, for reference"
+                else:
+                    label = _experiment_link(kind, page_dir)
+                    what = (kind.experiment.description if kind.experiment
+                            else "no experiment file (a label given to `bench eval --method`)")
+                    what = "" if entry.method in described else what     # said once per label
+                    described.add(entry.method)
+                cells_text = [_cell_text(entry, m, index in bold[m], notes, common) for m in metrics]
+                lines.append("| " + " | ".join([label, str(entry.steps), format_guidance(entry.guidance)]
+                                                + cells_text + [_md_escape(what)]) + " |")
+            lines.append("")
+        lines += notes.render()
+    while lines and lines[-1] == "":
+        lines.pop()
+    return "\n".join(lines) + "\n"

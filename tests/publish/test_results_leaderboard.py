@@ -18,10 +18,12 @@ from bench.cli.leaderboard import command as lb_command
 from bench.core import atomic
 from bench.core.errors import BenchError, UsageError
 from bench.publish.cells import select_cells
+from bench.publish.kinds import REAL_IMAGE_ROWS
 from bench.publish.leaderboard import build, render_markdown, rows_from_leaderboard, suite_json, write_leaderboards
 from bench.publish.markdown import best_in_groups
 from bench.publish.report import PLOT_SIZE_PX, GridLayout, pareto_front, write_report
 from bench.scoring.results import ResultsStore, Row, load_all, new_run_id, rows_to_frame
+from methods.registry import method_names
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden"
 UPDATE_GOLDEN = os.environ.get("UPDATE_GOLDEN") == "1"
@@ -194,25 +196,29 @@ def _table_rows(markdown: str, header_start: str) -> dict[tuple[str, str], list[
 
 def test_best_per_step_bolding_hand_checked():
     rows = []
-    # steps 1: fid 10.0 (a) vs 10.004 (b) display as 10.00 and 10.00 -> tie, both bold; lower is better.
+    # steps 1: fid 10.0 (a) vs 10.004 (b) display as 10.00 and 10.00 -> every value ties: nothing bold.
     #          clip 0.3001 (a) vs 0.2999 (b): x100 30.01 vs 29.99 -> a; higher is better.
-    # steps 2: fid 5 (a), 7 (b), 5 (c) -> a and c; clip only c has a value -> nothing bold (needs two).
-    # steps 4: a alone -> nothing bold.
+    # steps 2: fid 5 (a), 7 (b), 5 (c) -> a and c (tied best, and 7 differs); clip only c has a value ->
+    #          nothing bold (needs two).
+    # steps 4: a alone -> nothing bold. steps 0 (real-image rows) are references: never bold.
     spec = [("a", 1, "fid", 10.0), ("b", 1, "fid", 10.004), ("a", 1, "clip", 0.3001), ("b", 1, "clip", 0.2999),
             ("a", 2, "fid", 5.0), ("b", 2, "fid", 7.0), ("c", 2, "fid", 5.0), ("c", 2, "clip", 0.25),
-            ("a", 4, "fid", 3.0), ("a", 4, "clip", 0.9)]
+            ("a", 4, "fid", 3.0), ("a", 4, "clip", 0.9),
+            ("real-2nd-draw", 0, "fid", 0.5), ("real-shuffled-captions", 0, "fid", 0.7)]
     for method, steps, metric, value in spec:
         rows.append(row(method=method, steps=steps, metric=metric, value=value, fingerprint=f"{method}{steps}{metric}", note=""))
     entries = select_cells(rows_to_frame(rows))[("smoke", "toy")]
     names = [(e.method, e.steps) for e in entries]
-    assert names == [("a", 1), ("b", 1), ("a", 2), ("b", 2), ("c", 2), ("a", 4)]
-    assert best_in_groups(entries, "fid") == {0, 1, 2, 4}
-    assert best_in_groups(entries, "clip") == {0}
+    assert names == [("real-2nd-draw", 0), ("real-shuffled-captions", 0), ("a", 1), ("b", 1), ("a", 2), ("b", 2),
+                     ("c", 2), ("a", 4)]
+    assert best_in_groups(entries, "fid") == {4, 6}
+    assert best_in_groups(entries, "clip") == {2}
 
     md = render_markdown("smoke", {"toy": entries}, reported=None)
     table = _table_rows(md, "| Method")
-    assert table[("a", "1")][4:6] == ["**10.00**", "**30.01**"]
-    assert table[("b", "1")][4:6] == ["**10.00**", "29.99"]
+    assert table[("a", "1")][4:6] == ["10.00", "**30.01**"]
+    assert table[("b", "1")][4:6] == ["10.00", "29.99"]
+    assert table[("real-2nd-draw", "0")][4] == "0.50"
     assert table[("a", "2")][4] == "**5.00**" and table[("b", "2")][4] == "7.00" and table[("c", "2")][4] == "**5.00**"
     assert table[("c", "2")][5] == "25.00"          # alone in its step group: not bold
     assert table[("a", "4")][4:6] == ["3.00", "90.00"]
@@ -224,8 +230,8 @@ def test_fingerprints_never_share_a_cell():
     table = _table_rows(md, "| Method | Steps | NFE | CFG | FID")
     assert table[("lcm", "2")][4] == "31.75"                   # the most recent fingerprint wins
     assert "12.00" not in md                                   # the older number is not shown anywhere
-    assert "`old-lcm2-fid` (run 20250101T000000000000Z-aaaaaa)" in md  # but its fingerprint is noted
-    assert table[("lcm", "2")][0].startswith("lcm [")
+    assert "old-lcm2-fid" not in md                            # hashes stay in the JSON; the page counts them
+    assert "1 cell(s) were measured again under a newer fingerprint" in md
 
     doc = suite_json("smoke", build(frame)["smoke"])
     lcm2 = next(r for r in doc["rows"] if (r["method"], r["steps"]) == ("lcm", 2))
@@ -400,12 +406,23 @@ def test_a_leaderboard_rebuilds_from_its_own_json_byte_for_byte(tmp_path):
     write_leaderboards(rows_from_leaderboard(doc), tmp_path / "b")
     for name in ("smoke.md", "smoke.json"):
         assert (tmp_path / "b" / name).read_bytes() == (tmp_path / "a" / name).read_bytes(), name
-    # The committed toy leaderboard too (175 rows, superseded fingerprints with their runs).
+    # The committed toy leaderboard too: its canonical page and its ablations page, each rebuilt from
+    # its own JSON (superseded fingerprints with their runs). The ablations page links each row to its
+    # experiment file relative to where the page is written, so the links are compared from methods/ on.
     committed = Path(__file__).resolve().parents[2] / "leaderboards"
-    doc = json.loads((committed / "toy.json").read_text(encoding="utf-8"))
-    write_leaderboards(rows_from_leaderboard(doc), tmp_path / "toy", suites=["toy"])
-    assert (tmp_path / "toy" / "toy.md").read_text(encoding="utf-8") == (committed / "toy.md").read_text(encoding="utf-8")
-    assert json.loads((tmp_path / "toy" / "toy.json").read_text(encoding="utf-8")) == doc
+    docs = {name: json.loads((committed / f"{name}.json").read_text(encoding="utf-8")) for name in ("toy", "toy-ablations")}
+    frame = pd.concat([rows_from_leaderboard(doc) for doc in docs.values()], ignore_index=True)
+    written = write_leaderboards(frame, tmp_path / "toy", suites=["toy"])
+    assert [p.name for p in written] == ["toy.md", "toy.json", "toy-ablations.md", "toy-ablations.json"]
+
+    def page(folder: Path, name: str) -> str:
+        return re.sub(r"\]\([^)]*?methods/configs/", "](methods/configs/", (folder / name).read_text(encoding="utf-8"))
+
+    for name, doc in docs.items():
+        assert page(tmp_path / "toy", f"{name}.md") == page(committed, f"{name}.md"), name
+        assert json.loads((tmp_path / "toy" / f"{name}.json").read_text(encoding="utf-8")) == doc, name
+    assert "](../methods/configs/dmd/ablations/" in (committed / "toy-ablations.md").read_text(encoding="utf-8")
+    assert {r["method"] for r in docs["toy"]["rows"]} <= set(method_names()) | set(REAL_IMAGE_ROWS)
 
 
 def test_rows_say_which_student_they_came_from_and_keep_it_through_the_json(tmp_path):
@@ -415,11 +432,11 @@ def test_rows_say_which_student_they_came_from_and_keep_it_through_the_json(tmp_
     rows = [dataclasses.replace(r, student={"lcm": "released", "scott": "trained"}.get(r.method, "")) for r in rows]
     write_leaderboards(rows_to_frame(rows), tmp_path / "a")
     markdown = (tmp_path / "a" / "smoke.md").read_text(encoding="utf-8")
-    table = markdown.split("### Quality and speed")[1].split("###")[0]
+    table = markdown.split("### All cells")[1].split("###")[0]
     assert "| Method | Steps | NFE | CFG | Student | FID ↓" in table
     assert "| lcm | 4 | 4 | 3 | released | 25.50 |" in table and "| scott | 4 | 4 | 3 | trained here | **21.00** |" in table
     assert "| ddim | 4 | 8 | 3 |  | 40.00 |" in table
-    assert "Student" not in markdown.split("### Fidelity")[1]             # one column, in the main table only
+    assert markdown.count("| Student |") == 1                             # one column, in the main table only
     doc = json.loads((tmp_path / "a" / "smoke.json").read_text(encoding="utf-8"))
     by_method = {(r["method"], r["steps"]): r for r in doc["rows"]}
     assert set(by_method[("lcm", 2)]["students"].values()) == {"released"} and "students" not in by_method[("ddim", 2)]
@@ -453,7 +470,10 @@ def test_base_leaderboard_plus_new_results_equals_the_leaderboard_of_all_rows(tm
     md = (tmp_path / "merged" / "smoke.md").read_text(encoding="utf-8")
     table = _table_rows(md, "| Method | Steps | NFE | CFG | FID")
     assert table[("lcm", "2")][4] == "30.50" and table[("scott", "4")][4] == "**21.00**"
-    assert "`lcm2-fid` (run 20250102T000000000000Z-bbbbbb)" in md and "`old-lcm2-fid` (run 20250101T" in md
+    merged = json.loads((tmp_path / "merged" / "smoke.json").read_text(encoding="utf-8"))
+    lcm2 = next(r for r in merged["rows"] if (r["method"], r["steps"]) == ("lcm", 2))
+    assert lcm2["superseded"]["fid"] == ["lcm2-fid", "old-lcm2-fid"]
+    assert lcm2["superseded_runs"]["fid"][0] == "20250102T000000000000Z-bbbbbb"
 
     # --base alone (no results folder yet) rebuilds the published table; bad input is one clear error.
     monkeypatch.chdir(tmp_path)
