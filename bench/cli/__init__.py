@@ -89,11 +89,13 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
                         help="classifier-free guidance scale, diffusers convention (1 = none; default: the teacher's)")
     parser.add_argument("--seed", type=int, default=0, help="run seed; image i uses a seed derived from (seed, i) only")
     parser.add_argument("--batch-size", type=int, default=None, metavar="B",
-                        help="images per batch (default 8; 250 on the toy suite)")
+                        help="images per batch (default 8; 250 on the toy suite; on CUDA with fast batching, "
+                             "what the free memory holds, at most 16)")
     parser.add_argument("--batching", default=None, choices=["exact", "fast"],
                         help="exact: one image per network call, identical PNG bytes whatever --batch-size "
-                             "(default); fast: whole batch per call, faster, recorded in the fingerprint "
-                             "(default on the toy suite, where per-image calls would cost 4x the time)")
+                             "(default on the CPU); fast: whole batch per call, faster, recorded in the "
+                             "fingerprint (default on CUDA, and on the toy suite, where per-image calls would "
+                             "cost 4x the time)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -185,6 +187,7 @@ _EXTERNAL_COMMANDS: dict[str, tuple[str, str]] = {
     "leaderboard": ("bench.cli.leaderboard", "write leaderboards/<suite>.md and .json from the results"),
     "report": ("bench.cli.report", "write plots, an image grid and an index page for a run"),
     "check": ("bench.cli.check", "compare results with a baseline leaderboard JSON (CI regression check)"),
+    "results": ("bench.cli.results", "export every result row as one table: CSV, Parquet or JSON (for pandas)"),
     "benchmark": ("bench.cli.benchmark", "measure harness overhead and metric speed (prints the figures)"),
     "profile": ("bench.cli.profile", "speed and memory of methods vs a stock diffusers pipeline, and of training"),
     "toy": ("bench.cli.toy", "the toy world: train its teacher and metric models from scratch"),

@@ -1,5 +1,6 @@
 """`bench check`: compare a run with a committed leaderboard baseline (the CI regression check);
-exit status and tolerances as ``bench.publish.check`` documents them."""
+like with like only (same N, seed and metric models) unless --allow-mismatch; exit status and
+tolerances as ``bench.publish.check`` documents them."""
 from __future__ import annotations
 
 import argparse
@@ -41,6 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", default=None, metavar="1,2,4",
                         help="compare only the rows at these step counts (and the real-image rows), in the "
                              "baseline and the new run: for a run of some step counts only; default: every row")
+    parser.add_argument("--allow-mismatch", action="store_true",
+                        help="also compare numbers measured under another N, seed or metric models than the "
+                             "baseline's (flagged in the report); default: list them as 'not compared', since "
+                             "such a difference moves the numbers by itself (FID is biased at small N)")
 
 
 def command(args: argparse.Namespace, out: TextIO | None = None) -> int:
@@ -60,6 +65,6 @@ def command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     if getattr(args, "steps", None):
         steps = parse_int_list(args.steps, "--steps")
         baseline, current = restrict_to_steps(baseline, steps), restrict_to_steps(current, steps)
-    result = check(baseline, current, tolerances)
+    result = check(baseline, current, tolerances, allow_mismatch=getattr(args, "allow_mismatch", False))
     out.write(result.format())
     return result.exit_code

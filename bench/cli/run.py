@@ -8,9 +8,9 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
+from bench.core.distributed import is_main_process
 from bench.core.fingerprint import fingerprint
+from bench.core.progress import progress_bar
 from bench.engine.cells import guidance_for, sample_one, samples_dir
 from bench.engine.published import PublishedStudent, load_published, rebatched
 from bench.engine.students import (
@@ -115,7 +115,7 @@ def run_benchmark(args: argparse.Namespace, ctx, runs: list[RunEntry], steps_lis
                                         samples=out_dir, values=values))
     print(format_outcomes(outcomes, evaluator.models.note))
     board_dir = Path(args.leaderboard_dir) if args.leaderboard_dir else out / "leaderboards"
-    if metrics:
+    if metrics and is_main_process():
         frame = load_all(out / "results")
         frame = frame[frame["run_id"] == store.run_id] if "run_id" in frame else frame
         paths = write_leaderboards(frame, board_dir, suites=[suite.name])
@@ -202,8 +202,7 @@ def measure_cell_latency(args, ctx, method, steps: int, guidance: float, prompt:
         student = load_student(method, ctx.teacher, steps, batching="fast", progress=False, policy=ctx.students)
     end_to_end, denoiser_only = latency_closures(ctx, method, student, prompt, steps, guidance, args.seed, "fast")
     throughput = throughput_closure(ctx, method, student, prompt, steps, guidance, args.seed, args.throughput_batch)
-    with tqdm(desc=f"latency {method.name} {steps} step(s)", unit="call", disable=args.quiet,
-              dynamic_ncols=True) as bar:
+    with progress_bar(desc=f"latency {method.name} {steps} step(s)", unit="call", disable=args.quiet) as bar:
         def counted(fn):
             def call():
                 result = fn()

@@ -19,21 +19,23 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import shutil
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
-from tqdm.auto import tqdm
 
 from bench.core.atomic import atomic_path, atomic_write_json, is_temp_file
+from bench.core.distributed import barrier, process_shard
 from bench.core.errors import BenchError, UsageError
 from bench.core.fingerprint import fingerprint, library_versions
+from bench.core.progress import progress_bar
 from methods.base import Denoiser, Method, SampleRequest
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,48 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     return VaeImageProcessor(do_normalize=True).postprocess(images.float().cpu(), output_type="pil")
 
 
+def write_pngs(out_dir: Path, spec_fingerprint: str, seed: int, indices: Sequence[int], prompts: Sequence[str],
+               images: Sequence[Image.Image]) -> None:
+    """One batch's PNGs, each written atomically with its fingerprint, index, prompt and seed."""
+    for index, prompt, image in zip(indices, prompts, images):
+        # no fsync: a PNG damaged by an OS crash fails the CRC check on resume and is redone
+        with atomic_path(out_dir / image_name(index), durable=False) as tmp:
+            image.save(tmp, format="PNG", pnginfo=_png_info(spec_fingerprint, index, prompt, image_seed(seed, index)))
+
+
+class PngWriter:
+    """Runs PNG encoding and writing on one background thread, so that the next batch samples
+    meanwhile (zlib releases the GIL; on a GPU the sampler only launches kernels). At most
+    ``max_pending`` batches are in flight: the oldest is waited for before another is queued, which
+    bounds memory and raises a failed write (disk full, say) at the next batch. Leaving the block
+    waits for every queued write, so a command returns only when its images are on disk; when the
+    block is left by an exception, batches not yet started are dropped (resume redoes them)."""
+
+    def __init__(self, max_pending: int = 2) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="png-writer")
+        self._pending: deque[Future] = deque()
+        self._max_pending = max_pending
+
+    def submit(self, write: Callable[..., None], *args: Any) -> None:
+        while len(self._pending) >= self._max_pending:
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(write, *args))
+
+    def __enter__(self) -> "PngWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            while self._pending:
+                future = self._pending.popleft()
+                if exc_type is None:
+                    future.result()                  # the first failed write is the command's error
+                elif not future.cancel():
+                    future.exception()               # finish the one being written; its error is secondary
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 def _png_info(spec_fingerprint: str, index: int, prompt: str, seed: int) -> PngInfo:
     info = PngInfo()
     for key, value in zip(PNG_KEYS, (spec_fingerprint, str(index), prompt, str(seed))):
@@ -153,23 +197,6 @@ def _module_device_dtype(module: torch.nn.Module) -> tuple[torch.device, torch.d
     return param.device, param.dtype
 
 
-def process_shard() -> tuple[int, int]:
-    """(process index, number of processes) under `accelerate launch`, (0, 1) otherwise."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or "ACCELERATE_USE_CPU" in os.environ:
-        from accelerate import PartialState
-
-        state = PartialState()
-        return state.process_index, state.num_processes
-    return 0, 1
-
-
-def _barrier() -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate import PartialState
-
-        PartialState().wait_for_everyone()
-
-
 def sample_to_folder(teacher: Any, denoiser: Denoiser, method: Method, prompts: Sequence[str],
                      spec: SamplingSpec, out_dir: Path, batch_size: int = 8,
                      suite_fingerprint: str = "", progress: bool = True,
@@ -208,9 +235,9 @@ def _sample_into(teacher: Any, denoiser: Denoiser, method: Method, prompts: Sequ
     start = time.perf_counter()
     exact = spec.batching == "exact"
     uncond = teacher.encode_prompts([""]) if pending else None
-    bar = tqdm(total=len(pending), unit="img", desc=f"{spec.method} {spec.steps} step(s)",
-               disable=not progress or not pending, dynamic_ncols=True)
-    with torch.inference_mode():
+    bar = progress_bar(total=len(pending), unit="img", desc=f"{spec.method} {spec.steps} step(s)",
+                       disable=not progress or not pending)
+    with torch.inference_mode(), PngWriter() as writer:
         for first in range(0, len(pending), batch_size):
             indices = pending[first:first + batch_size]
             batch_prompts = [prompts[i] for i in indices]
@@ -218,16 +245,13 @@ def _sample_into(teacher: Any, denoiser: Denoiser, method: Method, prompts: Sequ
                                        spec.guidance_scale, spec.seed, uncond, spec.batching)
             decoded = _decode(teacher, latents, exact)
             check_finite(decoded, indices, spec)
-            for index, prompt, image in zip(indices, batch_prompts, to_pil(decoded)):
-                # no fsync: a PNG damaged by an OS crash fails the CRC check on resume and is redone
-                with atomic_path(out_dir / image_name(index), durable=False) as tmp:
-                    image.save(tmp, format="PNG",
-                               pnginfo=_png_info(spec_fp, index, prompt, image_seed(spec.seed, index)))
+            # encoded and written on the writer thread while the next batch samples
+            writer.submit(write_pngs, out_dir, spec_fp, spec.seed, indices, batch_prompts, to_pil(decoded))
             bar.update(len(indices))
     bar.close()
     seconds = time.perf_counter() - start
 
-    _barrier()
+    barrier()
     if rank == 0:
         write_metadata(out_dir, prompts, spec, suite_fingerprint, extra_metadata or {})
     return SampleSummary(out_dir, len(pending), skipped, seconds,

@@ -24,13 +24,13 @@ from typing import Any, Callable
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 from bench.assets.train_data import batch_seed
 from bench.core.atomic import atomic_path
 from bench.core.errors import MissingResourceError
 from bench.core.fingerprint import fingerprint, library_versions
 from bench.core.paths import cache_dir
+from bench.core.progress import progress_bar
 from methods import get_method_class
 from methods.base import Denoiser, SampleRequest, TeacherOutputSpec
 
@@ -107,8 +107,8 @@ def build_teacher_outputs(teacher: Any, data: Any, spec: TeacherOutputSpec, seed
     if todo:
         log.info("teacher outputs: %d of %d chunks to make with %s (%d steps, g=%g) into %s", len(todo),
                  _num_chunks(spec), spec.solver, spec.steps, spec.guidance_scale, folder)
-    for k in tqdm(todo, desc=f"teacher outputs ({spec.solver} {spec.steps} steps)", unit="chunk",
-                  disable=not progress or not todo, dynamic_ncols=True):
+    for k in progress_bar(todo, desc=f"teacher outputs ({spec.solver} {spec.steps} steps)", unit="chunk",
+                          disable=not progress or not todo):
         chunk = _make_chunk(teacher, data, spec, seed, k)
         # one metadata key: safetensors writes several in a hash-map order that varies between runs
         metadata = {"pairs": json.dumps({"fingerprint": fp, "captions": chunk.pop("captions"),

@@ -58,12 +58,12 @@ from typing import Any, Callable, Iterable, Mapping, Protocol, Sequence
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from bench.assets.teachers.model import VaeCodec
 from bench.assets.train_data import TrainingData, batch_seed
 from bench.core.errors import BenchError
 from bench.core.fingerprint import sha256_file
+from bench.core.progress import progress_bar
 from bench.engine.lpips import lpips_distance
 from bench.engine.teacher_outputs import CachedTeacherOutputs, build_teacher_outputs
 from methods.base import TeacherOutputSpec, Update
@@ -367,8 +367,8 @@ class Trainer:
         self.accelerator.step = start * accum       # align accelerate's accumulation counter
         world, rank = self.num_processes, self.accelerator.process_index
         began = time.perf_counter()
-        bar = tqdm(total=schedule.max_train_steps, initial=start, unit="step", desc=self.description,
-                   disable=not self.progress or not self.is_main_process, dynamic_ncols=True)
+        bar = progress_bar(total=schedule.max_train_steps, initial=start, unit="step", desc=self.description,
+                           disable=not self.progress or not self.is_main_process)
         try:
             for step in range(start, schedule.max_train_steps):
                 micro_losses = []

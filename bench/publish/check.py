@@ -1,18 +1,29 @@
 """Regression check: compare a new run with a committed leaderboard baseline.
 
     python -m bench check --baseline leaderboards/<suite>.json [--results runs/results | --current new.json]
-                          [--tolerance fid=0.5,clip=0.002,coverage=0.01] [--methods A,B]
+                          [--tolerance fid=0.5,clip=0.002,coverage=0.01] [--methods A,B] [--allow-mismatch]
 
 Every (teacher, method, steps, guidance, metric) of the baseline is compared with the current
 numbers (by default the current state of ``runs/results``, selected exactly as ``bench leaderboard``
 selects cells; or another leaderboard JSON given with ``--current``).
+
+Like with like
+    Two numbers are compared only when they were measured under the same protocol: the same N
+    (``num_images``), sampling seed and metric models (FID is biased at small N, so a run at N = 200
+    "regresses" against a baseline at N = 1000 by that bias alone). The first lines of the report
+    give N, seed, metric models and library versions of both sides; a field one side did not record
+    is "not recorded", never a mismatch. Numbers whose protocol differs are listed as "not compared:
+    N 1000 vs 200" instead of regressed or ok; ``--allow-mismatch`` compares them anyway and flags
+    them. Library versions are reported only (the leaderboard JSON does not record them; ``--results``
+    does for the current run).
 
 Exit status
     0  nothing got worse by more than its tolerance (improvements and new rows are reported, not failed)
     1  at least one regression, or a baseline number that is missing now (row absent, metric absent
        or skipped); a table lists baseline, current, delta and tolerance for each. Also when no number
        was compared at all (an empty baseline, or every metric switched off): the gate fails closed
-    2  usage error: unreadable or malformed baseline/current JSON, missing file, bad --tolerance
+    2  usage error: unreadable or malformed baseline/current JSON, missing file, bad --tolerance; or
+       nothing comparable: every number differs from the baseline in protocol (see --allow-mismatch)
 
 Direction: lower is better for fid and the latency/memory metrics, higher is better for clip,
 coverage, precision, recall, density and throughput. A number regresses when it is worse than the
@@ -42,9 +53,13 @@ CI job (GitHub Actions; the toy world runs offline on a CPU)::
               python-version: "3.11"
           - run: pip install -e ".[test]"
           - name: Run the toy world (the default teacher and suite; CPU, no downloads)
-            run: python -m bench run --methods ddim,dpmpp,er-sde --steps 1,2,4,8,25,50 --metrics fid,clip,coverage --out runs
+            run: >-
+              python -m bench run --methods ddim,dpmpp,er-sde --steps 1,2,4,8,25,50
+              --metrics fid,clip,coverage --out runs
           - name: Compare with the committed baseline
-            run: python -m bench check --baseline leaderboards/toy.json --results runs/results --methods ddim,dpmpp,er-sde
+            run: >-
+              python -m bench check --baseline leaderboards/toy.json --results runs/results
+              --methods ddim,dpmpp,er-sde
           - name: Keep the new leaderboard for review
             if: always()
             run: python -m bench leaderboard --base leaderboards/toy.json --results runs/results --out leaderboards-new
@@ -60,10 +75,13 @@ To accept an intended change of the numbers, regenerate the baseline and commit 
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
+
+import pandas as pd
 
 from bench.core.errors import UsageError
 from bench.publish.cells import Key, index_rows
@@ -99,7 +117,8 @@ def default_tolerances() -> dict[str, Tolerance]:
     return {m: Tolerance(v) for m, v in DEFAULT_TOLERANCES.items()}
 
 
-def parse_tolerances(text: str | Sequence[str] | None, base: Mapping[str, Tolerance] | None = None) -> dict[str, Tolerance]:
+def parse_tolerances(text: str | Sequence[str] | None,
+                     base: Mapping[str, Tolerance] | None = None) -> dict[str, Tolerance]:
     """Parse ``"fid=0.5,clip=0.002,latency_ms=10%,coverage=off"`` over ``base`` (default: the defaults).
 
     Raises :class:`UsageError` (exit 2) with one line naming the bad item.
@@ -153,6 +172,7 @@ class Comparison:
     current: float
     tolerance: Tolerance
     fingerprint_changed: bool = False
+    mismatch: str = ""       # the protocol difference it was compared across (--allow-mismatch), e.g. "N 1000 vs 200"
 
     @property
     def delta(self) -> float:
@@ -197,6 +217,8 @@ class CheckResult:
     missing: list[Absence] = field(default_factory=list)
     new: list[Absence] = field(default_factory=list)
     unchecked: list[str] = field(default_factory=list)  # metrics in the baseline without a tolerance
+    not_compared: list[Absence] = field(default_factory=list)  # protocol differs; reason "N 1000 vs 200"
+    protocol_line: str = ""                             # N, seed, metric models, versions of both sides
 
     @property
     def regressions(self) -> list[Comparison]:
@@ -213,8 +235,19 @@ class CheckResult:
         return bool(self.comparisons) and not self.regressions and not self.missing
 
     @property
+    def nothing_comparable(self) -> bool:
+        """Numbers were found on both sides, but every one under another protocol."""
+        return bool(self.not_compared) and not self.comparisons
+
+    @property
+    def flagged(self) -> list[Comparison]:
+        return [c for c in self.comparisons if c.mismatch]
+
+    @property
     def exit_code(self) -> int:
-        return 0 if self.ok else 1
+        if self.ok:
+            return 0
+        return 2 if self.nothing_comparable and not self.missing else 1
 
     def format(self) -> str:
         return format_result(self)
@@ -230,11 +263,13 @@ def _values(row: Mapping[str, Any]) -> dict[str, float]:
 
 
 def check(baseline: Mapping[str, Any], current: Mapping[str, Any],
-          tolerances: Mapping[str, Tolerance | float] | None = None) -> CheckResult:
+          tolerances: Mapping[str, Tolerance | float] | None = None, allow_mismatch: bool = False) -> CheckResult:
     """Compare two leaderboard JSON documents (``bench/publish/leaderboard.py::suite_json`` format).
 
     ``tolerances`` maps metric -> :class:`Tolerance` (or a plain number, absolute); metrics without
-    one are not checked. Default: :data:`DEFAULT_TOLERANCES`.
+    one are not checked. Default: :data:`DEFAULT_TOLERANCES`. A number whose protocol (N, seed,
+    metric models) differs from the baseline's is listed in ``not_compared``, or compared and
+    flagged when ``allow_mismatch``.
     """
     if tolerances is None:
         tols = default_tolerances()
@@ -247,6 +282,7 @@ def check(baseline: Mapping[str, Any], current: Mapping[str, Any],
     cur_rows = index_rows(current, "current")
     result = CheckResult(suite=str(base_suite or cur_suite or "?"), tolerances=dict(tols))
     unchecked: set[str] = set()
+    pairs: list[tuple[Mapping, Mapping, str]] = []   # (baseline row, current row, metric) found on both sides
     for key in sorted(base_rows, key=_sort_key):
         base_row = base_rows[key]
         base_values = _values(base_row)
@@ -267,9 +303,15 @@ def check(baseline: Mapping[str, Any], current: Mapping[str, Any],
                 reason = skipped.get(metric) if metric in skipped else "metric absent from the current run"
                 result.missing.append(Absence(*key, metric, str(reason)))
                 continue
+            pairs.append((base_row, cur_row, metric))
+            mismatch = "; ".join(text for _, text in
+                                 protocol_differences(baseline, base_row, current, cur_row, metric))
+            if mismatch and not allow_mismatch:
+                result.not_compared.append(Absence(*key, metric, mismatch))
+                continue
             changed = bool(base_fps.get(metric)) and base_fps.get(metric) != cur_fps.get(metric)
             result.comparisons.append(
-                Comparison(*key, metric, base_value, cur_values[metric], tols[metric], changed))
+                Comparison(*key, metric, base_value, cur_values[metric], tols[metric], changed, mismatch))
     for key in sorted(cur_rows, key=_sort_key):
         cur_values = _values(cur_rows[key])
         if key not in base_rows:
@@ -281,12 +323,109 @@ def check(baseline: Mapping[str, Any], current: Mapping[str, Any],
             if metric in tols and metric not in base_values:
                 result.new.append(Absence(*key, metric, "metric not in the baseline"))
     result.unchecked = sorted(unchecked)
+    result.protocol_line = protocol_summary(baseline, current, pairs)
     return result
 
 
 def _sort_key(key: Key) -> tuple:
     teacher, method, steps, guidance = key
     return (teacher, steps, method, guidance)
+
+
+# --------------------------------------------------------------------------------------------
+# Protocol: what two numbers must share to be compared
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        return {k: v for key, inner in value.items() for k, v in _flat(inner, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: value}
+
+
+def cell_protocol(document: Mapping[str, Any], row: Mapping[str, Any], metric: str) -> dict[str, Any]:
+    """The flattened protocol of one cell: the row's own ``protocols`` entry (written when it differs
+    from the document's), else the document's ``protocol``."""
+    protocols = row.get("protocols") or {}
+    return _flat(protocols[metric] if metric in protocols else document.get("protocol") or {})
+
+
+def _shown(value: Any) -> str:
+    """Values as text; a merged protocol holds a list where its rows disagreed."""
+    return "/".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _num_images(protocol: Mapping[str, Any]) -> Any:
+    return protocol.get("num_images", protocol.get("N"))
+
+
+def _metric_models(protocol: Mapping[str, Any]) -> dict[str, str]:
+    """``{"features.identity": ..., "clip": ...}``; a model a cell did not use (None) is left out."""
+    prefix = "metric_models."
+    return {k[len(prefix):]: _shown(v) for k, v in protocol.items() if k.startswith(prefix) and v is not None}
+
+
+def protocol_differences(baseline: Mapping[str, Any], base_row: Mapping[str, Any], current: Mapping[str, Any],
+                         cur_row: Mapping[str, Any], metric: str) -> list[tuple[str, str]]:
+    """``[("N", "N 1000 vs 200"), ("seed", "seed 0 vs 1"), ("metric models", "metric model clip a vs b")]``:
+    the fields of one number that both sides recorded and that differ (a field one side lacks is no
+    difference)."""
+    base, cur = cell_protocol(baseline, base_row, metric), cell_protocol(current, cur_row, metric)
+    found = []
+    for name, b, c in (("N", _num_images(base), _num_images(cur)), ("seed", base_row.get("seed"), cur_row.get("seed"))):
+        if b is not None and c is not None and _shown(b) != _shown(c):
+            found.append((name, f"{name} {_shown(b)} vs {_shown(c)}"))
+    base_models, cur_models = _metric_models(base), _metric_models(cur)
+    for model in sorted(base_models.keys() & cur_models.keys()):
+        if base_models[model] != cur_models[model]:
+            found.append(("metric models", f"metric model {model} {base_models[model]} vs {cur_models[model]}"))
+    return found
+
+
+def _side_by_side(label: str, base: set[str], cur: set[str]) -> str:
+    if not base and not cur:
+        return f"{label} not recorded"
+    if not base or not cur:
+        where, other = ("baseline", cur) if not base else ("current run", base)
+        return f"{label} {'/'.join(sorted(other))} (not recorded in the {where})"
+    if base == cur:
+        return f"{label} {'/'.join(sorted(base))} on both sides"
+    return f"{label} {'/'.join(sorted(base))} vs {'/'.join(sorted(cur))} (DIFFERS)"
+
+
+def protocol_summary(baseline: Mapping[str, Any], current: Mapping[str, Any],
+                     pairs: Sequence[tuple[Mapping, Mapping, str]]) -> str:
+    """One line: N, seed, metric models and library versions of both sides, over the numbers found on both."""
+    base_n, cur_n, base_seed, cur_seed = set(), set(), set(), set()
+    base_models = cur_models = False     # whether any number of that side recorded its metric models
+    model_diffs: set[str] = set()
+    for base_row, cur_row, metric in pairs:
+        base, cur = cell_protocol(baseline, base_row, metric), cell_protocol(current, cur_row, metric)
+        for values, value in ((base_n, _num_images(base)), (cur_n, _num_images(cur)),
+                              (base_seed, base_row.get("seed")), (cur_seed, cur_row.get("seed"))):
+            if value is not None:
+                values.add(_shown(value))
+        base_models = base_models or bool(_metric_models(base))
+        cur_models = cur_models or bool(_metric_models(cur))
+        model_diffs.update(text for name, text in protocol_differences(baseline, base_row, current, cur_row, metric)
+                           if name == "metric models")
+    if not base_models or not cur_models:
+        models = "metric models not recorded" + (
+            "" if not base_models and not cur_models else f" in the {'baseline' if not base_models else 'current run'}")
+    else:
+        models = f"metric models DIFFER: {', '.join(sorted(model_diffs))}" if model_diffs else "metric models same"
+    parts = [_side_by_side("N", base_n, cur_n), _side_by_side("seed", base_seed, cur_seed), models,
+             _versions_text(baseline.get("versions"), current.get("versions"))]
+    return "protocol (baseline vs current): " + "; ".join(parts)
+
+
+def _versions_text(base: Any, cur: Any) -> str:
+    if not base and not cur:
+        return "library versions not recorded"
+    if not base or not cur:
+        return f"library versions not recorded in the {'baseline' if not base else 'current run'}"
+    diffs = [f"{name} {base[name]} vs {cur[name]}" for name in sorted(base.keys() & cur.keys())
+             if base[name] != cur[name]]
+    return f"library versions differ: {', '.join(diffs)}" if diffs else "library versions same"
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,22 +444,39 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
 
 
 def format_result(result: CheckResult) -> str:
-    regressions = result.regressions
+    regressions, flagged = result.regressions, result.flagged
     lines = [
         f"bench check: suite {result.suite}: {len(regressions)} regression(s), {len(result.missing)} missing, "
-        f"{len(result.improvements)} improved, {len(result.new)} new; {len(result.comparisons)} number(s) compared",
-        f"tolerances: {format_tolerances(result.tolerances) or 'none'}"
-        + (f"; not checked: {', '.join(result.unchecked)}" if result.unchecked else ""),
-        "",
+        f"{len(result.improvements)} improved, {len(result.new)} new; {len(result.comparisons)} number(s) compared"
+        + (f", {len(result.not_compared)} not compared (protocol differs)" if result.not_compared else "")
+        + (f", {len(flagged)} of them across a protocol difference" if flagged else ""),
     ]
+    if result.protocol_line:
+        lines.append(result.protocol_line)
+    if result.not_compared:
+        lines.append(f"not compared: {len(result.not_compared)} number(s) measured under another protocol than the "
+                     f"baseline's ({_differences(a.reason for a in result.not_compared)}): such a difference moves "
+                     "the numbers by itself (FID is biased at small N); pass --allow-mismatch to compare them anyway")
+    if flagged:
+        lines.append(f"--allow-mismatch: {len(flagged)} number(s) compared across a protocol difference "
+                     f"({_differences(c.mismatch for c in flagged)}); their deltas include its effect")
+    lines += [f"tolerances: {format_tolerances(result.tolerances) or 'none'}"
+              + (f"; not checked: {', '.join(result.unchecked)}" if result.unchecked else ""), ""]
     head = ["teacher", "method", "steps", "cfg", "metric"]
     if regressions:
         lines.append("Regressions (worse than the baseline by more than the tolerance):")
-        lines += _table(head + ["better", "baseline", "current", "delta", "tolerance"], [
+        protocol = ["protocol"] if flagged else []
+        lines += _table(head + ["better", "baseline", "current", "delta", "tolerance"] + protocol, [
             [c.teacher, c.method, str(c.steps), f"{c.guidance:g}", c.metric,
              "higher" if metric_spec(c.metric).higher_is_better else "lower",
              _num(c.baseline), _num(c.current), f"{c.delta:+.6g}", str(c.tolerance)]
+            + ([c.mismatch or "same"] if flagged else [])
             for c in regressions])
+        lines.append("")
+    if result.not_compared:
+        lines.append("Not compared (measured under another protocol than the baseline's):")
+        lines += _table(head + ["not compared"], [
+            [a.teacher, a.method, str(a.steps), f"{a.guidance:g}", a.metric, a.reason] for a in result.not_compared])
         lines.append("")
     if result.missing:
         lines.append("Missing (in the baseline, absent now):")
@@ -337,7 +493,11 @@ def format_result(result: CheckResult) -> str:
         lines.append(f"{len(changed)} compared number(s) come from a different fingerprint than the baseline "
                      "(code, config, protocol or library versions changed).")
         lines.append("")
-    if not result.comparisons:
+    if result.nothing_comparable:
+        lines.append(f"FAILED: nothing comparable: every number differs from the baseline in protocol "
+                     f"({_differences(a.reason for a in result.not_compared)}); run at the baseline's protocol, "
+                     "or pass --allow-mismatch to compare them anyway.")
+    elif not result.comparisons:
         lines.append("FAILED: no number was compared (an empty baseline, or no metric of it has a tolerance); "
                      "a regression check that checks nothing does not pass.")
     else:
@@ -346,12 +506,30 @@ def format_result(result: CheckResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _differences(reasons: Iterable[str]) -> str:
+    """The distinct differences of several numbers: "N 1000 vs 200, seed 0 vs 1"."""
+    return ", ".join(sorted({part for reason in reasons for part in reason.split("; ")}))
+
+
 def current_from_results(results_dir: Path, suite: str) -> dict:
     """The leaderboard JSON of ``suite`` built from a results folder (same cell selection as the leaderboard)."""
     if not results_dir.is_dir():
         raise UsageError(f"results folder not found: {results_dir} (pass --results DIR or --current FILE)")
-    built = build(load_all(results_dir), [suite])
-    return suite_json(suite, built.get(suite, {}))
+    frame = load_all(results_dir)
+    document = suite_json(suite, build(frame, [suite]).get(suite, {}))
+    versions = _versions_of(frame, {run for row in document["rows"] for run in (row.get("runs") or {}).values()})
+    if versions:   # the leaderboard JSON does not carry them; the check reports them
+        document["versions"] = versions
+    return document
+
+
+def _versions_of(frame: pd.DataFrame, run_ids: set[str]) -> dict[str, str]:
+    """Library versions recorded by the rows of ``run_ids`` ("2.13.0/2.14.1" where runs disagree)."""
+    seen: dict[str, set[str]] = {}
+    for text in frame.loc[frame["run_id"].isin(run_ids), "versions"]:
+        for name, version in json.loads(text or "{}").items():
+            seen.setdefault(name, set()).add(str(version))
+    return {name: "/".join(sorted(values)) for name, values in sorted(seen.items())}
 
 
 def restrict_to_methods(baseline: Mapping[str, Any], methods: str) -> dict:

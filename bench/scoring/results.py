@@ -35,6 +35,7 @@ from typing import Any, Iterable, Mapping
 import pandas as pd
 
 from bench.core.atomic import atomic_write_text, is_temp_file
+from bench.core.distributed import is_main_process
 from bench.core.errors import BenchError
 
 log = logging.getLogger(__name__)
@@ -302,9 +303,10 @@ class ResultsStore:
     # writing ------------------------------------------------------------------------------
 
     def append(self, rows: Iterable[Row]) -> list[Row]:
-        """Add rows to this run's file (one atomic rewrite for the whole batch)."""
+        """Add rows to this run's file (one atomic rewrite for the whole batch). Under `accelerate
+        launch` every process computes the same numbers and only the main process writes them."""
         rows = list(rows)
-        if not rows:
+        if not rows or not is_main_process():
             return rows
         for row in rows:
             if not isinstance(row, Row):

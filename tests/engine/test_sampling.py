@@ -61,6 +61,36 @@ def test_writes_exactly_n_pngs_and_metadata(tmp_path):
         assert image.text["bench_prompt"] == meta["prompts"][2]["prompt"]
 
 
+def test_png_writer_overlaps_writes_and_raises_a_failed_write(tmp_path, monkeypatch):
+    """PNGs are written on a background thread (bench.engine.sampling.PngWriter): the bytes equal
+    those written in line, and a write that fails (disk full on the second batch) is the command's
+    error, with the first batch on disk, no temp file left, and a resume that completes the folder."""
+    import errno
+    import threading
+
+    from bench.engine import sampling
+
+    written_on: set[str] = set()
+    original = sampling.write_pngs
+
+    def write_off_the_main_thread(out_dir, spec_fp, seed, indices, *rest):
+        written_on.add(threading.current_thread().name)
+        if indices[0] == 2 and not (tmp_path / "failed-once").exists():
+            (tmp_path / "failed-once").touch()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(out_dir, spec_fp, seed, indices, *rest)
+
+    assert _sample(tmp_path / "inline", "--batch-size", "2") == 0
+    monkeypatch.setattr(sampling, "write_pngs", write_off_the_main_thread)
+    assert _sample(tmp_path / "threaded", "--batch-size", "2") == 1           # the ENOSPC of batch [2, 3]
+    assert written_on and all(name.startswith("png-writer") for name in written_on)
+    names = sorted(p.name for p in (tmp_path / "threaded").iterdir() if not p.name.startswith(".bench"))
+    assert names[:2] == ["00000.png", "00001.png"] and "00002.png" not in names and "metadata.json" not in names
+    assert not any(".tmp" in name for name in names)
+    assert _sample(tmp_path / "threaded", "--batch-size", "2") == 0            # resume redoes the rest
+    assert _pngs(tmp_path / "threaded") == _pngs(tmp_path / "inline")
+
+
 def test_resume_skips_matching_and_redoes_mismatched(tmp_path, capsys):
     assert _sample(tmp_path, num_images=4) == 0
     before = _pngs(tmp_path)

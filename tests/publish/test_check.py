@@ -60,7 +60,8 @@ def test_regressed_beyond_tolerance_fails(metric, value):
     result = check(BASE, changed("lcm", metric, value))
     assert result.exit_code == 1
     [reg] = result.regressions
-    assert (reg.method, reg.metric, reg.baseline, reg.current) == ("lcm", metric, BASE["rows"][0]["metrics"][metric], value)
+    assert (reg.method, reg.metric, reg.baseline, reg.current) == \
+        ("lcm", metric, BASE["rows"][0]["metrics"][metric], value)
     text = result.format()
     assert "Regressions" in text and "baseline" in text and "delta" in text and "tolerance" in text
     assert f"{value - reg.baseline:+.6g}" in text and "FAILED" in text
@@ -70,7 +71,8 @@ def test_regressed_beyond_tolerance_fails(metric, value):
 def test_regressed_within_tolerance_is_ok(metric, value):
     result = check(BASE, changed("lcm", metric, value))
     assert result.exit_code == 0
-    assert [c.status for c in result.comparisons if c.metric == metric and c.method == "lcm"] == ["worse within tolerance"]
+    assert [c.status for c in result.comparisons if c.metric == metric and c.method == "lcm"] == \
+        ["worse within tolerance"]
 
 
 def test_direction_matters():
@@ -156,7 +158,8 @@ def test_command_exit_codes_and_usage_errors(tmp_path):
     out = io.StringIO()
     assert command(_args("--baseline", str(baseline), "--current", str(current)), out) == 1
     assert "scott" in out.getvalue() and "+1" in out.getvalue()
-    assert command(_args("--baseline", str(baseline), "--current", str(current), "--tolerance", "fid=1"), io.StringIO()) == 0
+    assert command(_args("--baseline", str(baseline), "--current", str(current), "--tolerance", "fid=1"),
+                   io.StringIO()) == 0
 
     for argv, message in [
         (["--baseline", str(tmp_path / "none.json"), "--current", str(current)], "baseline file not found"),
@@ -168,7 +171,8 @@ def test_command_exit_codes_and_usage_errors(tmp_path):
     bad = tmp_path / "bad.json"
     for text, message in [("{not json", "not valid JSON"), ('{"suite": "smoke"}', "not a leaderboard JSON"),
                           ('{"rows": [{"method": "a"}]}', "no 'teacher' field"),
-                          ('{"rows": [{"teacher": "t", "method": "a", "steps": 1, "guidance": 3, "metrics": {"fid": "x"}}]}',
+                          ('{"rows": [{"teacher": "t", "method": "a", "steps": 1, "guidance": 3, '
+                           '"metrics": {"fid": "x"}}]}',
                            "not a number")]:
         bad.write_text(text)
         with pytest.raises(UsageError, match=message) as info:
@@ -234,3 +238,100 @@ def test_steps_restricts_both_sides_to_the_step_counts_that_were_run(tmp_path):
     assert "2 number(s) compared" in out.getvalue() and "0 missing" in out.getvalue()
     with pytest.raises(UsageError, match="--steps takes"):
         command(_args("--baseline", str(baseline), "--current", str(current), "--steps", "one"), io.StringIO())
+
+
+# --------------------------------------------------------------------------------------------
+# Like with like: N, seed and metric models
+
+
+def at(document: dict, num_images: int | None = None, seed: int | None = None, features: str | None = None) -> dict:
+    """``document`` with its protocol (N, metric models) and every row's seed set."""
+    out = copy.deepcopy(document)
+    protocol = {}
+    if num_images is not None:
+        protocol["num_images"] = num_images
+    if features is not None:
+        protocol["metric_models"] = {"features": {"identity": features}, "clip": None}
+    out["protocol"] = protocol
+    for row in out["rows"]:
+        if seed is not None:
+            row["seed"] = seed
+    return out
+
+
+def test_a_run_at_another_n_is_not_compared_and_says_so_first():
+    """The issue: a run at N=200 against a baseline at N=1000 "regresses" by FID's small-N bias alone."""
+    baseline = at(BASE, num_images=1000, seed=0, features="toy-checkpoint:a")
+    current = at(changed("lcm", "fid", 33.0), num_images=200, seed=0, features="toy-checkpoint:a")
+    result = check(baseline, current)
+    assert not result.regressions and not result.comparisons
+    assert len(result.not_compared) == 6 and {a.reason for a in result.not_compared} == {"N 1000 vs 200"}
+    assert result.exit_code == 2                       # nothing comparable: an error, not a pass
+    lines = result.format().splitlines()
+    assert "0 regression(s)" in lines[0] and "6 not compared (protocol differs)" in lines[0]
+    assert lines[1] == ("protocol (baseline vs current): N 1000 vs 200 (DIFFERS); seed 0 on both sides; "
+                        "metric models same; library versions not recorded")
+    assert "(N 1000 vs 200)" in lines[2] and "--allow-mismatch" in lines[2]
+    assert "toy      lcm     2      3    fid       N 1000 vs 200" in lines
+    assert lines[-1].startswith("FAILED: nothing comparable") and "--allow-mismatch" in lines[-1]
+
+    allowed = check(baseline, current, allow_mismatch=True)
+    [regression] = allowed.regressions
+    assert (regression.method, regression.metric, regression.current, regression.mismatch) == \
+        ("lcm", "fid", 33.0, "N 1000 vs 200")
+    assert allowed.exit_code == 1 and len(allowed.flagged) == 6 and not allowed.not_compared
+    text = allowed.format()
+    assert "6 of them across a protocol difference" in text.splitlines()[0]
+    assert "--allow-mismatch: 6 number(s) compared across a protocol difference (N 1000 vs 200)" in text
+
+
+def test_only_the_mismatched_rows_are_set_aside():
+    """Seed and metric models are per cell: the rows that match are still compared (and gate)."""
+    baseline = at(BASE, num_images=1000, seed=0, features="toy-checkpoint:a")
+    current = at(changed("scott", "fid", 26.0), num_images=1000, seed=0, features="toy-checkpoint:a")
+    current["rows"][0]["seed"] = 1                                             # lcm at another seed
+    result = check(baseline, current)
+    assert [(a.method, a.reason) for a in result.not_compared] == [("lcm", "seed 0 vs 1")] * 3
+    assert [(c.method, c.metric) for c in result.regressions] == [("scott", "fid")]
+    assert result.exit_code == 1
+    assert "seed 0 vs 0/1 (DIFFERS)" in result.format().splitlines()[1]
+
+    current = at(BASE, num_images=1000, seed=0, features="toy-checkpoint:b")
+    scott_fid = {"num_images": 1000, "metric_models": {"features": {"identity": "toy-checkpoint:a"}}}
+    current["rows"][1]["protocols"] = {"fid": scott_fid}                     # the one cell on the old model
+    result = check(baseline, current)
+    assert {a.reason for a in result.not_compared} == {
+        "metric model features.identity toy-checkpoint:a vs toy-checkpoint:b"}
+    assert len(result.not_compared) == 5 and len(result.comparisons) == 1 and result.exit_code == 0
+    assert "metric models DIFFER: metric model features.identity" in result.format().splitlines()[1]
+
+
+def test_a_field_one_side_lacks_is_not_recorded_not_a_mismatch():
+    result = check(BASE, at(changed("lcm", "fid", 30.6), num_images=200, seed=3))
+    assert not result.not_compared and len(result.regressions) == 1 and result.exit_code == 1
+    assert result.format().splitlines()[1] == (
+        "protocol (baseline vs current): N 200 (not recorded in the baseline); seed 3 (not recorded in the "
+        "baseline); metric models not recorded; library versions not recorded")
+
+
+def test_command_against_results_at_another_n(tmp_path):
+    """End to end: a baseline leaderboard at N=1000, a results folder at N=200 with a worse FID."""
+    def row(value, run_id, num_images, time):
+        return Row(suite="smoke", teacher="toy", method="lcm", steps=2, nfe=2, guidance=3.0, seed=0,
+                   num_images=num_images, metric="fid", value=value, fingerprint=f"lcm-{num_images}", run_id=run_id,
+                   time=time, device="cpu", versions={"torch": "2.14.1"},
+                   protocol={"num_images": num_images, "metric_models": {"features": {"identity": "f"}}})
+
+    write_leaderboards(rows_to_frame([row(30.0, "r1", 1000, "2025-01-01T00:00:00Z")]), tmp_path / "lb")
+    results = tmp_path / "results"
+    ResultsStore(results, "r2").append([row(34.0, "r2", 200, "2025-01-02T00:00:00Z")])
+    argv = ["--baseline", str(tmp_path / "lb" / "smoke.json"), "--results", str(results)]
+    out = io.StringIO()
+    assert command(_args(*argv), out) == 2
+    first = out.getvalue().splitlines()[:3]
+    assert "0 regression(s)" in first[0] and "1 not compared" in first[0]
+    assert first[1] == ("protocol (baseline vs current): N 1000 vs 200 (DIFFERS); seed 0 on both sides; "
+                        "metric models same; library versions not recorded in the baseline")
+    out = io.StringIO()
+    assert command(_args(*argv, "--allow-mismatch"), out) == 1
+    assert "1 regression(s)" in out.getvalue().splitlines()[0] and "N 1000 vs 200" in out.getvalue()

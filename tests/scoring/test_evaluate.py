@@ -115,3 +115,38 @@ def test_eval_scores_a_foreign_folder_and_rejects_bad_ones(tmp_path, capsys):
     (foreign / "notes.bin").write_bytes(np.zeros(4, np.uint8).tobytes())
     assert main(["eval", "--samples", str(foreign), "--suite", "smoke", "--num-images", "7", "--quiet"]) == 2
     assert "notes.bin is not an image" in capsys.readouterr().err
+
+
+def test_accelerate_two_processes_score_a_folder_to_the_same_numbers(tmp_path):
+    """`accelerate launch --cpu --num_processes 2 -m bench eval`: each process extracts the features and
+    CLIP cosines of its share of the batches (bench.core.distributed.map_batches); the gathered numbers
+    equal one process's exactly, and only the main process writes rows."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    samples = tmp_path / "samples"
+    common = ["--suite", "toy", "--num-images", "70", "--teacher", "toy", "--quiet"]
+    assert main(["sample", "--method", "ddim", "--steps", "1", "--out", str(samples), *common]) == 0
+    score = ["eval", "--samples", str(samples), "--method", "ddim", "--steps", "1",
+             "--metrics", "fid,clip,coverage", *common]               # 70 images: 3 feature batches of 32
+    # one thread per process on both sides: CPU kernels are not thread-count-invariant in the last bits
+    # (accelerate gives each of the 2 processes 1 of this machine's threads), sharding is what is compared
+    env = {**os.environ, "BENCH_CACHE_DIR": str(tmp_path / "cache-1"), "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "bench", *score, "--results", str(tmp_path / "one")],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    env = {**env, "BENCH_CACHE_DIR": str(tmp_path / "cache-2")}         # nothing reused from the first
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                          "-m", "bench", *score, "--results", str(tmp_path / "two")],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-2000:]
+    values = {}
+    for name in ("one", "two"):
+        assert len(list((tmp_path / name).glob("*.jsonl"))) == 1        # one run file: the main process's
+        rows = load_all(tmp_path / name)
+        values[name] = dict(zip(rows["metric"], rows["value"]))
+    assert set(values["one"]) == {"fid", "clip", "precision", "recall", "density", "coverage"}
+    assert values["two"] == values["one"]

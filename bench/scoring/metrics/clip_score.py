@@ -64,10 +64,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 
+from bench.core.distributed import map_batches, process_shard
 from bench.core.errors import MissingResourceError, UsageError
 from bench.core.fingerprint import sha256_file
+from bench.core.progress import progress_bar
 from bench.scoring.metrics.features import ImageProtocol
 from bench.scoring.metrics.features import preprocess as crop_and_resize
 
@@ -479,15 +480,18 @@ class ClipScorer:
             raise UsageError("CLIP score of zero images is undefined")
 
         size = self.config.batch_size
-        parts = []
-        for image_batch, prompt_batch in tqdm(
-            zip(_batches(items, size), _batches(prompts, size)),
-            total=(len(items) + size - 1) // size,
-            desc="CLIP score",
-            disable=not progress,
-            leave=False,
-        ):
-            parts.append(self.cosines(image_batch, prompt_batch).cpu())
+        batches = list(zip(_batches(items, size), _batches(prompts, size)))
+        rank, world = process_shard()       # under `accelerate launch`, every process scores its share
+        bar = progress_bar(total=len(range(rank, len(batches), world)), desc="CLIP score", disable=not progress,
+                           leave=False)
+
+        def cosines(batch: tuple[Sequence[Image.Image | Path], Sequence[str]]) -> torch.Tensor:
+            out = self.cosines(*batch).cpu()
+            bar.update(1)
+            return out
+
+        parts = map_batches(cosines, batches)
+        bar.close()
         per_image = torch.cat(parts).double().numpy()
         return ClipScoreResult(mean_cosine=float(per_image.mean()), per_image=per_image, protocol=self.protocol())
 

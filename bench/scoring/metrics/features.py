@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from bench.core.distributed import map_batches, process_shard
 from bench.core.errors import MissingResourceError, UsageError
 from bench.core.fingerprint import sha256_file
 
@@ -343,11 +344,19 @@ def extract_features(files: Sequence[str | os.PathLike], extractor: FeatureExtra
     if batch_size < 1 or num_workers < 0:
         raise UsageError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
     transform: Callable[[np.ndarray], np.ndarray] = protocol.preprocess
-    features = get_files_features(
-        [str(f) for f in files], model=extractor, num_workers=num_workers, batch_size=batch_size,
-        device=extractor.device, mode=protocol.fid_mode, custom_image_tranform=transform,
-        description=description, verbose=progress,
-    )
+
+    def run(names: Sequence[str], verbose: bool = progress) -> np.ndarray:
+        return get_files_features(list(names), model=extractor, num_workers=num_workers, batch_size=batch_size,
+                                  device=extractor.device, mode=protocol.fid_mode, custom_image_tranform=transform,
+                                  description=description, verbose=verbose)
+
+    names = [str(f) for f in files]
+    _, world = process_shard()
+    if world == 1:
+        features = run(names)
+    else:  # `accelerate launch`: each process extracts its share of clean-fid's own batches
+        batches = [names[i:i + batch_size] for i in range(0, len(names), batch_size)]
+        features = np.concatenate(map_batches(lambda batch: run(batch, verbose=False), batches))
     features = np.ascontiguousarray(features, dtype=np.float32)
     if features.shape != (len(files), extractor.dim):
         raise RuntimeError(f"{extractor.name} returned features of shape {features.shape}, "

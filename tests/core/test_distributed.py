@@ -1,0 +1,43 @@
+"""bench.core.distributed.map_batches: round-robin batches, results back in batch order on every process."""
+from __future__ import annotations
+
+import torch.distributed as dist
+
+from bench.core import distributed
+
+
+def test_one_process_is_a_plain_loop():
+    assert distributed.map_batches(sum, [[1, 2], [3], [4, 5, 6]]) == [3, 3, 15]
+
+
+def test_two_processes_split_round_robin_and_gather_in_order(monkeypatch):
+    batches = [[i] * (i + 1) for i in range(5)]          # batch b holds b+1 copies of b
+    ran: dict[int, list[int]] = {0: [], 1: []}
+    shares: dict[int, dict] = {}
+
+    def run_as(rank: int) -> list:
+        monkeypatch.setattr(distributed, "process_shard", lambda: (rank, 2))
+
+        def run(batch):
+            ran[rank].append(batch[0])
+            return sum(batch)
+
+        def all_gather_object(out, mine):             # what gloo does: every rank's dict, in rank order
+            shares[rank] = mine
+            if len(shares) < 2:
+                raise _Waiting                         # the other rank has not run yet
+            out[:] = [shares[0], shares[1]]
+
+        monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
+        return distributed.map_batches(run, batches)
+
+    class _Waiting(Exception):
+        pass
+
+    try:
+        run_as(1)                                      # rank 1 runs its share, then waits for rank 0
+    except _Waiting:
+        pass
+    gathered = run_as(0)
+    assert ran == {0: [0, 2, 4], 1: [1, 3]}
+    assert gathered == [0, 2, 6, 12, 20] == [sum(b) for b in batches]
