@@ -23,6 +23,7 @@ from bench.core.errors import UsageError
 from bench.core.fingerprint import fingerprint, library_versions
 from bench.core.paths import cache_dir
 from bench.scoring.metrics.clip_score import (
+    CLIP_PRECISIONS,
     ClipScoreConfig,
     ClipScorer,
     resolve_clip_protocol,
@@ -163,7 +164,8 @@ def smoke_reference_folder(num_images: int = 16, resolution: int = 16, seed: int
 def metric_models_for(suite, metrics: tuple[str, ...], inception_path: str | None = None,
                       clip_weights: str | None = None, clip_model: str | None = None,
                       clip_pretrained: str | None = None, clip_prefix: str | None = None,
-                      device: torch.device | str | None = None, clip_resize: str | int | None = None) -> MetricModels:
+                      device: torch.device | str | None = None, clip_resize: str | int | None = None,
+                      clip_precision: str = "auto") -> MetricModels:
     """Real models for real suites (fail fast when the weights are missing), the trained toy models
     for the toy suite, stand-ins for smoke. The CLIP protocol is the suite's
     (:func:`bench.scoring.metrics.clip_score.clip_protocol_for_suite`) unless ``clip_prefix``
@@ -193,7 +195,7 @@ def metric_models_for(suite, metrics: tuple[str, ...], inception_path: str | Non
         config = ClipScoreConfig(model_name=clip_model or defaults.model_name,
                                  pretrained=clip_pretrained or defaults.pretrained,
                                  prefix=clip_protocol.prefix, image_size=clip_protocol.image_size,
-                                 weights_path=clip_weights)
+                                 weights_path=clip_weights, precision=clip_precision)
         clip = ClipScorer.from_config(config, device=device)
     return MetricModels(extractor, clip)
 
@@ -246,7 +248,8 @@ def build_evaluator(suite, metrics: tuple[str, ...], args: argparse.Namespace, p
     models = metric_models_for(suite, image_metrics, getattr(args, "inception_path", None),
                                getattr(args, "clip_weights", None), getattr(args, "clip_model", None),
                                getattr(args, "clip_pretrained", None), getattr(args, "clip_prefix", None),
-                               clip_resize=getattr(args, "clip_resize", None))
+                               clip_resize=getattr(args, "clip_resize", None),
+                               clip_precision=getattr(args, "clip_precision", None) or "auto")
     reference = reference_for(suite, models, getattr(args, "data_root", None), image_metrics, progress=progress)
     return Evaluator(suite, metrics, models, reference)
 
@@ -264,6 +267,10 @@ def add_metric_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip-prefix", default=None, metavar="TEXT|none",
                         help='caption prefix, or none (default: the suite\'s: "A photo depicts" on coco2014-30k, '
                              'coco2017-5k and mjhq-5k as DMD2, none on toy/smoke; recorded)')
+    parser.add_argument("--clip-precision", default="auto", choices=CLIP_PRECISIONS,
+                        help="precision of the CLIP encoders: auto = fp16 autocast on CUDA, each process's first "
+                             "batch checked against fp32 (an error beyond 2e-3, naming fp32), fp32 elsewhere; "
+                             "recorded with every CLIP number when not fp32")
     parser.add_argument("--clip-resize", default=None, metavar="N|raw",
                         help="centre crop + PIL Lanczos to NxN before the CLIP transform, or raw (no crop/resize) "
                              "(default: the suite's: 256 on coco2014-30k, coco2017-5k and mjhq-5k as DMD2, raw on "

@@ -74,7 +74,7 @@ def toy_metric_models(metrics: tuple[str, ...], device: torch.device):
                                      net, device)
     if "clip" in metrics:
         toy = load_toy_clip()
-        config = ClipScoreConfig(model_name="toy-clip", pretrained=None, batch_size=250)
+        config = ClipScoreConfig(model_name="toy-clip", pretrained=None, batch_size=250, precision="fp32")
         clip = ClipScorer.from_model(toy.model.to(device), toy.preprocess, toy.tokenizer,
                                      identity=f"toy-checkpoint:{toy.identity}", config=config, device=device)
     return extractor, clip

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from bench.core.errors import MissingResourceError, UsageError
+from bench.core.errors import BenchError, MissingResourceError, UsageError
 from bench.core.fingerprint import sha256_file
 from bench.scoring.metrics.clip_score import (
     GIGAGAN_PREFIX,
@@ -276,11 +276,33 @@ def test_from_config_loads_local_file_through_open_clip(tiny_clip, monkeypatch, 
     )
 
 
+def test_fp16_autocast_is_checked_against_fp32_and_recorded(tiny_clip):
+    """--clip-precision fp16 (the default on CUDA): the encoders run under fp16 autocast, the first
+    batch is also scored in fp32 and must agree within fp16_tolerance, and the protocol says so;
+    beyond the tolerance the score stops with one error naming --clip-precision fp32."""
+    model, preprocess, tokenizer = tiny_clip
+    images = _images(len(PROMPTS))
+    full = ClipScorer.from_model(model, preprocess, tokenizer, "tiny", ClipScoreConfig(batch_size=2))
+    half = ClipScorer.from_model(model, preprocess, tokenizer, "tiny", ClipScoreConfig(batch_size=2, precision="fp16"))
+    assert full.precision == "fp32" and "precision" not in full.protocol()      # fp32 rows keep their fingerprints
+    reference = full.score(images, PROMPTS, progress=False).per_image
+    result = half.score(images, PROMPTS, progress=False)
+    assert 0 < np.abs(result.per_image - reference).max() <= 2e-3                # fp16 really ran, and agrees
+    assert result.protocol["precision"].startswith("fp16 autocast")
+    strict = ClipScorer.from_model(model, preprocess, tokenizer, "tiny",
+                                   ClipScoreConfig(batch_size=2, precision="fp16", fp16_tolerance=1e-9))
+    with pytest.raises(BenchError, match="rerun with --clip-precision fp32"):
+        strict.score(images, PROMPTS, progress=False)
+    assert ClipScorer.from_model(model, preprocess, tokenizer, "tiny", device="cpu").precision == "fp32"  # auto, CPU
+
+
 def test_config_rejects_bad_values():
     with pytest.raises(UsageError):
         ClipScoreConfig(batch_size=0)
     with pytest.raises(UsageError):
         ClipScoreConfig(prefix="  ")
+    with pytest.raises(UsageError, match="--clip-precision"):
+        ClipScoreConfig(precision="fp8")
 
 
 # ---------------------------------------------------------------- latency

@@ -198,3 +198,12 @@ def test_reference_features_and_fid_agree_with_folder_fid(tmp_path):
     assert abs(reference.fid(generated) - expected) < 1e-6
     with pytest.raises(UsageError, match="different extractors or protocols"):
         reference.fid(ref.samples_features(samples, standin_extractor(seed=5), protocol, progress=False))
+
+
+def test_feature_loading_is_large_batches_and_workers_on_a_gpu_only():
+    import os
+
+    from bench.scoring.metrics.reference import feature_loading
+
+    assert feature_loading("cpu") == (32, 0)
+    assert feature_loading("cuda:0") == (256, min(8, os.cpu_count() or 1))

@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bench.core.distributed import map_batches, process_shard
-from bench.core.errors import MissingResourceError, UsageError
+from bench.core.errors import BenchError, MissingResourceError, UsageError
 from bench.core.fingerprint import sha256_file
 from bench.core.progress import progress_bar
 from bench.scoring.metrics.features import ImageProtocol
@@ -85,6 +85,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # the safetensors name first (pretrained.download_pretrained_from_hf), and so do we.
 _HF_WEIGHTS_NAME = "open_clip_pytorch_model.bin"
 _HF_SAFE_WEIGHTS_NAME = "open_clip_model.safetensors"
+
+
+CLIP_PRECISIONS = ("auto", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -109,10 +112,14 @@ class ClipScoreConfig:
     image_size: int | None = None
     weights_path: str | None = None
     cache_dir: str | None = None
+    precision: str = "auto"           # "auto": fp16 on CUDA, fp32 elsewhere; or "fp16" / "fp32"
+    fp16_tolerance: float = 2e-3      # largest |cos fp16 - cos fp32| allowed on a process's first batch
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise UsageError(f"CLIP score batch_size must be >= 1, got {self.batch_size}")
+        if self.precision not in CLIP_PRECISIONS:
+            raise UsageError(f"--clip-precision must be one of {', '.join(CLIP_PRECISIONS)}, got {self.precision!r}")
         if self.prefix is not None and not self.prefix.strip():
             raise UsageError("CLIP score prefix must be None or a non-empty string")
         if self.image_size is not None and (isinstance(self.image_size, bool) or not isinstance(self.image_size, int)
@@ -370,6 +377,9 @@ class ClipScorer:
             params = list(model.parameters()) if hasattr(model, "parameters") else []
             device = params[0].device if params else "cpu"
         self.device = torch.device(device)
+        self.precision = config.precision
+        if self.precision == "auto":
+            self.precision = "fp16" if self.device.type == "cuda" else "fp32"
         if hasattr(model, "eval"):
             model.eval()
 
@@ -427,6 +437,9 @@ class ClipScorer:
             "image": self.config.clip_protocol.describe_image(),
             "value": "raw mean cosine, no clamp",
             "context_length": getattr(self.tokenizer, "context_length", None),
+            # recorded only when not fp32, so fp32 rows keep the fingerprints they always had
+            **({"precision": f"{self.precision} autocast, within {self.config.fp16_tolerance:g} of fp32 "
+                             "on each process's first batch"} if self.precision != "fp32" else {}),
         }
 
     def text_for(self, prompt: str) -> str:
@@ -456,13 +469,27 @@ class ClipScorer:
         return Image.fromarray(crop_and_resize(image, protocol))
 
     @torch.inference_mode()
-    def cosines(self, images: Sequence[Image.Image | Path], prompts: Sequence[str]) -> torch.Tensor:
-        """Raw cosine of each (image i, prompt i) pair, for one batch."""
+    def cosines(self, images: Sequence[Image.Image | Path], prompts: Sequence[str],
+                precision: str | None = None) -> torch.Tensor:
+        """Raw cosine of each (image i, prompt i) pair, for one batch; the encoders run in
+        ``precision`` (default the scorer's) under autocast, the cosine in fp32."""
         pixels = torch.stack([self.preprocess(self.prepare_image(item)) for item in images]).to(self.device)
         tokens = self.tokenize(prompts).to(self.device)
-        image_emb = F.normalize(self.model.encode_image(pixels).float(), dim=-1)
-        text_emb = F.normalize(self.model.encode_text(tokens).float(), dim=-1)
-        return (image_emb * text_emb).sum(dim=-1)
+        half = (precision or self.precision) == "fp16"
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=half):
+            image_emb, text_emb = self.model.encode_image(pixels), self.model.encode_text(tokens)
+        return (F.normalize(image_emb.float(), dim=-1) * F.normalize(text_emb.float(), dim=-1)).sum(dim=-1)
+
+    def checked_half(self, images: Sequence[Image.Image | Path], prompts: Sequence[str]) -> torch.Tensor:
+        """fp16 cosines of a batch, checked against fp32 ones of the same batch: a BenchError when
+        they differ by more than ``fp16_tolerance`` (the number would then depend on the precision)."""
+        half, full = self.cosines(images, prompts), self.cosines(images, prompts, precision="fp32")
+        worst = float((half.float() - full).abs().max())
+        if not worst <= self.config.fp16_tolerance:
+            raise BenchError(f"CLIP score in fp16 differs from fp32 by {worst:.2e} on this device (> "
+                             f"{self.config.fp16_tolerance:g}); rerun with --clip-precision fp32")
+        logger.info("CLIP fp16 checked against fp32 on %d images: max |diff| %.1e", len(images), worst)
+        return half
 
     def score(
         self,
@@ -485,8 +512,12 @@ class ClipScorer:
         bar = progress_bar(total=len(range(rank, len(batches), world)), desc="CLIP score", disable=not progress,
                            leave=False)
 
+        checked: list[bool] = []
+
         def cosines(batch: tuple[Sequence[Image.Image | Path], Sequence[str]]) -> torch.Tensor:
-            out = self.cosines(*batch).cpu()
+            first_half = self.precision == "fp16" and not checked
+            out = (self.checked_half(*batch) if first_half else self.cosines(*batch)).cpu()
+            checked.append(True)
             bar.update(1)
             return out
 

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from bench.assets.suites import default_data_root
 from bench.core.atomic import atomic_path
@@ -282,12 +283,26 @@ def _save_cached(path: Path, fp: str, key: dict, names: list[str], features: np.
                      files=np.array(names, dtype=str), features=features, mu=mu, sigma=sigma)
 
 
+def feature_loading(device: torch.device | str) -> tuple[int, int]:
+    """(batch size, DataLoader workers) for feature extraction on ``device``. On a GPU: batches of
+    256 and up to 8 worker processes decoding and resizing PNGs, so the network never waits for the
+    CPU; on the CPU: batches of 32 in the main process (workers would only compete with the network
+    for the same cores). Neither is part of the features' cache key."""
+    if torch.device(device).type == "cuda":
+        return 256, min(8, os.cpu_count() or 1)
+    return 32, 0
+
+
 def files_features(files: Sequence[Path], root: str | os.PathLike, extractor: FeatureExtractor,
                    protocol: ImageProtocol, *, kind: str = "reference", extra_key: dict | None = None,
-                   batch_size: int = 32, num_workers: int = 0, cache: bool = True,
+                   batch_size: int | None = None, num_workers: int | None = None, cache: bool = True,
                    progress: bool = True) -> FeatureSet:
     """Features of ``files`` (names taken relative to ``root``), from the cache when a valid entry
-    exists, else computed with :func:`bench.scoring.metrics.features.extract_features` and cached."""
+    exists, else computed with :func:`bench.scoring.metrics.features.extract_features` and cached.
+    Batch size and loader workers default to the extractor's device (:func:`feature_loading`)."""
+    default_batch, default_workers = feature_loading(extractor.device)
+    batch_size = default_batch if batch_size is None else batch_size
+    num_workers = default_workers if num_workers is None else num_workers
     root = Path(root)
     files = [Path(f) for f in files]
     if kind not in ("reference", "samples"):
