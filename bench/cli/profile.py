@@ -1,5 +1,6 @@
 """`bench profile`: speed and memory of methods vs a stock diffusers pipeline, and of training;
-what it measures is documented in ``bench.perf.profile``."""
+what it measures is documented in ``bench.perf.profile``. ``--cell`` times one whole leaderboard
+cell end to end instead (``bench.perf.cell_profile``)."""
 from __future__ import annotations
 
 import argparse
@@ -7,12 +8,26 @@ from pathlib import Path
 
 import torch
 
-from bench.assets.teachers.model import teacher_names
+from bench.assets.teachers.model import TEACHER_SPECS, teacher_names
+from bench.cli.commands import SUITE_SAMPLING_DEFAULTS, GpuBatchModel
 from bench.core.errors import UsageError
 from bench.core.spec import guidance_scale, load_method, parse_int_list, parse_name_list
 from bench.engine.cells import resolve_device
 from bench.engine.published import OWN_TEACHER, resolve_published
-from bench.engine.sampling import PRECISIONS
+from bench.engine.sampling import BATCHING_MODES, PRECISIONS
+from bench.perf.cell_profile import (
+    DEFAULT_CELL_METHOD,
+    DEFAULT_CELL_STEPS,
+    DEFAULT_CPU_CELL_IMAGES,
+    DEFAULT_CPU_CELL_TEACHER,
+    DEFAULT_GPU_CELL_IMAGES,
+    DEFAULT_GPU_CELL_TEACHER,
+    NEAREST_K,
+    CellSpec,
+    render_cell_summary,
+    run_cell_profile,
+    write_cell_report,
+)
 from bench.perf.profile import merge_reports, run_profile
 from bench.perf.profile_report import (
     render_speed_table,
@@ -44,7 +59,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="time a published student (zoo name, hub reference or local path, as `bench sample "
                              "--student`) instead of an untrained student of the method's architecture; the "
                              "teacher defaults to the one it fits")
-    parser.add_argument("--steps", default="1,2,4", metavar="1,2,4", help="comma-separated step counts (default 1,2,4)")
+    parser.add_argument("--steps", default=None, metavar="1,2,4",
+                        help=f"comma-separated step counts (default 1,2,4); with --cell one count (default "
+                             f"{DEFAULT_CELL_STEPS})")
     parser.add_argument("--teacher", default=None,
                         help=f"teacher name (default: {DEFAULT_GPU_TEACHER} on CUDA, the SD-1.5 architecture at "
                              f"512 px with random weights; {DEFAULT_CPU_TEACHER} on the CPU)")
@@ -95,6 +112,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="GPU: skip the search for the largest training batch that fits")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="torch CPU threads (default: torch's own choice); recorded in the report")
+    cell = parser.add_argument_group(
+        "one leaderboard cell end to end (--cell; bench/perf/cell_profile.py)",
+        "Sample N images with the method at --steps (PNGs written to a temporary folder), then FID features, "
+        "CLIP image + text features, FID statistics + Frechet distance and PRDC/Coverage, each stage timed; "
+        "reports images/s and share of each stage, peak memory and the projected time of the full grid "
+        "(distilled methods x 1, 2, 4, 8 steps x coco2014-30k, coco2017-5k, mjhq-5k). Defaults: on CUDA teacher "
+        f"{DEFAULT_GPU_CELL_TEACHER} (the SD-1.5 architecture, random weights; clean-fid's Inception graph and "
+        f"open_clip ViT-g-14, random weights where the checkpoints are missing) at N = {DEFAULT_GPU_CELL_IMAGES:,}; "
+        f"on the CPU teacher {DEFAULT_CPU_CELL_TEACHER} (the toy world's metric models) at N = "
+        f"{DEFAULT_CPU_CELL_IMAGES:,}. Writes <out>/cell-<device>.md and .json.")
+    cell.add_argument("--cell", action="store_true", help="time one whole cell (the options of this group)")
+    cell.add_argument("--method", default=None, metavar="M", help=f"--cell: the method (default {DEFAULT_CELL_METHOD})")
+    cell.add_argument("--num-images", type=int, default=None, metavar="N",
+                      help=f"--cell: images of the cell (default {DEFAULT_GPU_CELL_IMAGES:,} on CUDA, "
+                           f"{DEFAULT_CPU_CELL_IMAGES:,} on the CPU); a smaller N is projected to the suites' sizes")
+    cell.add_argument("--batch-size", type=int, default=None, metavar="B",
+                      help="--cell: images per sampling batch (default: what `bench run` uses: 250 on toy, else 8)")
+    cell.add_argument("--batching", default=None, choices=list(BATCHING_MODES),
+                      help="--cell: sampling batching (default: what `bench run` uses: fast on toy, else exact)")
 
 
 def parse_spec(args: argparse.Namespace) -> ProfileSpec:
@@ -109,7 +145,7 @@ def parse_spec(args: argparse.Namespace) -> ProfileSpec:
             args.teacher = published.teacher_name or OWN_TEACHER
     else:
         methods = tuple(load_method(name, args.config) for name in parse_name_list(args.methods, "--methods"))
-    steps = tuple(parse_int_list(args.steps, "--steps"))
+    steps = tuple(parse_int_list(args.steps or "1,2,4", "--steps"))
     batches = tuple(parse_int_list(args.batches, "--batches"))
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
@@ -155,7 +191,67 @@ def parse_spec(args: argparse.Namespace) -> ProfileSpec:
                        batch_search=not args.no_batch_search, student=published, student_text=args.student)
 
 
+CELL_ONLY = ("method", "num_images", "batch_size", "batching")
+NOT_WITH_CELL = ("methods", "student", "merge", "speedup", "speedup_at", "speedup_variants", "dtypes")
+
+
+def parse_cell_spec(args: argparse.Namespace) -> CellSpec:
+    """The request of --cell, checked before any model loads."""
+    given = [name for name in NOT_WITH_CELL if getattr(args, name)]
+    if given:
+        raise UsageError(f"--cell times one method: drop --{given[0].replace('_', '-')} (use --method M)")
+    method = load_method(args.method or DEFAULT_CELL_METHOD, args.config)
+    steps = parse_int_list(args.steps or str(DEFAULT_CELL_STEPS), "--steps")
+    if len(steps) != 1:
+        raise UsageError(f"--cell times one step count; got --steps {args.steps}")
+    reason = method.unsupported_steps_reason(steps[0])
+    if reason:
+        raise UsageError(reason)
+    device = resolve_device(args.device)
+    cuda = device.type == "cuda"
+    teacher = args.teacher or (DEFAULT_GPU_CELL_TEACHER if cuda else DEFAULT_CPU_CELL_TEACHER)
+    if teacher not in teacher_names():
+        raise UsageError(f"unknown teacher {teacher!r}; known teachers: {', '.join(teacher_names())}")
+    n = args.num_images if args.num_images is not None else (DEFAULT_GPU_CELL_IMAGES if cuda else
+                                                              DEFAULT_CPU_CELL_IMAGES)
+    if n < 1:
+        raise UsageError(f"--num-images must be >= 1, got {n}")
+    if n <= NEAREST_K:
+        raise UsageError(f"--num-images must be > {NEAREST_K}: Coverage's k = {NEAREST_K} nearest neighbours need "
+                         f"more images (got {n})")
+    # what `bench run` samples the cell's suite with (bench.cli.commands.apply_sampling_defaults):
+    # the toy suite's batches; on CUDA fast batching at the batch the free memory holds; else exact, 8
+    batching, batch_size = SUITE_SAMPLING_DEFAULTS.get("toy" if teacher == "toy" else "", ("exact", 8))
+    if cuda and teacher != "toy" and args.batching in (None, "fast"):
+        free_mib = torch.cuda.mem_get_info(device)[0] / 2**20
+        batching, batch_size = "fast", GpuBatchModel().batch_size(free_mib, TEACHER_SPECS[teacher].resolution)
+    batch_size = args.batch_size if args.batch_size is not None else batch_size
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    return CellSpec(method=method, steps=steps[0], teacher=teacher, device=device, num_images=n,
+                    batch_size=batch_size, batching=args.batching or batching,
+                    out=Path(args.out), seed=args.seed, config=args.config)
+
+
+def cell_command(args: argparse.Namespace) -> int:
+    spec = parse_cell_spec(args)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    report = run_cell_profile(spec, progress=not args.quiet)
+    md_path, json_path = write_cell_report(report, spec.out)
+    print(render_cell_summary(report))
+    print(f"report: {md_path} (and {json_path.name})")
+    return 0
+
+
 def command(args: argparse.Namespace) -> int:
+    if args.cell:
+        return cell_command(args)
+    given = [name for name in CELL_ONLY if getattr(args, name) is not None]
+    if given:
+        raise UsageError(f"--{given[0].replace('_', '-')} belongs to --cell; add --cell (or drop it)")
     if args.merge:
         if args.methods:
             raise UsageError("--merge measures nothing; drop --methods (or --merge)")
