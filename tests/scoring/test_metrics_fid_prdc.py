@@ -16,6 +16,7 @@ from torchvision.transforms import functional as TF
 from bench.core.errors import MissingResourceError, UsageError
 from bench.core.fingerprint import sha256_file
 from bench.scoring.metrics import features as feat
+from bench.scoring.metrics import prdc as prdc_module
 from bench.scoring.metrics.features import (
     ImageProtocol,
     extract_features,
@@ -325,6 +326,72 @@ def test_prdc_same_array_and_float64_estimate_path():
     torch.set_float32_matmul_precision("high")  # float32 GEMMs not IEEE: the float64 estimate is used
     try:
         _assert_same(prdc(real, fake, 5, chunk_size=16, device="cpu"), _reference_prdc(real, fake, 5))
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def _near_tie_cases():
+    """Clustered features full of exact and near ties: tight clusters whose offsets lie on a grid
+    (steps of 1/256 to 1/16), so many distances within a cluster are equal or nearly equal and
+    many k-NN radii tie with real-fake distances; the fake set is shifted by one grid step. The
+    finest grid leaves every comparison to the exact refinement, the coarser ones only some."""
+    rng = np.random.default_rng(21)
+    cases = []
+    for dim, clusters, k, step in [(8, 5, 3, 1 / 256), (32, 8, 5, 1 / 32), (128, 6, 5, 1 / 16)]:
+        centres = rng.standard_normal((clusters, dim)) * 4
+
+        def draw(count, shift):
+            offsets = np.round(rng.standard_normal((count, dim)) * 2) * step
+            return (centres[rng.integers(0, clusters, count)] + offsets + shift).astype(np.float32)
+
+        cases.append((f"clustered-{dim}d-k{k}", draw(300, 0.0), draw(260, step), k))
+    return cases
+
+
+@pytest.mark.parametrize("name,real,fake,k", _near_tie_cases(), ids=[c[0] for c in _near_tie_cases()])
+def test_prdc_matches_prdc_package_on_clustered_near_ties(name, real, fake, k):
+    reference = _reference_prdc(real, fake, k)
+    _assert_same(prdc(real, fake, k, device="cpu"), reference)
+    _assert_same(prdc(real, fake, k, chunk_size=37, device="cpu"), reference)
+
+
+def test_prdc_dense_blocks_are_batched(monkeypatch):
+    """Blocks where most entries are selected (hundreds of duplicates: zero radii, all-tied k-NN
+    lists) are processed in several batches of entries; the results stay prdc's."""
+    rng = np.random.default_rng(5)
+    point = rng.standard_normal(16)
+    real = np.concatenate([np.tile(point, (700, 1)), rng.standard_normal((200, 16))]).astype(np.float32)
+    fake = np.concatenate([np.tile(point, (600, 1)), rng.standard_normal((200, 16)) * 0.5]).astype(np.float32)
+    real, fake = real[rng.permutation(900)], fake[rng.permutation(800)]
+    batches = []
+    original = prdc_module._hits
+
+    def counting_hits(*args, **kwargs):
+        found = list(original(*args, **kwargs))
+        batches.append(len(found))
+        return iter(found)
+
+    monkeypatch.setattr(prdc_module, "_hits", counting_hits)
+    _assert_same(prdc(real, fake, 5, chunk_size=300, device="cpu"), _reference_prdc(real, fake, 5))
+    assert max(batches) > 1  # at least one block exceeded the per-batch entry limit
+
+
+def test_prdc_torch_kernels_match(monkeypatch):
+    """The CUDA code path (torch block kernels instead of numpy), run here on CPU tensors, with the
+    float32 and the float64 estimate."""
+    monkeypatch.setattr(prdc_module, "_host_kernels", lambda device: False)
+    cases = [c for c in _cases() if c[0].startswith(("gauss-k5", "grid", "dup-k3", "float64", "mixed"))]
+    for name, real, fake, k in cases + _near_tie_cases()[:1]:
+        reference = _reference_prdc(real, fake, k)
+        _assert_same(prdc(real, fake, k, device="cpu"), reference)
+        _assert_same(prdc(real, fake, k, chunk_size=7, device="cpu"), reference)
+    x = np.random.default_rng(3).standard_normal((80, 6)).astype(np.float32)
+    _assert_same(prdc(x, x, 3, device="cpu"), _reference_prdc(x, x, 3))
+    real, fake = _cases()[1][1:3]
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        _assert_same(prdc(real, fake, 3, chunk_size=16, device="cpu"), _reference_prdc(real, fake, 3))
     finally:
         torch.set_float32_matmul_precision(previous)
 

@@ -2,24 +2,36 @@
 
 ``prdc(real, fake, nearest_k)`` returns what ``prdc.compute_prdc(real, fake, nearest_k)`` returns
 (same keys, same strict ``<`` comparisons, same k-NN radii) without ever holding an N x N matrix:
-memory is O(chunk x N) on top of the inputs (30,000 x 2,048 per set: 1.6 GiB peak RSS for the
-whole process, imports and inputs included; ``python -m bench benchmark prdc-large``).
+memory is O(chunk x N) on top of the inputs (``python -m bench benchmark prdc-large`` prints the
+peak resident memory at 30,000 x 2,048 per set).
 
 Exactness. ``compute_prdc`` measures distances with ``sklearn.metrics.pairwise_distances``, whose
 numerics decide every tie: the squared distance is ``(-2 x.y + |x|^2) + |y|^2`` in float64 (float32
 inputs are upcast chunk-wise), it is rounded to float32 when both inputs are float32, clipped at 0,
 and its square root is taken in that dtype; self-distances are set to exactly 0. Here each
 distance that can change a result is computed with that same formula, so ties resolve the same way
-(up to float64 last-bit differences between BLAS libraries, which only matter in the
-one-in-10^8 case where they cross a float32 rounding boundary).
+for float32 features: the float64 dot products may differ from sklearn's GEMM in the last bit
+(another summation order), which matters only where that bit crosses a float32 rounding boundary
+(about one pair in 10^8 for generic features; more often for coarsely quantized clusters, where
+some exact distances sit on such boundaries). With float64 features no rounding absorbs that last bit: pairs whose
+distances tie mathematically but not in float64 (non-integer data with repeated offsets) may be
+ordered differently than in ``compute_prdc`` (integer-valued data, whose sums are exact, are not).
 
-Speed. On CPU the distance matrices are first *estimated* with a float32 GEMM, together with a
-rigorous bound on the estimate's error (``|fl(x.y) - x.y| <= gamma_d |x||y|`` for any summation
-order; see ``_bound_coefficient``). A comparison ``D < r`` whose outcome the bound already decides is
-taken from the estimate; only the few undecided pairs, and the k-NN radii those pairs compare
-with, are recomputed exactly in float64. The radius matrices are symmetric, so only their upper
-block triangle is multiplied. On CUDA the estimate itself is float64 (fast on data-centre GPUs and
-immune to TF32 settings), so almost nothing needs refining.
+Speed. The distance matrices are first *estimated* with a float32 GEMM (float64 on CUDA: fast on
+data-centre GPUs and immune to TF32 settings), together with a rigorous bound on the estimate's
+error (``|fl(x.y) - x.y| <= gamma_d |x||y|`` for any summation order; see ``_bound_coefficient``).
+A comparison ``D < r`` whose outcome the bound already decides is taken from the estimate; only
+the few undecided pairs, and the k-NN radii those pairs compare with, are recomputed exactly in
+float64. The radius matrices are symmetric, so only their upper block triangle is multiplied
+(the diagonal blocks by SYRK, which numpy uses for ``x @ x.T``, at half the cost).
+Beyond the GEMMs, each estimate block costs about two single passes: the k-NN lists take only the
+entries below a row's current k+pad-th smallest value (a handful per row and block), and the
+real x fake blocks yield only the pairs that may lie inside some radius. The block kernels
+(GEMM, comparisons, selections) run in numpy on CPU and in torch on CUDA; the bookkeeping on the
+few selected entries is numpy. On CPU numpy is the faster choice: OpenBLAS's SGEMM beats torch's
+MKL SGEMM on AMD CPUs, numpy's comparison / nonzero passes beat torch's broadcasting kernels, and
+numpy's single-threaded small operations do not stall when other processes load the cores (torch's
+multi-threaded ones did, by an order of magnitude).
 
 Radius of point i: the distance to its k-th nearest *other* point, i.e. ``compute_prdc``'s
 (k+1)-th smallest entry of row i including the zero self-distance.
@@ -28,6 +40,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Iterator, Union
 
 import numpy as np
 import torch
@@ -36,22 +49,30 @@ from bench.core.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-_CHUNK_BYTES = 64 << 20      # one [chunk, n] estimate matrix
-_PAIR_BATCH = 8192           # pairs per exact float64 refinement batch
-_F64_COPY_BYTES = 128 << 20  # keep a float64 copy of a feature set up to this size
-_KNN_PAD = 4                 # extra k-NN candidates taken from the estimate
+_CHUNK_BYTES = 64 << 20      # one estimate block
+_PAIR_BATCH = 256            # pairs per exact refinement batch (small: gathered rows stay in cache)
+_KNN_PAD = 8                  # extra k-NN candidates kept per row
+
+Array = Union[np.ndarray, torch.Tensor]  # numpy on the host, torch on CUDA
+Rows = Union[slice, np.ndarray]
+
+
+def _host_kernels(device: torch.device) -> bool:
+    """Whether the block kernels run in numpy (CPU) rather than torch (CUDA)."""
+    return device.type == "cpu"
 
 
 @dataclass(frozen=True)
 class _Cloud:
-    """One feature set on the compute device."""
+    """One feature set: block-kernel arrays (numpy on the host, torch on CUDA) and host norms."""
 
-    src: torch.Tensor      # [n, d] the values as given (float32, or float64 for any other dtype)
-    est: torch.Tensor      # [n, d] in the estimate dtype (may alias src)
-    sq: torch.Tensor       # [n] float64 squared norms (sklearn row_norms of the float64 values)
-    sq_est: torch.Tensor   # [n] sq in the estimate dtype
+    src: Array            # [n, d] the values as given (float32, or float64 for any other dtype)
+    est: Array            # [n, d] in the estimate dtype (may alias src)
+    half_sq: Array        # [n] |x|^2 / 2 in the estimate dtype
+    sq: np.ndarray        # [n] float64 squared norms (sklearn row_norms of the float64 values)
+    dtype: np.dtype       # the estimate dtype
     is_f32: bool
-    src64: torch.Tensor | None  # float64 copy of src when small (faster exact refinement)
+    host: bool
 
     @property
     def n(self) -> int:
@@ -66,44 +87,57 @@ def _as_array(x, what: str) -> np.ndarray:
         raise UsageError(f"{what} features must be a 2-D [N, dim] array, got shape {arr.shape}")
     if arr.dtype != np.float32:
         arr = arr.astype(np.float64)  # what sklearn does with anything not float32
-    if not np.isfinite(arr).all():
-        raise UsageError(f"{what} features contain NaN or infinite values")
-    return arr
+    return np.ascontiguousarray(arr)
 
 
-def _row_norms64(x: np.ndarray, rows: int = 4096) -> np.ndarray:
-    """``sklearn.utils.extmath.row_norms(x.astype(float64), squared=True)``, chunked (no full copy)."""
+def _row_norms64(x: np.ndarray, what: str) -> np.ndarray:
+    """``sklearn.utils.extmath.row_norms(x.astype(float64), squared=True)``, chunked through one
+    small float64 buffer (no full copy, no fresh pages per chunk). Also the finiteness check: a
+    NaN or infinite value makes its row's norm non-finite."""
     out = np.empty(x.shape[0], dtype=np.float64)
+    rows = max(1, (4 << 20) // (8 * max(1, x.shape[1])))
+    buffer = np.empty((min(rows, x.shape[0]), x.shape[1]), dtype=np.float64)
     for start in range(0, x.shape[0], rows):
-        block = x[start:start + rows].astype(np.float64, copy=False)
+        block = buffer[:min(rows, x.shape[0] - start)]
+        np.copyto(block, x[start:start + rows])
         out[start:start + rows] = np.einsum("ij,ij->i", block, block)
+    if not np.isfinite(out).all():
+        if not all(np.isfinite(x[start:start + rows]).all() for start in range(0, x.shape[0], rows)):
+            raise UsageError(f"{what} features contain NaN or infinite values")
+        raise UsageError(f"{what} features are too large: their squared norms overflow float64")
     return out
 
 
-def _cloud(x: np.ndarray, device: torch.device, est_dtype: torch.dtype) -> _Cloud:
-    src = torch.from_numpy(np.ascontiguousarray(x)).to(device)
-    est = src if src.dtype == est_dtype else src.to(est_dtype)
-    sq = torch.from_numpy(_row_norms64(x)).to(device)
-    if src.dtype == torch.float64:
-        src64 = src
-    elif x.shape[0] * x.shape[1] * 8 <= _F64_COPY_BYTES:
-        src64 = src.to(torch.float64)
-    else:
-        src64 = None
-    return _Cloud(src, est, sq, sq.to(est_dtype), x.dtype == np.float32, src64)
+def _torch_dtype(dtype: np.dtype) -> torch.dtype:
+    return torch.float32 if dtype == np.float32 else torch.float64
 
 
-def _unit_roundoff(dtype: torch.dtype) -> float:
-    return 2.0 ** -24 if dtype == torch.float32 else 2.0 ** -53
+def _cloud(x: np.ndarray, what: str, device: torch.device, est_dtype: np.dtype) -> _Cloud:
+    sq = _row_norms64(x, what)
+    half_sq = (sq * 0.5).astype(est_dtype)
+    is_f32 = x.dtype == np.float32
+    if _host_kernels(device):
+        return _Cloud(x, x.astype(est_dtype, copy=False), half_sq, sq, est_dtype, is_f32, True)
+    src = torch.from_numpy(x).to(device)
+    est = src.to(_torch_dtype(est_dtype))
+    return _Cloud(src, est, torch.from_numpy(half_sq).to(device), sq, est_dtype, is_f32, False)
 
 
-def _bound_coefficient(dim: int, est_dtype: torch.dtype) -> float:
+# ----------------------------------------------------------------------------------------------
+# bounds
+
+
+def _unit_roundoff(dtype: np.dtype) -> float:
+    return 2.0 ** -24 if dtype == np.float32 else 2.0 ** -53
+
+
+def _bound_coefficient(dim: int, est_dtype: np.dtype) -> float:
     """c such that |estimate - exact| <= c * (|x|^2 + |y|^2) for every pair, where "exact" is the
     float64 value sklearn's formula gives.
 
     The estimate is s = fl(fl(-2 fl(x.y) + |y|^2) + |x|^2) in the estimate dtype (u its unit
-    roundoff). For any summation order, FMA and blocked GEMMs included,
-    |fl(x.y) - x.y| <= gamma_d sum_k |x_k y_k| <= gamma_d (|x|^2 + |y|^2) / 2 with
+    roundoff; it is held halved, which is exact). For any summation order, FMA and blocked GEMMs
+    included, |fl(x.y) - x.y| <= gamma_d sum_k |x_k y_k| <= gamma_d (|x|^2 + |y|^2) / 2 with
     gamma_d = d u / (1 - d u); rounding float64 inputs and norms to the estimate dtype and the two
     additions add at most 7 u (|x|^2 + |y|^2). The float64 reference value obeys the same bound
     with u = 2^-53. 25% slack covers the second-order terms.
@@ -117,82 +151,229 @@ def _bound_coefficient(dim: int, est_dtype: torch.dtype) -> float:
     return 1.25 * total
 
 
-def _finish(t: torch.Tensor, out_f32: bool) -> torch.Tensor:
+def _bounds(r_lo: np.ndarray, r_hi: np.ndarray, out_f32: bool, est_dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Squared thresholds (lo, hi), float64, for a radius r in [r_lo, r_hi]: an exact squared
+    distance < lo implies D < r, and >= hi implies D >= r, whatever the rounding of D (float32
+    rounding and square root)."""
+    m = 4.0 * (2.0 ** -24 if out_f32 else 2.0 ** -53) + 8.0 * _unit_roundoff(est_dtype)
+    return (r_lo * (1.0 - m)) ** 2 * (1.0 - m), (r_hi * (1.0 + m)) ** 2 * (1.0 + m)
+
+
+# ----------------------------------------------------------------------------------------------
+# block kernels: numpy on the host, torch on CUDA; results come back as numpy
+
+
+def _take(values: Array, rows: Rows) -> Array:
+    if isinstance(rows, slice) or isinstance(values, np.ndarray):
+        return values[rows]
+    return values[torch.from_numpy(rows).to(values.device)]
+
+
+def _host(x: Array) -> np.ndarray:
+    return x if isinstance(x, np.ndarray) else x.cpu().numpy()
+
+
+def _estimate(a: _Cloud, rows: Rows, b: _Cloud, cols: Rows, work: Array) -> Array:
+    """Half the estimated squared distances a[rows] x b[cols] in the estimate dtype, written into
+    (a view of) the workspace ``work``: h = fl(fl(|y|^2/2 - fl(x.y)) + |x|^2/2), which is exactly
+    half of s = fl(fl(|y|^2 - 2 fl(x.y)) + |x|^2) because halving is exact."""
+    x, y = _take(a.est, rows), _take(b.est, cols)
+    hx, hy = _take(a.half_sq, rows), _take(b.half_sq, cols)
+    h = work[:x.shape[0] * y.shape[0]].reshape(x.shape[0], y.shape[0])
+    if a.host:
+        np.matmul(x, y.T, out=h)
+        np.subtract(hy[None, :], h, out=h)
+        np.add(h, hx[:, None], out=h)
+    else:
+        torch.mm(x, y.T, out=h)
+        torch.sub(hy[None, :], h, out=h)
+        h.add_(hx[:, None])
+    return h
+
+
+def _fill_diagonal(block: Array, value: float) -> None:
+    if isinstance(block, np.ndarray):
+        np.fill_diagonal(block, value)
+    else:
+        block.diagonal().fill_(value)
+
+
+def _hits(h: Array, thr: np.ndarray, limit: int, *, strict: bool = True,
+          by_rows: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Yield (owner, other, values) for the entries of h below thr (``<`` when ``strict``, else
+    ``<=``; thr broadcasts against h): owner is the entry's row (``by_rows``) or column, other its
+    column or row, in ascending owner order. Batches cover ranges of owners holding about ``limit``
+    entries at most (one batch unless h is dense with hits: memory stays O(block))."""
+    if not isinstance(h, np.ndarray):  # CUDA: one batch, O(block) device memory
+        t = torch.from_numpy(thr).to(h.device)
+        mask = h < t if strict else h <= t
+        owner, other = (mask if by_rows else mask.T).nonzero(as_tuple=True)
+        if owner.numel():
+            values = h[owner, other] if by_rows else h[other, owner]
+            yield _host(owner), _host(other), _host(values)
+        return
+    mask = np.less(h, thr) if strict else np.less_equal(h, thr)
+    total = int(np.count_nonzero(mask))
+    if total == 0:
+        return
+    owners = h.shape[0] if by_rows else h.shape[1]
+    bounds = [0, owners]
+    if total > limit:
+        per_owner = np.cumsum(np.count_nonzero(mask, axis=1 if by_rows else 0))
+        cuts = np.searchsorted(per_owner, np.arange(limit, total, limit), side="right")
+        bounds = [0, *cuts.tolist(), owners]
+    for o0, o1 in zip(bounds[:-1], bounds[1:]):
+        if o1 > o0:  # flat indices: numpy's fast 1-D nonzero
+            sub = mask[o0:o1] if by_rows else mask[:, o0:o1]
+            row, col = np.divmod(np.flatnonzero(sub), sub.shape[1])
+            if by_rows:
+                yield row + o0, col, h[row + o0, col]
+            else:
+                order = np.argsort(col, kind="stable")
+                row, col = row[order], col[order] + o0
+                yield col, row, h[row, col]
+
+
+def _group_bound(block: Array, count: int, by_rows: bool) -> np.ndarray | None:
+    """Per row (``by_rows``) or column of ``block``: an upper bound on its ``count``-th smallest
+    entry, the largest of the minima of ``count`` disjoint groups of its entries (``count``
+    distinct entries lie at or below it). Groups of 2 entries or more, so one infinite (self) entry
+    per row does no harm. None when the block is too small."""
+    size = (block.shape[1] if by_rows else block.shape[0]) // count
+    if size < 2:
+        return None
+    if by_rows:
+        g = block[:, :count * size].reshape(block.shape[0], count, size)
+        return g.min(axis=2).max(axis=1) if isinstance(g, np.ndarray) else _host(g.amin(2).amax(1))
+    g = block[:count * size].reshape(count, size, block.shape[1])
+    return g.min(axis=1).max(axis=0) if isinstance(g, np.ndarray) else _host(g.amin(1).amax(0))
+
+
+def _finish(t: np.ndarray, out_f32: bool) -> np.ndarray:
     """Squared float64 distances -> distances as sklearn returns them, held in float64."""
     if out_f32:
-        return t.to(torch.float32).clamp_(min=0).sqrt_().to(torch.float64)
-    return t.clamp(min=0).sqrt_()
+        return np.sqrt(np.maximum(t.astype(np.float32), np.float32(0))).astype(np.float64)
+    return np.sqrt(np.maximum(t, 0.0))
 
 
-def _rows64(c: _Cloud, index: torch.Tensor) -> torch.Tensor:
-    if c.src64 is not None:
-        return c.src64.index_select(0, index)
-    return c.src.index_select(0, index).to(torch.float64)
+def _rows64(c: _Cloud, index: np.ndarray) -> Array:
+    return c.src[index].astype(np.float64, copy=False) if c.host else _take(c.src, index).to(torch.float64)
 
 
-def _exact_pairs(a: _Cloud, ia: torch.Tensor, b: _Cloud, jb: torch.Tensor, out_f32: bool) -> torch.Tensor:
+def _exact_pairs(a: _Cloud, ia: np.ndarray, b: _Cloud, jb: np.ndarray, out_f32: bool) -> np.ndarray:
     """sklearn's distance for the pairs (a[ia[p]], b[jb[p]]), in float64."""
-    out = torch.empty(ia.shape[0], dtype=torch.float64, device=a.src.device)
+    out = np.empty(ia.shape[0], dtype=np.float64)
     for start in range(0, ia.shape[0], _PAIR_BATCH):
-        i = ia[start:start + _PAIR_BATCH]
-        j = jb[start:start + _PAIR_BATCH]
-        x = _rows64(a, i).unsqueeze(1)
-        y = _rows64(b, j).unsqueeze(2)
-        t = torch.bmm(x, y).view(-1).mul_(-2.0).add_(a.sq[i]).add_(b.sq[j])
-        out[start:start + _PAIR_BATCH] = _finish(t, out_f32)
+        i, j = ia[start:start + _PAIR_BATCH], jb[start:start + _PAIR_BATCH]
+        if a.host:  # float64 products and sums of the gathered rows
+            dot = np.einsum("ij,ij->i", a.src[i], b.src[j], dtype=np.float64)
+        else:
+            x, y = _rows64(a, i), _rows64(b, j)
+            dot = _host(torch.bmm(x.unsqueeze(1), y.unsqueeze(2)).view(-1))
+        out[start:start + _PAIR_BATCH] = _finish(-2.0 * dot + a.sq[i] + b.sq[j], out_f32)
     return out
 
 
-def _exact_rows(a: _Cloud, rows: torch.Tensor, b: _Cloud, out_f32: bool, cols: int = 8192) -> torch.Tensor:
-    """sklearn's distances from a[rows] to every point of b: [len(rows), b.n] float64."""
+def _exact_rows(a: _Cloud, rows: np.ndarray, b: _Cloud, cols: np.ndarray, out_f32: bool,
+                batch: int = 512) -> np.ndarray:
+    """sklearn's distances from a[rows] to b[cols]: [len(rows), len(cols)] float64."""
     x = _rows64(a, rows)
-    out = torch.empty(rows.shape[0], b.n, dtype=torch.float64, device=a.src.device)
-    for start in range(0, b.n, cols):
-        y = b.src64[start:start + cols] if b.src64 is not None else b.src[start:start + cols].to(torch.float64)
-        t = (x @ y.T).mul_(-2.0).add_(a.sq[rows, None]).add_(b.sq[None, start:start + cols])
-        out[:, start:start + cols] = _finish(t, out_f32)
+    out = np.empty((rows.shape[0], cols.shape[0]), dtype=np.float64)
+    for start in range(0, cols.shape[0], batch):
+        j = cols[start:start + batch]
+        dot = _host(x @ _rows64(b, j).T)
+        out[:, start:start + batch] = _finish(-2.0 * dot + a.sq[rows, None] + b.sq[None, j], out_f32)
     return out
 
 
-def _estimate(a: _Cloud, rows: slice, b: _Cloud, cols: slice = slice(None)) -> torch.Tensor:
-    """Estimated squared distances a[rows] x b[cols] in the estimate dtype."""
-    s = torch.mm(a.est[rows], b.est[cols].T)
-    torch.add(b.sq_est[cols].unsqueeze(0), s, alpha=-2.0, out=s)  # fl(|y|^2 - 2 fl(x.y)): -2 is exact
-    return s.add_(a.sq_est[rows, None])
+def _kth_smallest(block: Array, k: int) -> np.ndarray:
+    if isinstance(block, np.ndarray):
+        return np.partition(block, k - 1, axis=1)[:, k - 1]
+    return _host(block.kthvalue(k, dim=1).values)
 
 
-def _merge_smallest(vals: torch.Tensor, idx: torch.Tensor, new_vals: torch.Tensor, new_idx: torch.Tensor,
-                    count: int) -> tuple[torch.Tensor, torch.Tensor]:
-    v = torch.cat([vals, new_vals], dim=1)
-    j = torch.cat([idx, new_idx], dim=1)
-    v, order = torch.topk(v, count, dim=1, largest=False, sorted=True)
-    return v, j.gather(1, order)
+def _exclude_self(block: Array, rows: np.ndarray) -> None:
+    """Set entry (r, rows[r]) of each row r to infinity."""
+    if isinstance(block, np.ndarray):
+        block[np.arange(rows.size), rows] = np.inf
+    else:
+        block[torch.arange(rows.size, device=block.device), torch.from_numpy(rows).to(block.device)] = float("inf")
 
 
-def _knn_candidates(p: _Cloud, cand: int, chunk: int):
-    """Yield (start, stop, vals, idx): for rows start..stop, the ``cand`` smallest estimated squared
-    distances to other points (ascending) and their indices.
+def _columns_at_most(block: Array, thr: np.ndarray) -> np.ndarray:
+    """Indices of the columns holding an entry <= its row's threshold (``thr`` in the block's dtype)."""
+    if isinstance(block, np.ndarray):
+        return np.flatnonzero((block <= thr[:, None]).any(axis=0))
+    return _host((block <= torch.from_numpy(thr).to(block.device)[:, None]).any(dim=0).nonzero()[:, 0])
 
-    The estimate matrix is symmetric, so only its upper block triangle is computed: block row
-    [i0, i1) against columns [i0, n); the part right of the diagonal block also serves, transposed,
-    as columns of the later rows, whose running candidate lists are merged as blocks go by.
+
+# ----------------------------------------------------------------------------------------------
+# k-NN radii
+
+
+def _merge(vals: np.ndarray, idx: np.ndarray, owner: np.ndarray, new_idx: np.ndarray, new_vals: np.ndarray) -> None:
+    """Merge new entries (``owner`` ascending: the list each belongs to) into the running lists
+    of the smallest entries ``vals``/``idx`` [n, cand], in place."""
+    if owner.size == 0:
+        return
+    cand = vals.shape[1]
+    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]])
+    counts = np.diff(np.r_[starts, owner.shape[0]])
+    seg = np.repeat(np.arange(starts.shape[0]), counts)
+    pos = cand + np.arange(owner.shape[0]) - starts[seg]
+    rows = owner[starts]
+    all_v = np.full((rows.shape[0], cand + int(counts.max())), np.inf, dtype=vals.dtype)
+    all_i = np.zeros(all_v.shape, dtype=np.int64)
+    all_v[:, :cand], all_i[:, :cand] = vals[rows], idx[rows]
+    all_v[seg, pos], all_i[seg, pos] = new_vals, new_idx
+    keep = np.argpartition(all_v, cand - 1, axis=1)[:, :cand]
+    vals[rows] = np.take_along_axis(all_v, keep, axis=1)
+    idx[rows] = np.take_along_axis(all_i, keep, axis=1)
+
+
+def _merge_block(block: Array, vals: np.ndarray, idx: np.ndarray, first: int, offset: int, by_rows: bool,
+                 limit: int) -> None:
+    """Merge the entries of ``block`` into the lists of its rows (``by_rows``) or columns, which
+    are lists ``first``.. of ``vals``/``idx``; ``offset`` + the other index is an entry's point.
+
+    Only entries at or below a list's current largest value can enter it, and those are few: one
+    pass picks them out. While lists are still filling (infinite entries) the threshold is
+    :func:`_group_bound` instead."""
+    cand = vals.shape[1]
+    owners = block.shape[0] if by_rows else block.shape[1]
+    tau = vals[first:first + owners].max(axis=1)
+    if np.isinf(tau).any():
+        bound = _group_bound(block, cand, by_rows)
+        if bound is not None:
+            tau = np.minimum(tau, bound)
+    thr = tau[:, None] if by_rows else tau[None, :]
+    for owner, other, values in _hits(block, thr, limit, strict=False, by_rows=by_rows):
+        _merge(vals, idx, owner + first, other + offset, values)
+
+
+def _knn_candidates(p: _Cloud, cand: int, chunk: int, work: Array, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """For every point, the ``cand`` smallest estimated half squared distances to other points
+    (ascending, in the estimate dtype) and their indices.
+
+    The estimate matrix is symmetric, so only its upper block triangle is computed, block row by
+    block row: the diagonal block [i0, i1)^2 (numpy multiplies X X^T by SYRK, at half the cost),
+    then the block right of it, [i0, i1) x [i1, n), which also serves, transposed, as columns of
+    the later rows; their running lists are merged as blocks go by.
     """
-    n, device = p.n, p.src.device
-    best_v = torch.full((n, cand), float("inf"), dtype=p.est.dtype, device=device)
-    best_i = torch.zeros((n, cand), dtype=torch.long, device=device)
+    n = p.n
+    vals = np.full((n, cand), np.inf, dtype=p.dtype)
+    idx = np.zeros((n, cand), dtype=np.int64)
     for i0 in range(0, n, chunk):
         i1 = min(i0 + chunk, n)
-        c = i1 - i0
-        s = _estimate(p, slice(i0, i1), p, slice(i0, n))
-        local = torch.arange(c, device=device)
-        s[local, local] = float("inf")  # self
-        v, j = torch.topk(s, min(cand, n - i0), dim=1, largest=False, sorted=False)
-        vals, idx = _merge_smallest(best_v[i0:i1], best_i[i0:i1], v, j + i0, cand)
+        h = _estimate(p, slice(i0, i1), p, slice(i0, i1), work)
+        _fill_diagonal(h, np.inf)  # self
+        _merge_block(h, vals, idx, i0, i0, True, limit)
         if i1 < n:
-            vt, jt = torch.topk(s[:, c:], min(cand, c), dim=0, largest=False, sorted=False)
-            best_v[i1:], best_i[i1:] = _merge_smallest(best_v[i1:], best_i[i1:], vt.T, jt.T + i0, cand)
-        del s
-        yield i0, i1, vals, idx
+            h = _estimate(p, slice(i0, i1), p, slice(i1, n), work)
+            _merge_block(h, vals, idx, i0, i1, True, limit)
+            _merge_block(h, vals, idx, i1, i0, False, limit)
+    order = np.argsort(vals, axis=1, kind="stable")
+    return np.take_along_axis(vals, order, axis=1), np.take_along_axis(idx, order, axis=1)
 
 
 class _Radii:
@@ -204,74 +385,111 @@ class _Radii:
     together (gaps <= 2e) form groups whose order relative to each other is certain; the radius is
     a known rank inside the group around position k-1 (usually the k-th neighbour alone), so it
     lies in [v_left - e, v_right + e] and its exact value needs only that group. A row whose
-    group reaches the end of the candidate list is computed exactly in full at once.
+    group reaches the end of the candidate list gets a whole-row search instead.
     """
 
-    def __init__(self, p: _Cloud, k: int, chunk: int, coeff: float) -> None:
-        n, device = p.n, p.src.device
+    def __init__(self, p: _Cloud, k: int, chunk: int, coeff: float, work: Array, limit: int) -> None:
+        n = p.n
         self.p, self.k, self.q = p, k, k - 1
         cand = min(k + _KNN_PAD, n - 1)
-        sq_max = float(p.sq.max())
-        self.vals = torch.empty(n, cand, dtype=torch.float64, device=device)
-        self.idx = torch.empty(n, cand, dtype=torch.long, device=device)
-        self.value = torch.full((n,), float("nan"), dtype=torch.float64, device=device)
-        self.known = torch.zeros(n, dtype=torch.bool, device=device)
-        self._positions = torch.arange(cand, device=device)
-        for start, stop, vals, idx in _knn_candidates(p, cand, chunk):
-            self.vals[start:stop], self.idx[start:stop] = vals, idx
-        # one vectorised pass over all rows (few large tensor ops rather than many small ones)
-        q, positions, vals = self.q, self._positions, self.vals
-        err = coeff * (p.sq + sq_max)                              # bound for every pair of the row
-        sep = (vals[:, 1:] - vals[:, :-1]) > 2.0 * err[:, None]    # sep[:, j]: gap between j and j+1
+        half, self.idx = _knn_candidates(p, cand, chunk, work, limit)
+        vals = 2.0 * half.astype(np.float64)  # squared distances (doubling is exact)
+        self.value = np.full(n, np.nan)
+        self.known = np.zeros(n, dtype=bool)
+        self._positions = np.arange(cand)
+        q, positions = self.q, self._positions
+        err = coeff * (p.sq + p.sq.max())                       # bound for every pair of the row
+        sep = (vals[:, 1:] - vals[:, :-1]) > 2.0 * err[:, None]  # sep[:, j]: gap between j and j+1
         # group of position q: from after the last gap before q to the first gap at or after q
-        if q > 0:
-            self.left = torch.where(sep[:, :q], positions[1:q + 1], 0).amax(dim=1)
-        else:
-            self.left = torch.zeros(n, dtype=torch.long, device=device)
+        self.left = np.where(sep[:, :q], positions[1:q + 1], 0).max(axis=1) if q > 0 else np.zeros(n, np.int64)
         right_sep = sep[:, q:]
         if cand == n - 1:  # every other point is a candidate: the list is complete
-            right_sep = torch.cat([right_sep, torch.ones_like(right_sep[:, :1])], dim=1)
-        complete = right_sep.any(dim=1)
-        self.right = q + right_sep.to(torch.uint8).argmax(dim=1)  # first gap at or after q
-        self.lo = (vals.gather(1, self.left[:, None]).squeeze(1) - err).clamp_(min=0).sqrt_()
-        self.hi = (vals.gather(1, self.right[:, None]).squeeze(1) + err).sqrt_()
-        bad = (~complete).nonzero(as_tuple=True)[0]
-        if bad.numel():  # the estimate cannot isolate the k-th neighbour: whole rows, exactly
-            log.debug("prdc: %d of %d rows needed an exact k-NN row", bad.numel(), n)
-            for start in range(0, bad.numel(), 256):
-                rows = bad[start:start + 256]
-                d = _exact_rows(p, rows, p, p.is_f32)
-                d[torch.arange(rows.numel(), device=device), rows] = float("inf")
-                self._set(rows, d.kthvalue(k, dim=1).values)
+            right_sep = np.concatenate([right_sep, np.ones((n, 1), dtype=bool)], axis=1)
+        complete = right_sep.any(axis=1)
+        self.right = q + right_sep.argmax(axis=1)  # first gap at or after q
+        rows = np.arange(n)
+        self.lo = np.sqrt(np.maximum(vals[rows, self.left] - err, 0.0))
+        self.hi = np.sqrt(vals[rows, self.right] + err)
+        bad = np.flatnonzero(~complete)
+        if bad.size:
+            log.debug("prdc: %d of %d rows needed a whole-row k-NN search", bad.size, n)
+            for start in range(0, bad.size, chunk):
+                batch = bad[start:start + chunk]
+                self._set(batch, self._whole_row_radii(batch, err[batch], work))
 
-    def _set(self, rows: torch.Tensor, values: torch.Tensor) -> None:
+    def _whole_row_radii(self, rows: np.ndarray, err: np.ndarray, work: Array) -> np.ndarray:
+        """Exact radii of ``rows`` from their whole estimate rows: with v the k-th smallest
+        estimate (self excluded), only points estimated at or below v + 2e can be closer than the
+        k-th neighbour (the k smallest estimates are exactly at most v + e), so the exact distances
+        to those columns decide."""
+        p, k = self.p, self.k
+        h = _estimate(p, rows, p, slice(None), work)  # half squared distances
+        _exclude_self(h, rows)
+        thr = _kth_smallest(h, k).astype(np.float64) + err  # (2 v + 2 e) / 2
+        thr += np.abs(thr) * 2.0 ** -20  # so that rounding it to the estimate dtype cannot lower it
+        cols = _columns_at_most(h, thr.astype(p.dtype))
+        d = _exact_rows(p, rows, p, cols, p.is_f32)
+        d[cols[None, :] == rows[:, None]] = np.inf  # self
+        return np.partition(d, k - 1, axis=1)[:, k - 1]
+
+    def _set(self, rows: np.ndarray, values: np.ndarray) -> None:
         self.value[rows] = values
         self.lo[rows] = values
         self.hi[rows] = values
         self.known[rows] = True
 
-    def exact(self, rows: torch.Tensor) -> torch.Tensor:
+    def exact(self, rows: np.ndarray) -> np.ndarray:
         """Exact radii of ``rows`` (computed once, from the row's group of candidates)."""
-        todo = rows.unique()
+        todo = np.unique(rows)
         todo = todo[~self.known[todo]]
-        if todo.numel():
+        if todo.size:
             p, q = self.p, self.q
             left, right, idx = self.left[todo], self.right[todo], self.idx[todo]
             group = (self._positions >= left[:, None]) & (self._positions <= right[:, None])
-            r_loc, c_loc = group.nonzero(as_tuple=True)
-            exact = torch.full(group.shape, float("inf"), dtype=torch.float64, device=group.device)
+            r_loc, c_loc = np.nonzero(group)
+            exact = np.full(group.shape, np.inf)
             exact[r_loc, c_loc] = _exact_pairs(p, todo[r_loc], p, idx[r_loc, c_loc], p.is_f32)
-            self._set(todo, exact.sort(dim=1).values.gather(1, (q - left)[:, None]).squeeze(1))
+            self._set(todo, np.sort(exact, axis=1)[np.arange(todo.size), q - left])
         return self.value[rows]
 
 
-def _bounds(r_lo: torch.Tensor, r_hi: torch.Tensor, out_f32: bool,
-            est_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared thresholds (lo, hi), float64, for a radius r in [r_lo, r_hi]: an exact squared
-    distance < lo implies D < r, and >= hi implies D >= r, whatever the rounding of D (float32
-    rounding and square root)."""
-    m = 4.0 * (2.0 ** -24 if out_f32 else 2.0 ** -53) + 8.0 * _unit_roundoff(est_dtype)
-    return (r_lo * (1.0 - m)) ** 2 * (1.0 - m), (r_hi * (1.0 + m)) ** 2 * (1.0 + m)
+# ----------------------------------------------------------------------------------------------
+# real x fake
+
+
+@dataclass
+class _Tally:
+    """What the real x fake blocks accumulate."""
+
+    in_some_ball: np.ndarray  # [m] fake: inside some real ball
+    covered: np.ndarray       # [n] real: some fake inside its ball
+    recalled: np.ndarray      # [n] real: inside some fake ball
+    ball_hits: int = 0        # (real, fake) pairs with D < r_real
+    refined: int = 0          # pairs recomputed exactly
+
+
+def _scan_balls(h: Array, start: int, lo: np.ndarray, hi: np.ndarray, radii: _Radii, real: _Cloud, fake: _Cloud,
+                real_ball: bool, same_object: bool, out_f32: bool, limit: int, tally: _Tally) -> None:
+    """Count the pairs of block h (real rows start.., all fakes) with D < r, r the radius of the
+    pair's real point (``real_ball``) or of its fake point. ``lo``/``hi`` broadcast against h:
+    h < lo decides D < r, h >= hi decides D >= r, and the pairs in between are recomputed exactly."""
+    for i, j, v in _hits(h, hi, limit):
+        inside = v < (lo[i, 0] if real_ball else lo[0, j])
+        i = i + start
+        undecided = np.flatnonzero(~inside)
+        if undecided.size:
+            tally.refined += undecided.size
+            iu, ju = i[undecided], j[undecided]
+            d = _exact_pairs(real, iu, fake, ju, out_f32)
+            if same_object:
+                d[iu == ju] = 0.0
+            inside[undecided] = d < radii.exact(iu if real_ball else ju)
+        if real_ball:
+            tally.ball_hits += int(np.count_nonzero(inside))
+            tally.in_some_ball[j[inside]] = True
+            tally.covered[i[inside]] = True
+        else:
+            tally.recalled[i[inside]] = True
 
 
 def prdc(real_features, fake_features, nearest_k: int = 5, *, chunk_size: int | None = None,
@@ -280,8 +498,8 @@ def prdc(real_features, fake_features, nearest_k: int = 5, *, chunk_size: int | 
 
     ``real_features`` [N, dim], ``fake_features`` [M, dim]: numpy arrays or tensors. float32 inputs
     keep sklearn's float32 distance semantics, anything else is treated as float64 (as sklearn
-    does). ``chunk_size``: rows per block (default: blocks of about 64 MiB, at most N/8 rows for the
-    symmetric k-NN pass). ``device``: default CUDA when available, else CPU.
+    does). ``chunk_size``: rows per block (default: blocks of about 64 MiB). ``device``: default
+    CUDA when available, else CPU.
     """
     if isinstance(nearest_k, bool) or not isinstance(nearest_k, (int, np.integer)) or nearest_k < 1:
         raise UsageError(f"nearest_k must be a positive integer, got {nearest_k!r}")
@@ -302,69 +520,52 @@ def prdc(real_features, fake_features, nearest_k: int = 5, *, chunk_size: int | 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
-    # float32 GEMM estimates on CPU only while float32 matmuls are IEEE (no bf16/TF32 modes)
+    # float32 estimates on CPU; torch's "high"/"medium" float32 matmul precision (TF32/bf16 on
+    # CUDA) asks for less than IEEE float32, so it selects the float64 estimate there too
     fast_ok = device.type == "cpu" and torch.get_float32_matmul_precision() == "highest"
-    est_dtype = torch.float32 if fast_ok else torch.float64
+    est_dtype = np.dtype(np.float32 if fast_ok else np.float64)
     n, m, dim = real.shape[0], fake.shape[0], real.shape[1]
     coeff = _bound_coefficient(dim, est_dtype)
-    itemsize = 4 if est_dtype == torch.float32 else 8
 
-    def rows_per_block(cols: int, symmetric: bool) -> int:
+    def rows_per_block(cols: int) -> int:
         if chunk_size is not None:
             return chunk_size
-        rows = min(4096, max(64, _CHUNK_BYTES // (itemsize * cols)))
-        return max(64, min(rows, -(-cols // 8))) if symmetric else rows
+        return min(4096, max(64, _CHUNK_BYTES // (est_dtype.itemsize * cols)))
 
     with torch.no_grad():
-        R = _cloud(real, device, est_dtype)
-        F = R if same_object else _cloud(fake, device, est_dtype)
-        real_radii = _Radii(R, k, rows_per_block(n, True), coeff)
-        fake_radii = real_radii if same_object else _Radii(F, k, rows_per_block(m, True), coeff)
+        R = _cloud(real, "real", device, est_dtype)
+        F = R if same_object else _cloud(fake, "fake", device, est_dtype)
+        # one workspace for every estimate block
+        size = max(min(rows_per_block(n), n) * n, min(rows_per_block(m), n) * m, min(rows_per_block(m), m) * m)
+        work = np.empty(size, est_dtype) if R.host else torch.empty(size, dtype=_torch_dtype(est_dtype), device=device)
+        limit = max(1 << 16, size // 8)  # selected entries per batch (more only in dense blocks)
+        real_radii = _Radii(R, k, rows_per_block(n), coeff, work, limit)
+        fake_radii = real_radii if same_object else _Radii(F, k, rows_per_block(m), coeff, work, limit)
 
-        # thresholds on the estimate s: s < lo -> certainly D < r; s >= hi -> certainly not
+        # thresholds on h = s / 2: h < lo -> certainly D < r; h >= hi -> certainly not
         lo_r, hi_r = _bounds(real_radii.lo, real_radii.hi, pair_f32, est_dtype)
         lo_f, hi_f = _bounds(fake_radii.lo, fake_radii.hi, pair_f32, est_dtype)
         err_r, err_f = coeff * R.sq, coeff * F.sq
         err_r_max, err_f_max = float(err_r.max()), float(err_f.max())
-        row_lo = (lo_r - err_r - err_f_max).to(est_dtype)
-        row_hi = (hi_r + err_r + err_f_max).to(est_dtype)
-        col_lo = (lo_f - err_f - err_r_max).to(est_dtype).unsqueeze(0)
-        col_hi = (hi_f + err_f + err_r_max).to(est_dtype).unsqueeze(0)
+        row_lo = (0.5 * (lo_r - err_r - err_f_max)).astype(est_dtype)[:, None]
+        row_hi = (0.5 * (hi_r + err_r + err_f_max)).astype(est_dtype)[:, None]
+        col_lo = (0.5 * (lo_f - err_f - err_r_max)).astype(est_dtype)[None, :]
+        col_hi = (0.5 * (hi_f + err_f + err_r_max)).astype(est_dtype)[None, :]
 
-        in_some_ball = torch.zeros(m, dtype=torch.bool, device=device)   # fake: inside some real ball
-        ball_hits = 0                                                      # (real, fake) pairs D < r_real
-        covered = torch.zeros(n, dtype=torch.bool, device=device)         # real: some fake in its ball
-        recalled = torch.zeros(n, dtype=torch.bool, device=device)        # real: in some fake ball
-        refined = 0
-        chunk = rows_per_block(m, False)
+        tally = _Tally(np.zeros(m, dtype=bool), np.zeros(n, dtype=bool), np.zeros(n, dtype=bool))
+        chunk = rows_per_block(m)
         for start in range(0, n, chunk):
             stop = min(start + chunk, n)
-            s = _estimate(R, slice(start, stop), F)
+            h = _estimate(R, slice(start, stop), F, slice(None), work)
             if same_object:  # sklearn zeroes the diagonal when both arguments are one array
-                diag = torch.arange(start, stop, device=device)
-                s[diag - start, diag] = 0
-            in_ball = s < row_lo[start:stop, None]
-            undecided = (s < row_hi[start:stop, None]) ^ in_ball
-            in_fake_ball = s < col_lo
-            undecided |= (s < col_hi) ^ in_fake_ball
-            del s
-            i_loc, j = undecided.nonzero(as_tuple=True)
-            if i_loc.numel():
-                refined += i_loc.numel()
-                i = i_loc + start
-                d = _exact_pairs(R, i, F, j, pair_f32)
-                if same_object:
-                    d[i == j] = 0.0
-                in_ball[i_loc, j] = d < real_radii.exact(i)
-                in_fake_ball[i_loc, j] = d < fake_radii.exact(j)
-            ball_hits += int(in_ball.count_nonzero())
-            in_some_ball |= in_ball.any(dim=0)
-            covered[start:stop] = in_ball.any(dim=1)
-            recalled[start:stop] = in_fake_ball.any(dim=1)
-        log.debug("prdc: refined %d of %d real-fake pairs exactly", refined, n * m)
+                _fill_diagonal(h[:, start:], 0.0)
+            _scan_balls(h, start, row_lo[start:stop], row_hi[start:stop], real_radii, R, F, True,
+                        same_object, pair_f32, limit, tally)
+            _scan_balls(h, start, col_lo, col_hi, fake_radii, R, F, False, same_object, pair_f32, limit, tally)
+        log.debug("prdc: refined %d of %d real-fake pairs exactly", tally.refined, n * m)
 
-        precision = int(in_some_ball.count_nonzero()) / m
-        recall = int(recalled.count_nonzero()) / n
-        density = (1.0 / float(k)) * (ball_hits / m)
-        coverage = int(covered.count_nonzero()) / n
+    precision = int(np.count_nonzero(tally.in_some_ball)) / m
+    recall = int(np.count_nonzero(tally.recalled)) / n
+    density = (1.0 / float(k)) * (tally.ball_hits / m)
+    coverage = int(np.count_nonzero(tally.covered)) / n
     return dict(precision=precision, recall=recall, density=density, coverage=coverage)
