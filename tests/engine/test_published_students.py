@@ -93,16 +93,21 @@ def sample(tmp_path: Path, *flags: str) -> tuple[Path, dict]:
     return out, json.loads((out / "metadata.json").read_text())
 
 
-def max_pixel_difference(out: Path, metadata: dict, stock) -> int:
-    """Largest |ours - stock| over every pixel of every image; ``stock(prompt, generator)`` is a PIL image."""
-    worst = 0
+def pixel_differences(out: Path, metadata: dict, stock) -> np.ndarray:
+    """|ours - stock| of every pixel of every image; ``stock(prompt, generator)`` is a PIL image."""
+    differences = []
     for record in metadata["prompts"]:
         ours = np.asarray(Image.open(out / record["file"]).convert("RGB"), dtype=np.int16)
         theirs = np.asarray(stock(record["prompt"], torch.Generator("cpu").manual_seed(record["seed"])),
                             dtype=np.int16)
         assert ours.shape == theirs.shape
-        worst = max(worst, int(np.abs(ours - theirs).max()))
-    return worst
+        differences.append(np.abs(ours - theirs).ravel())
+    return np.concatenate(differences)
+
+
+def max_pixel_difference(out: Path, metadata: dict, stock) -> int:
+    """Largest |ours - stock| over every pixel of every image."""
+    return int(pixel_differences(out, metadata, stock).max())
 
 
 def sd15_parts(hub: Path) -> dict:
@@ -174,8 +179,13 @@ def test_dmd2_state_dict_loads_as_dmd2_does_and_equals_one_lcm_step_at_999(offli
     parts = sd15_parts(offline)
     parts["unet"] = theirs
     pipe = StableDiffusionPipeline(**parts)
-    # one step at t = 999: LCMScheduler's boundary scalings there are the identity to < 1e-8
-    assert max_pixel_difference(out, metadata, stock(pipe, 1, 1.0, timesteps=[999])) == 0
+    # One step at t = 999. DMD2 samples x0 = (x - sqrt(1 - abar) eps) / sqrt(abar) (as we do);
+    # LCMScheduler, the way DMD2's README runs the checkpoint in diffusers, adds its boundary
+    # scalings, c_skip * x + c_out * x0, which are the identity there only to ~1e-8. That can move a
+    # value across a rounding boundary of the uint8 image (library versions decide which; seen with
+    # transformers 5.25 / accelerate 1.16): at most 1 of 255, in a handful of pixels.
+    differences = pixel_differences(out, metadata, stock(pipe, 1, 1.0, timesteps=[999]))
+    assert differences.max() <= 1 and np.count_nonzero(differences) <= differences.size // 1000
 
 
 # ------------------------------------------------------------------------------------------------
