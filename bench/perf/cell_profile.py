@@ -79,6 +79,7 @@ from bench.engine.students import (
 from bench.perf.profile_report import device_info, device_slug, versions
 from bench.perf.profile_spec import SD15_ARCHITECTURE_TEACHERS, read_peak, reset_peak
 from bench.perf.sampling_speed import profile_student
+from bench.perf.training_speed import device_mark, elapsed_ms
 from bench.scoring.evaluate import metric_models_for, reference_for
 from bench.scoring.metrics.clip_score import ClipScoreConfig, ClipScorer, clip_protocol_for_suite
 from bench.scoring.metrics.features import (
@@ -351,9 +352,9 @@ class UNetTimer:
 
     def __init__(self, module: nn.Module, device: torch.device) -> None:
         self.module, self.cuda = module, device.type == "cuda"
-        self.calls, self._cpu_seconds = 0, 0.0
+        self.calls = 0
         self._open: list[Any] = []
-        self._events: list[tuple[Any, Any]] = []
+        self._spans: list[tuple[Any, Any]] = []
         self._handles: list[Any] = []
 
     def __enter__(self) -> UNetTimer:
@@ -366,28 +367,16 @@ class UNetTimer:
             handle.remove()
 
     def _before(self, *_) -> None:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self._open.append(event)
-        else:
-            self._open.append(time.perf_counter())
+        self._open.append(device_mark(self.cuda))
 
     def _after(self, *_) -> None:
-        start = self._open.pop()
         self.calls += 1
-        if self.cuda:
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            self._events.append((start, end))
-        else:
-            self._cpu_seconds += time.perf_counter() - start
+        self._spans.append((self._open.pop(), device_mark(self.cuda)))
 
     def seconds(self) -> float:
         if self.cuda:
             torch.cuda.synchronize()
-            return sum(start.elapsed_time(end) for start, end in self._events) / 1000.0
-        return self._cpu_seconds
+        return sum(elapsed_ms(start, end) for start, end in self._spans) / 1000.0
 
 
 def _sync(device: torch.device) -> None:

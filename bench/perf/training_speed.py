@@ -54,6 +54,22 @@ def new_trainer(schedule, device: torch.device, description: str):
     return Trainer(schedule, None, device=device, progress=False, description=description)
 
 
+def device_mark(cuda: bool) -> Any:
+    """A point on the device's timeline: a recorded CUDA event on a GPU, perf_counter on the CPU."""
+    if not cuda:
+        return time.perf_counter()
+    event = torch.cuda.Event(enable_timing=True)
+    event.record()
+    return event
+
+
+def elapsed_ms(start: Any, end: Any) -> float:
+    """Milliseconds between two :func:`device_mark` marks (CUDA marks: after a synchronize)."""
+    if isinstance(start, float):
+        return (end - start) * 1000.0
+    return float(start.elapsed_time(end))
+
+
 class _Clock:
     """Marks on the device's timeline: CUDA events on a GPU, perf_counter on the CPU."""
 
@@ -62,18 +78,12 @@ class _Clock:
         self.marks: list[Any] = []
 
     def tick(self) -> None:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.marks.append(event)
-        else:
-            self.marks.append(time.perf_counter())
+        self.marks.append(device_mark(self.cuda))
 
     def intervals_ms(self) -> list[float]:
         if self.cuda:
             torch.cuda.synchronize()
-            return [float(a.elapsed_time(b)) for a, b in zip(self.marks, self.marks[1:])]
-        return [(b - a) * 1000.0 for a, b in zip(self.marks, self.marks[1:])]
+        return [elapsed_ms(a, b) for a, b in zip(self.marks, self.marks[1:])]
 
 
 class _TickingData:
