@@ -10,7 +10,7 @@ clock; ``torch.cuda.synchronize`` around each on CUDA):
    nothing is synchronised per call), which splits the stage into a part that scales with the
    number of network evaluations (NFE) and a part that does not.
 2. **FID features**: ``list_images`` (every PNG checked) + ``extract_features`` (clean-fid's
-   ``get_files_features`` with the suite's crop/resize and the feature network), as
+   ``get_files_features`` loop with the suite's crop/resize and the feature network), as
    ``samples_features`` runs them (its cache write is left out).
 3. **CLIP**: ``ClipScorer.score`` of the folder against the prompts (image and text towers).
 4. **metrics**: FID statistics of the samples, clean-fid's Frechet distance against the reference

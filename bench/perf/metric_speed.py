@@ -8,7 +8,7 @@ prdc-large  our PRDC at 30,000 x 2,048 in a fresh subprocess: time and peak resi
             (``ru_maxrss``, inputs included) and its growth over the RSS once the inputs exist
             (target: peak < 2 GB)
 features    feature-extraction throughput (images/s) on CPU with the stand-in extractor, through the
-            folder path (list_images -> clean-fid get_files_features -> extractor), 512x512 PNGs
+            folder path (list_images -> clean-fid's ResizeDataset loop -> extractor), 512x512 PNGs
 """
 from __future__ import annotations
 

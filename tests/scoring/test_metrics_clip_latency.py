@@ -95,6 +95,24 @@ def test_score_from_folder_uses_natural_order(tiny_clip, tmp_path):
         scorer.score(tmp_path, PROMPTS[:2], progress=False)
 
 
+def test_loader_workers_give_the_same_cosines(tiny_clip, tmp_path, monkeypatch):
+    """On a GPU, image files are decoded by DataLoader workers (batches of 2 here, 5 images): the
+    per-image cosines equal the main-process loop's exactly."""
+    from bench.scoring.metrics import clip_score
+
+    model, preprocess, tokenizer = tiny_clip
+    for i, image in enumerate(_images(5, seed=3)):
+        image.save(tmp_path / f"{i}.png")
+    scorer = ClipScorer.from_model(model, preprocess, tokenizer, identity="tiny",
+                                   config=ClipScoreConfig(batch_size=2, image_size=24))
+    in_process = scorer.score(tmp_path, PROMPTS, progress=False).per_image
+    monkeypatch.setattr(clip_score, "feature_loading", lambda device: (256, 2))
+    with_workers = scorer.score(tmp_path, PROMPTS, progress=False).per_image
+    np.testing.assert_array_equal(with_workers, in_process)
+    expected = scorer.cosines([tmp_path / f"{i}.png" for i in range(5)], PROMPTS).double().numpy()
+    np.testing.assert_allclose(in_process, expected, atol=1e-6, rtol=0)
+
+
 class _AngleClip(nn.Module):
     """Embeddings set by hand: image i at angle pi*red_i in the xy plane (length 2),
     text at angle 0.1*(number of BPE tokens) (length 5). Cosine = cos(difference of angles)."""

@@ -203,7 +203,7 @@ def test_reference_features_and_fid_agree_with_folder_fid(tmp_path):
 def test_feature_loading_is_large_batches_and_workers_on_a_gpu_only():
     import os
 
-    from bench.scoring.metrics.reference import feature_loading
+    from bench.scoring.metrics.features import feature_loading
 
     assert feature_loading("cpu") == (32, 0)
     assert feature_loading("cuda:0") == (256, min(8, os.cpu_count() or 1))

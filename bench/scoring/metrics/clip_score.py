@@ -55,7 +55,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -64,12 +64,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils.data import Dataset
 
-from bench.core.distributed import map_batches, process_shard
+from bench.core.distributed import map_loaded, process_shard
 from bench.core.errors import BenchError, MissingResourceError, UsageError
 from bench.core.fingerprint import sha256_file
 from bench.core.progress import progress_bar
-from bench.scoring.metrics.features import ImageProtocol
+from bench.scoring.metrics.features import ImageProtocol, feature_loading
 from bench.scoring.metrics.features import preprocess as crop_and_resize
 
 logger = logging.getLogger(__name__)
@@ -342,16 +343,36 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()), key=_natural_key)
 
 
-def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
 def _as_rgb(item: Image.Image | Path) -> Image.Image:
     if isinstance(item, Path):
         with Image.open(item) as image:
             return image.convert("RGB")
     return item if item.mode == "RGB" else item.convert("RGB")
+
+
+def clip_input_image(item: Image.Image | Path, image_size: int | None) -> Image.Image:
+    """The RGB image handed to the open_clip transform: centre crop + Lanczos to ``image_size``
+    when it is set, the image as it is otherwise."""
+    image = _as_rgb(item)
+    if image_size is None:
+        return image
+    protocol = ImageProtocol(image_size, center_crop_long_edge=True, resize_filter="lanczos")
+    return Image.fromarray(crop_and_resize(image, protocol))
+
+
+class ClipImages(Dataset):
+    """Item i: (image i through :func:`clip_input_image` and the open_clip transform, i), for a
+    ``DataLoader`` whose workers decode ahead of the encoders."""
+
+    def __init__(self, items: Sequence[Image.Image | Path], preprocess: Callable[[Image.Image], torch.Tensor],
+                 image_size: int | None) -> None:
+        self.items, self.preprocess, self.image_size = items, preprocess, image_size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.preprocess(clip_input_image(self.items[i], self.image_size)), i
 
 
 class ClipScorer:
@@ -462,33 +483,35 @@ class ClipScorer:
 
     def prepare_image(self, item: Image.Image | Path) -> Image.Image:
         """The RGB image handed to the open_clip transform (centre crop + Lanczos when configured)."""
-        image = _as_rgb(item)
-        if self.config.image_size is None:
-            return image
-        protocol = ImageProtocol(self.config.image_size, center_crop_long_edge=True, resize_filter="lanczos")
-        return Image.fromarray(crop_and_resize(image, protocol))
+        return clip_input_image(item, self.config.image_size)
 
-    @torch.inference_mode()
     def cosines(self, images: Sequence[Image.Image | Path], prompts: Sequence[str],
                 precision: str | None = None) -> torch.Tensor:
         """Raw cosine of each (image i, prompt i) pair, for one batch; the encoders run in
         ``precision`` (default the scorer's) under autocast, the cosine in fp32."""
-        pixels = torch.stack([self.preprocess(self.prepare_image(item)) for item in images]).to(self.device)
+        pixels = torch.stack([self.preprocess(self.prepare_image(item)) for item in images])
+        return self.pixel_cosines(pixels, prompts, precision)
+
+    @torch.inference_mode()
+    def pixel_cosines(self, pixels: torch.Tensor, prompts: Sequence[str], precision: str | None = None) -> torch.Tensor:
+        """:meth:`cosines` of a batch already through the open_clip transform ([B, 3, H, W]; a
+        page-locked batch is copied to the device asynchronously)."""
+        pixels = pixels.to(self.device, non_blocking=pixels.is_pinned())
         tokens = self.tokenize(prompts).to(self.device)
         half = (precision or self.precision) == "fp16"
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=half):
             image_emb, text_emb = self.model.encode_image(pixels), self.model.encode_text(tokens)
         return (F.normalize(image_emb.float(), dim=-1) * F.normalize(text_emb.float(), dim=-1)).sum(dim=-1)
 
-    def checked_half(self, images: Sequence[Image.Image | Path], prompts: Sequence[str]) -> torch.Tensor:
+    def checked_half(self, pixels: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """fp16 cosines of a batch, checked against fp32 ones of the same batch: a BenchError when
         they differ by more than ``fp16_tolerance`` (the number would then depend on the precision)."""
-        half, full = self.cosines(images, prompts), self.cosines(images, prompts, precision="fp32")
+        half, full = self.pixel_cosines(pixels, prompts), self.pixel_cosines(pixels, prompts, precision="fp32")
         worst = float((half.float() - full).abs().max())
         if not worst <= self.config.fp16_tolerance:
             raise BenchError(f"CLIP score in fp16 differs from fp32 by {worst:.2e} on this device (> "
                              f"{self.config.fp16_tolerance:g}); rerun with --clip-precision fp32")
-        logger.info("CLIP fp16 checked against fp32 on %d images: max |diff| %.1e", len(images), worst)
+        logger.info("CLIP fp16 checked against fp32 on %d images: max |diff| %.1e", len(pixels), worst)
         return half
 
     def score(
@@ -507,21 +530,27 @@ class ClipScorer:
             raise UsageError("CLIP score of zero images is undefined")
 
         size = self.config.batch_size
-        batches = list(zip(_batches(items, size), _batches(prompts, size)))
+        batches = [range(i, min(i + size, len(items))) for i in range(0, len(items), size)]
         rank, world = process_shard()       # under `accelerate launch`, every process scores its share
         bar = progress_bar(total=len(range(rank, len(batches), world)), desc="CLIP score", disable=not progress,
                            leave=False)
-
+        # image files are decoded and transformed by loader workers on a GPU (in-memory images in
+        # this process): the same pixels, so the same cosines, as the plain loop
+        workers = feature_loading(self.device)[1] if all(isinstance(item, Path) for item in items) else 0
         checked: list[bool] = []
 
-        def cosines(batch: tuple[Sequence[Image.Image | Path], Sequence[str]]) -> torch.Tensor:
+        def cosines(batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            pixels, indices = batch
+            batch_prompts = [prompts[i] for i in indices.tolist()]
             first_half = self.precision == "fp16" and not checked
-            out = (self.checked_half(*batch) if first_half else self.cosines(*batch)).cpu()
+            out = (self.checked_half if first_half else self.pixel_cosines)(pixels, batch_prompts).cpu()
             checked.append(True)
             bar.update(1)
             return out
 
-        parts = map_batches(cosines, batches)
+        images_dataset = ClipImages(items, self.preprocess, self.config.image_size)
+        parts = map_loaded(cosines, images_dataset, batches, num_workers=workers,
+                           pin_memory=self.device.type == "cuda")
         bar.close()
         per_image = torch.cat(parts).double().numpy()
         return ClipScoreResult(mean_cosine=float(per_image.mean()), per_image=per_image, protocol=self.protocol())

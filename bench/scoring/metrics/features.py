@@ -20,10 +20,11 @@ float channels, no re-quantisation) and the feature network:
 ``smoke``
     native resolution, no crop (the tiny test suite; clean-fid's resize to 299 still applies).
 
-Feature extraction drives clean-fid's feature-level functions (``get_files_features`` with
-``mode="clean"``, ``custom_image_tranform=protocol.preprocess``, ``model=extractor``): each batch
-reaches the extractor as a float32 tensor [B, 3, 299, 299] with values in 0..255
-(``cleanfid.utils.ResizeDataset``), which is the call contract of :class:`FeatureExtractor`.
+Feature extraction runs clean-fid's feature loop (``get_files_features`` with ``mode="clean"``,
+``custom_image_tranform=protocol.preprocess``, ``model=extractor``; :func:`extract_features` writes
+its few lines out to pin memory and shard): each batch reaches the extractor as a float32 tensor
+[B, 3, 299, 299] with values in 0..255 (``cleanfid.utils.ResizeDataset``), which is the call
+contract of :class:`FeatureExtractor`.
 """
 from __future__ import annotations
 
@@ -34,15 +35,16 @@ import platform
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from PIL import Image
 
-from bench.core.distributed import map_batches, process_shard
+from bench.core.distributed import map_loaded, process_shard
 from bench.core.errors import MissingResourceError, UsageError
 from bench.core.fingerprint import sha256_file
+from bench.core.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +179,8 @@ class FeatureExtractor:
         if batch.ndim != 4 or batch.shape[1] != 3:
             raise ValueError(f"{self.name}: expected a [B, 3, H, W] batch, got {tuple(batch.shape)}")
         with torch.no_grad():
-            features = self.module(batch.to(self.device, torch.float32))
+            # a page-locked batch (extract_features on a GPU) is copied asynchronously
+            features = self.module(batch.to(self.device, torch.float32, non_blocking=batch.is_pinned()))
         return features.reshape(batch.shape[0], self.dim).float()
 
     def describe(self) -> dict[str, Any]:
@@ -332,32 +335,47 @@ def _check_indices(root: Path, images: Sequence[Path]) -> None:
                          f"{', '.join(extra[:5]) or 'duplicate indices'}")
 
 
+def feature_loading(device: torch.device | str) -> tuple[int, int]:
+    """(batch size, DataLoader workers) for feature extraction on ``device`` (the workers also load
+    CLIP score's images). On a GPU: batches of 256 and up to 8 worker processes decoding and
+    resizing PNGs into page-locked memory, so the network never waits for the CPU; on the CPU:
+    batches of 32 in the main process (workers would only compete with the network for the same
+    cores). Neither is part of the features' cache key."""
+    if torch.device(device).type == "cuda":
+        return 256, min(8, os.cpu_count() or 1)
+    return 32, 0
+
+
 def extract_features(files: Sequence[str | os.PathLike], extractor: FeatureExtractor,
                      protocol: ImageProtocol, *, batch_size: int = 32, num_workers: int = 0,
                      progress: bool = True, description: str = "features") -> np.ndarray:
-    """Features [N, dim] (float32) of ``files`` in order, through clean-fid's ``get_files_features``
-    with ``protocol.preprocess`` as its custom image transform and ``extractor`` as its model."""
-    from cleanfid.fid import get_files_features
+    """Features [N, dim] (float32) of ``files`` in order: clean-fid's own dataset
+    (``cleanfid.utils.ResizeDataset``: decode, ``protocol.preprocess`` as its custom image transform,
+    clean-fid's resize) in batches of ``batch_size`` through ``extractor``. That is the loop of
+    ``cleanfid.fid.get_files_features`` (equal to it bit for bit, tested), written out here so that
+    batches land in page-locked memory on a GPU (clean-fid's loader has no ``pin_memory``) and are
+    shared among `accelerate launch` processes (:func:`bench.core.distributed.map_loaded`)."""
+    from cleanfid.utils import ResizeDataset
 
     if not files:
         raise UsageError("no images to extract features from")
     if batch_size < 1 or num_workers < 0:
         raise UsageError(f"batch_size must be >= 1 and num_workers >= 0, got {batch_size}, {num_workers}")
-    transform: Callable[[np.ndarray], np.ndarray] = protocol.preprocess
+    dataset = ResizeDataset([str(f) for f in files], mode=protocol.fid_mode)
+    dataset.custom_image_tranform = protocol.preprocess
+    batches = [range(i, min(i + batch_size, len(files))) for i in range(0, len(files), batch_size)]
+    rank, world = process_shard()
+    bar = progress_bar(total=len(range(rank, len(batches), world)), desc=description, unit="batch",
+                       disable=not progress, leave=False)
 
-    def run(names: Sequence[str], verbose: bool = progress) -> np.ndarray:
-        return get_files_features(list(names), model=extractor, num_workers=num_workers, batch_size=batch_size,
-                                  device=extractor.device, mode=protocol.fid_mode, custom_image_tranform=transform,
-                                  description=description, verbose=verbose)
+    def run(batch: torch.Tensor) -> np.ndarray:
+        out = extractor(batch).cpu().numpy()
+        bar.update(1)
+        return out
 
-    names = [str(f) for f in files]
-    _, world = process_shard()
-    if world == 1:
-        features = run(names)
-    else:  # `accelerate launch`: each process extracts its share of clean-fid's own batches
-        batches = [names[i:i + batch_size] for i in range(0, len(names), batch_size)]
-        features = np.concatenate(map_batches(lambda batch: run(batch, verbose=False), batches))
-    features = np.ascontiguousarray(features, dtype=np.float32)
+    parts = map_loaded(run, dataset, batches, num_workers=num_workers, pin_memory=extractor.device.type == "cuda")
+    bar.close()
+    features = np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
     if features.shape != (len(files), extractor.dim):
         raise RuntimeError(f"{extractor.name} returned features of shape {features.shape}, "
                            f"expected {(len(files), extractor.dim)}")

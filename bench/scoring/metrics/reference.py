@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from bench.assets.suites import default_data_root
 from bench.core.atomic import atomic_path
@@ -52,6 +51,7 @@ from bench.scoring.metrics.features import (
     FeatureExtractor,
     ImageProtocol,
     extract_features,
+    feature_loading,
     list_images,
     protocol_for_suite,
 )
@@ -281,16 +281,6 @@ def _save_cached(path: Path, fp: str, key: dict, names: list[str], features: np.
         with open(tmp, "wb") as handle:  # a file object: np.savez adds no ".npz" suffix
             np.savez(handle, fingerprint=np.array(fp), key=np.array(canonical_json(key)),
                      files=np.array(names, dtype=str), features=features, mu=mu, sigma=sigma)
-
-
-def feature_loading(device: torch.device | str) -> tuple[int, int]:
-    """(batch size, DataLoader workers) for feature extraction on ``device``. On a GPU: batches of
-    256 and up to 8 worker processes decoding and resizing PNGs, so the network never waits for the
-    CPU; on the CPU: batches of 32 in the main process (workers would only compete with the network
-    for the same cores). Neither is part of the features' cache key."""
-    if torch.device(device).type == "cuda":
-        return 256, min(8, os.cpu_count() or 1)
-    return 32, 0
 
 
 def files_features(files: Sequence[Path], root: str | os.PathLike, extractor: FeatureExtractor,
