@@ -19,6 +19,7 @@ from bench.cli.run import add_run_arguments
 from bench.core.defaults import DEFAULT_SUITE, DEFAULT_TEACHER
 from bench.core.errors import BenchError, UsageError
 from bench.core.spec import guidance_scale
+from bench.engine.network_variants import RUN_VARIANTS
 
 log = logging.getLogger("bench")
 
@@ -96,6 +97,11 @@ def _add_sampling_args(parser: argparse.ArgumentParser) -> None:
                              "(default on the CPU); fast: whole batch per call, faster, recorded in the "
                              "fingerprint (default on CUDA, and on the toy suite, where per-image calls would "
                              "cost 4x the time)")
+    parser.add_argument("--networks", default="eager", choices=list(RUN_VARIANTS),
+                        help="how the networks run (fast batching; recorded in the fingerprint unless eager): "
+                             "eager (default), half-vae (VAE decode in the run's dtype, checked against fp32 on "
+                             "the first batch), compile (half-vae + torch.compile), cuda-graphs (half-vae + "
+                             "torch.compile mode reduce-overhead). `bench profile --speedup` measures them")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,6 +31,7 @@ from bench.engine.cells import (
     resolve_precision,
     sample_one,
 )
+from bench.engine.network_variants import parse_run_variant
 from bench.engine.published import PublishedStudent, load_own_teacher, load_published, resolve_published
 from bench.engine.sampling import PRECISIONS
 from bench.engine.students import (
@@ -113,8 +114,11 @@ def apply_sampling_defaults(args: argparse.Namespace, suite, ctx: SamplingContex
                             model: GpuBatchModel = GpuBatchModel()) -> None:
     """Fill --batching / --batch-size left unset. The suite's defaults first (toy: fast, 250); on a
     CUDA device, fast batching with the batch that the free memory holds (:class:`GpuBatchModel`);
-    else exact, 8. ``--batching exact`` keeps the bit-exact path on any device."""
+    else exact, 8. A ``--networks`` variant other than eager samples fast. ``--batching exact``
+    keeps the bit-exact path on any device."""
     batching, batch_size = SUITE_SAMPLING_DEFAULTS.get(suite.name, ("exact", 8))
+    if getattr(args, "networks", "eager") != "eager":
+        batching = "fast"                       # a compiled or half-precision variant samples whole batches
     on_gpu = ctx is not None and ctx.device.type == "cuda" and suite.name not in SUITE_SAMPLING_DEFAULTS
     if on_gpu and getattr(args, "batching", None) in (None, "fast"):
         batching = "fast"
@@ -191,8 +195,10 @@ def _context(args: argparse.Namespace, published: Sequence[PublishedStudent] = (
                              max_train_steps=getattr(args, "max_train_steps", None))
     device = resolve_device(args.device)
     precision = resolve_precision(args.precision, device)
+    networks = getattr(args, "networks", "eager")
+    parse_run_variant(networks, getattr(args, "batching", None) or "fast")   # before the teacher loads
     teacher = load_teacher_from_args(args, device, precision, published)
-    return SamplingContext(teacher, teacher_label(args, teacher), device, precision, students)
+    return SamplingContext(teacher, teacher_label(args, teacher), device, precision, students, networks)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from bench.cli.commands import SUITE_SAMPLING_DEFAULTS, GpuBatchModel
 from bench.core.errors import UsageError
 from bench.core.spec import guidance_scale, load_method, parse_int_list, parse_name_list
 from bench.engine.cells import resolve_device
+from bench.engine.network_variants import RUN_VARIANTS, parse_run_variant
 from bench.engine.published import OWN_TEACHER, resolve_published
 from bench.engine.sampling import BATCHING_MODES, PRECISIONS
 from bench.perf.cell_profile import (
@@ -131,6 +132,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="--cell: images per sampling batch (default: what `bench run` uses: 250 on toy, else 8)")
     cell.add_argument("--batching", default=None, choices=list(BATCHING_MODES),
                       help="--cell: sampling batching (default: what `bench run` uses: fast on toy, else exact)")
+    cell.add_argument("--networks", default="eager", choices=list(RUN_VARIANTS),
+                      help="--cell: how the networks run, as `bench run --networks` (a variant other than eager "
+                           "samples fast; the U-Net share is then not timed)")
 
 
 def parse_spec(args: argparse.Namespace) -> ProfileSpec:
@@ -222,6 +226,9 @@ def parse_cell_spec(args: argparse.Namespace) -> CellSpec:
     # what `bench run` samples the cell's suite with (bench.cli.commands.apply_sampling_defaults):
     # the toy suite's batches; on CUDA fast batching at the batch the free memory holds; else exact, 8
     batching, batch_size = SUITE_SAMPLING_DEFAULTS.get("toy" if teacher == "toy" else "", ("exact", 8))
+    if args.networks != "eager":
+        batching = "fast"
+    networks = parse_run_variant(args.networks, args.batching or batching)
     if cuda and teacher != "toy" and args.batching in (None, "fast"):
         free_mib = torch.cuda.mem_get_info(device)[0] / 2**20
         batching, batch_size = "fast", GpuBatchModel().batch_size(free_mib, TEACHER_SPECS[teacher].resolution)
@@ -232,7 +239,7 @@ def parse_cell_spec(args: argparse.Namespace) -> CellSpec:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     return CellSpec(method=method, steps=steps[0], teacher=teacher, device=device, num_images=n,
                     batch_size=batch_size, batching=args.batching or batching,
-                    out=Path(args.out), seed=args.seed, config=args.config)
+                    out=Path(args.out), seed=args.seed, config=args.config, networks=networks)
 
 
 def cell_command(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ class SamplingContext:
     device: torch.device
     precision: str
     students: StudentPolicy = field(default_factory=StudentPolicy)   # --student-source, --retrain
+    networks: str = "eager"                                          # --networks (bench.engine.network_variants)
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -70,7 +71,8 @@ def sampling_spec(ctx: SamplingContext, method: Method, student: LoadedStudent, 
     """What fingerprints every image: the method as asked for, and the student by its weights."""
     return SamplingSpec(method=method.name, method_config=method.config_dict(), student=student.identity,
                         teacher=ctx.teacher.identity, resolution=ctx.teacher.resolution, steps=steps,
-                        guidance_scale=guidance, seed=seed, precision=ctx.precision, batching=batching)
+                        guidance_scale=guidance, seed=seed, precision=ctx.precision, batching=batching,
+                        networks=ctx.networks)
 
 
 def sample_one(ctx: SamplingContext, method: Method, suite: Any, steps: int, guidance: float, seed: int,

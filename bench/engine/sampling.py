@@ -36,6 +36,7 @@ from bench.core.distributed import barrier, process_shard
 from bench.core.errors import BenchError, UsageError
 from bench.core.fingerprint import fingerprint, library_versions
 from bench.core.progress import progress_bar
+from bench.engine.network_variants import SamplingNetworks, parse_run_variant
 from methods.base import Denoiser, Method, SampleRequest
 
 log = logging.getLogger(__name__)
@@ -73,10 +74,14 @@ class SamplingSpec:
     precision: str = "fp32"
     batching: str = "exact"
     versions: dict = field(default_factory=library_versions)
+    networks: str = "eager"     # bench.engine.network_variants: compiled kernels are not bit-equal to eager
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint(asdict(self))
+        fields = asdict(self)
+        if fields["networks"] == "eager":
+            del fields["networks"]  # the fingerprints of every run before --networks existed
+        return fingerprint(fields)
 
 
 @dataclass
@@ -210,15 +215,17 @@ def sample_to_folder(teacher: Any, denoiser: Denoiser, method: Method, prompts: 
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")
     if spec.batching not in BATCHING_MODES:
         raise UsageError(f"--batching must be one of {', '.join(BATCHING_MODES)}, got {spec.batching!r}")
+    parse_run_variant(spec.networks, spec.batching)
     out_dir = Path(out_dir)
     with owned_folder(out_dir, spec, overwrite):
-        return _sample_into(teacher, denoiser, method, prompts, spec, out_dir, batch_size, suite_fingerprint,
-                            progress, extra_metadata)
+        return _sample_into(SamplingNetworks.build(teacher, denoiser, spec.networks), method, prompts, spec,
+                            out_dir, batch_size, suite_fingerprint, progress, extra_metadata)
 
 
-def _sample_into(teacher: Any, denoiser: Denoiser, method: Method, prompts: Sequence[str], spec: SamplingSpec,
+def _sample_into(networks: SamplingNetworks, method: Method, prompts: Sequence[str], spec: SamplingSpec,
                  out_dir: Path, batch_size: int, suite_fingerprint: str, progress: bool,
                  extra_metadata: dict | None) -> SampleSummary:
+    teacher, denoiser = networks.teacher, networks.denoiser
     rank, world = process_shard()
     for stale in out_dir.iterdir():
         if rank == 0 and is_temp_file(stale):
@@ -245,6 +252,7 @@ def _sample_into(teacher: Any, denoiser: Denoiser, method: Method, prompts: Sequ
                                        spec.guidance_scale, spec.seed, uncond, spec.batching)
             decoded = _decode(teacher, latents, exact)
             check_finite(decoded, indices, spec)
+            networks.check_decode(latents, decoded)       # a half-precision VAE, on the first batch
             # encoded and written on the writer thread while the next batch samples
             writer.submit(write_pngs, out_dir, spec_fp, spec.seed, indices, batch_prompts, to_pil(decoded))
             bar.update(len(indices))

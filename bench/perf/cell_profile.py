@@ -46,6 +46,7 @@ run skips (an unsupported step count) are listed and not counted. Model loading 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -129,6 +130,7 @@ class CellSpec:
     out: Path
     seed: int = 0
     config: str | None = None
+    networks: str = "eager"         # bench.engine.network_variants.RUN_VARIANTS
 
     def command(self) -> str:
         parts = ["python", "-m", "bench", "profile", "--cell", "--method", self.method.name, "--steps",
@@ -137,6 +139,8 @@ class CellSpec:
                  "--seed", str(self.seed), "--out", str(self.out)]
         if self.config:
             parts += ["--config", self.config]
+        if self.networks != "eager":
+            parts += ["--networks", self.networks]
         return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -444,22 +448,26 @@ def run_cell_profile(spec: CellSpec, progress: bool = True) -> dict:
     mark = time.perf_counter()
     world = cell_world(spec.teacher, n, device, progress)
     setup["metric_models_and_reference"] = time.perf_counter() - mark
-    ctx = SamplingContext(teacher, spec.teacher, device, precision)
+    ctx = SamplingContext(teacher, spec.teacher, device, precision, networks=spec.networks)
     nfe = method.nfe(spec.steps, guidance)
 
     with tempfile.TemporaryDirectory(prefix="bench-cell-") as tmp:
         folder = Path(tmp) / "samples"
 
         def sample():
-            with UNetTimer(student.denoiser.unet, device) as timer:
+            # a compiled U-Net is not hooked: torch.compile would trace the timer's hooks into its graph
+            timed = spec.networks == "eager"
+            with UNetTimer(student.denoiser.unet, device) if timed else contextlib.nullcontext() as timer:
                 sample_one(ctx, method, world.suite, spec.steps, guidance, spec.seed, folder, spec.batch_size,
                            spec.batching, progress=progress, student=student)
             return timer
 
         sampling, timer = timed_stage("sampling", n, device, sample, high_water)
-        unet_seconds = timer.seconds()
+        # untimed: the whole stage counts as U-Net time, so the projection scales all of it with the NFE
+        unet_seconds = timer.seconds() if timer is not None else sampling.seconds
         sampling.detail = {"unet_seconds": unet_seconds, "other_seconds": sampling.seconds - unet_seconds,
-                           "unet_calls": timer.calls, "nfe_per_image": nfe}
+                           "unet_calls": timer.calls if timer is not None else None, "nfe_per_image": nfe,
+                           "unet_timed": timer is not None}
 
         def fid_features():
             files = list_images(folder, n, check_indices=True, take_first=True)
@@ -517,7 +525,7 @@ def run_cell_profile(spec: CellSpec, progress: bool = True) -> dict:
                     "precision": precision},
         "cell": {"method": method.name, "steps": spec.steps, "nfe": nfe, "guidance": guidance,
                  "num_images": n, "batch_size": spec.batch_size, "batching": spec.batching, "seed": spec.seed,
-                 "student": student_source},
+                 "student": student_source, "networks": spec.networks},
         "scoring": {"prompts": world.prompts_note, "image_protocol": world.protocol.as_dict(),
                     "features": world.extractor.describe() | {"note": world.extractor_note},
                     "clip": {"model": world.clip_name, "identity": world.clip.identity,
@@ -632,6 +640,9 @@ def cell_notes(spec: CellSpec, world: CellWorld, student_source: str) -> list[st
     if spec.device.type == "cpu":
         notes.append("CPU run: the harness samples in fp32; a GPU run samples in fp16 (the SD-1.5 VAE decodes "
                      "in fp32)")
+    if spec.networks != "eager":
+        notes.append(f"--networks {spec.networks}: the compiled U-Net is not hooked, so the projection scales the "
+                     "whole sampling stage (compilation included) with the NFE")
     return notes
 
 
@@ -664,7 +675,8 @@ def render_stage_table(report: dict) -> str:
         rows.append((f"{i}. {s['label']}", f"{s['seconds']:.2f}", _rate(s['images_per_s']),
                      f"{100 * s['share']:.1f} %", _mib(s["peak_memory_mb"])))
         d, total = s["detail"], report["total_seconds"]
-        parts = [(f"U-Net ({d['unet_calls']:,} calls)", d["unet_seconds"])] if s["name"] == "sampling" else \
+        timed_unet = s["name"] == "sampling" and d.get("unet_timed", True)   # not under a compiled --networks
+        parts = [(f"U-Net ({d['unet_calls']:,} calls)", d["unet_seconds"])] if timed_unet else \
             [("Frechet distance", d["frechet_seconds"]), ("PRDC", d["prdc_seconds"])] if s["name"] == "metrics" else []
         rows += [(f"   of which {what}", f"{sec:.2f}", "", f"{100 * sec / total:.1f} %", "") for what, sec in parts]
     rows.append(("total", f"{report['total_seconds']:.2f}", _rate(report['images_per_s']), "100.0 %",
@@ -705,7 +717,8 @@ def render_cell_summary(report: dict) -> str:
     c, t = report["cell"], report["teacher"]
     head = (f"cell: {c['method']} {c['steps']} step(s) (NFE {c['nfe']}, guidance {c['guidance']:g}), "
             f"teacher {t['name']} ({t['precision']}), N = {c['num_images']:,}, batch {c['batch_size']} "
-            f"({c['batching']}), {report['device']['name']}, {report['device']['torch_threads']} torch threads")
+            f"({c['batching']}{', ' + c['networks'] if c.get('networks', 'eager') != 'eager' else ''}), "
+            f"{report['device']['name']}, {report['device']['torch_threads']} torch threads")
     return "\n".join([head, "", render_stage_table(report), "", grid_headline(report["projection"])])
 
 

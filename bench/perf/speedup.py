@@ -33,8 +33,9 @@ first supported step count), in each precision of the run:
 3. **The target**: 1-step end-to-end latency within 1.2x the sum of the components' own best times
    (each component's fastest variant, measured in isolation): ``ratio_to_best_components``.
 
-Nothing here changes how `bench run` samples or what it measures; the study says which switches pay
-on this GPU, and by how much.
+The study says which switches pay on this GPU, and by how much; `bench run --networks` samples with
+``half-vae``, ``compile`` or ``cuda-graphs`` (:mod:`bench.engine.network_variants`, where the
+variants are defined).
 """
 from __future__ import annotations
 
@@ -55,6 +56,7 @@ from torch.profiler import ProfilerActivity, profile
 from bench.assets.teachers.model import VaeCodec
 from bench.core.errors import UsageError
 from bench.core.spec import parse_name_list
+from bench.engine.network_variants import VARIANTS, Variant, outputs_copied
 from bench.scoring.metrics.latency import measure_latency
 from bench.scoring.timing import latency_closures
 
@@ -66,29 +68,6 @@ PROFILED_RUNS = 5            # end-to-end runs under the torch profiler
 TOP_OPERATORS = 12
 
 
-@dataclass(frozen=True)
-class Variant:
-    name: str
-    channels_last: bool = False
-    half_vae: bool = False
-    compile_mode: str | None = None          # torch.compile mode of text encoder, U-Net, VAE decoder
-    graph_text_encoder: bool = False         # the text encoder in compile_mode too, its outputs copied out
-    what: str = ""
-
-
-VARIANTS: dict[str, Variant] = {v.name: v for v in (
-    Variant("eager", what="as bench run samples (SDPA attention; SD-1.5 VAE upcast to fp32)"),
-    Variant("channels-last", channels_last=True, what="U-Net and VAE in channels-last memory format"),
-    # channels-last was slower on the H100 (reports/perf): the variants below leave it out
-    Variant("half-vae", half_vae=True, what="VAE decode in the run's dtype, not fp32"),
-    Variant("compile", half_vae=True, compile_mode="default",
-            what="half-vae + torch.compile (mode default) of text encoder, U-Net, VAE decoder"),
-    Variant("cuda-graphs", half_vae=True, compile_mode="reduce-overhead",
-            what="half-vae + torch.compile mode reduce-overhead (inductor + CUDA graphs) of U-Net and VAE "
-                 "decoder; text encoder as in compile"),
-    Variant("cuda-graphs-all", half_vae=True, compile_mode="reduce-overhead", graph_text_encoder=True,
-            what="cuda-graphs + the text encoder graphed too (its outputs copied out of graph memory)"),
-)}
 DEFAULT_VARIANTS = tuple(VARIANTS)
 CPU_VARIANTS = ("eager", "channels-last")     # compile and half-precision VAE say nothing on a CPU
 
@@ -187,18 +166,6 @@ def variant_networks(teacher, unet: nn.Module, variant: Variant):
         for module in (unet, vae.decoder):
             module.compile(mode=variant.compile_mode)
     return dataclasses.replace(teacher, unet=unet, text_encoder=text_encoder, codec=codec), unet
-
-
-def outputs_copied(forward: Callable) -> Callable:
-    """``forward`` (a CUDA-graph-compiled module's) with a new graph iteration marked before each
-    call and every output tensor copied out of the graph's memory, so that a caller may keep it
-    (the teacher caches the empty-prompt embedding) while later replays overwrite that memory."""
-    def call(*args, **kwargs):
-        torch.compiler.cudagraph_mark_step_begin()
-        kwargs["return_dict"] = False          # a tuple of tensors (transformers' text models)
-        return tuple(t.clone() if torch.is_tensor(t) else t for t in forward(*args, **kwargs))
-
-    return call
 
 
 def _sync(device: torch.device) -> None:

@@ -67,7 +67,7 @@ def test_every_stage_is_timed_with_its_rate_and_share(cell):
 
     assert report["cell"] | {"guidance": None} == {
         "method": "lcm", "steps": 4, "nfe": 4, "num_images": N, "batch_size": 250, "batching": "fast", "seed": 0,
-        "student": "released", "guidance": None}
+        "student": "released", "guidance": None, "networks": "eager"}
     assert report["teacher"]["name"] == "toy" and report["random_weights"] == []
     assert report["scoring"]["reference"] == {"count": N, "dim": 64,
                                               "note": f"toy: the {N} world images the prompts were drawn with"}
@@ -206,6 +206,27 @@ def test_random_fid_inception_is_clean_fids_fid_inception_graph(monkeypatch):
     assert torch.isfinite(random_features).all() and torch.equal(random_features, RandomFIDInception(seed=0)(x))
 
 
+def test_a_networks_variant_samples_fast_and_scales_the_whole_sampling_stage(tmp_path):
+    """``--networks half-vae`` on ``tiny``: fast batching, the variant in the report and the command,
+    no U-Net hooks (a compiled U-Net would trace them), so the projection takes the whole sampling
+    stage as the part that scales with the NFE."""
+    before = torch.get_num_threads()
+    try:
+        assert _run(tmp_path, "--teacher", "tiny", "--num-images", "8", "--steps", "1", "--batch-size", "4",
+                    "--networks", "half-vae") == 0
+    finally:
+        torch.set_num_threads(before)
+    (json_path,) = tmp_path.glob("cell-*.json")
+    report = json.loads(json_path.read_text())
+    assert report["cell"]["batching"] == "fast" and report["cell"]["networks"] == "half-vae"
+    assert report["command"].endswith("--networks half-vae")
+    sampling = report["stages"][0]
+    assert sampling["detail"]["unet_timed"] is False and sampling["detail"]["unet_calls"] is None
+    assert sampling["detail"]["unet_seconds"] == sampling["seconds"]
+    assert any(note.startswith("--networks half-vae") for note in report["notes"])
+    assert "U-Net (" not in json_path.with_suffix(".md").read_text()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--method", "no-such-method"], "unknown method 'no-such-method'"),
     (["--teacher", "no-such-teacher"], "unknown teacher 'no-such-teacher'"),
@@ -216,6 +237,7 @@ def test_random_fid_inception_is_clean_fids_fid_inception_graph(monkeypatch):
     (["--methods", "lcm"], "--cell times one method: drop --methods"),
     (["--method", "dmd", "--steps", "4"], "dmd"),
     (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--networks", "compile", "--batching", "exact"], "--networks compile needs --batching fast"),
 ])
 def test_bad_input_is_one_usage_error(tmp_path, capsys, argv, message):
     assert _run(tmp_path, *argv) == 2
