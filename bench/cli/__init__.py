@@ -41,7 +41,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
 
 def _add_teacher_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", default=None,
-                        help=f"teacher name from `bench list` (default: {DEFAULT_TEACHER}; ignored with --teacher-path)")
+                        help=f"teacher name from `bench list` (default: {DEFAULT_TEACHER}; ignored with "
+                             "--teacher-path)")
     parser.add_argument("--teacher-path", default=None, metavar="DIR",
                         help="a local diffusers-format folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)")
     parser.add_argument("--device", default=None,
