@@ -6,6 +6,7 @@ lands from it.
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -25,8 +26,18 @@ def fid_by_cell(folder: Path) -> dict[tuple[str, int], float]:
     return {(row.method.removesuffix("-train-seed-1"), int(row.steps)): float(row.value) for row in frame.itertuples()}
 
 
+def released_fids(out: Path) -> dict[tuple[str, int], float]:
+    """The released students' FIDs: from measure.sh's ``released`` folder when it ran, else from the
+    committed leaderboards/toy.json (CI checks that the released students score exactly those)."""
+    if (out / "released").is_dir():
+        return fid_by_cell(out / "released")
+    board = json.loads((Path(__file__).resolve().parents[2] / "leaderboards" / "toy.json").read_text())
+    return {(row["method"], int(row["steps"])): float(row["metrics"]["fid"]) for row in board["rows"]
+            if row["steps"] > 0 and row.get("students", {}).get("fid") == "released"}
+
+
 def main(out: Path) -> None:
-    released = fid_by_cell(out / "released")
+    released = released_fids(out)
     variants = {label: fid_by_cell(out / name) for name, label in VARIANTS.items()}
     header = ["method", "steps", "released FID"] + [f"{label} (Δ)" for label in VARIANTS.values()] + ["largest |Δ|"]
     print("| " + " | ".join(header) + " |")
