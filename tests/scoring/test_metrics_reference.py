@@ -207,3 +207,15 @@ def test_feature_loading_is_large_batches_and_workers_on_a_gpu_only():
 
     assert feature_loading("cpu") == (32, 0)
     assert feature_loading("cuda:0") == (256, min(8, os.cpu_count() or 1))
+
+
+def test_feature_loading_shares_the_cores_among_a_machines_processes(monkeypatch):
+    from bench.scoring.metrics.features import feature_loading
+
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")             # `accelerate launch` on 8 GPUs
+    assert feature_loading("cuda:3") == (256, 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert feature_loading("cuda:3") == (256, 1)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert feature_loading("cuda:0") == (256, 8)

@@ -338,11 +338,13 @@ def _check_indices(root: Path, images: Sequence[Path]) -> None:
 def feature_loading(device: torch.device | str) -> tuple[int, int]:
     """(batch size, DataLoader workers) for feature extraction on ``device`` (the workers also load
     CLIP score's images). On a GPU: batches of 256 and up to 8 worker processes decoding and
-    resizing PNGs into page-locked memory, so the network never waits for the CPU; on the CPU:
-    batches of 32 in the main process (workers would only compete with the network for the same
-    cores). Neither is part of the features' cache key."""
+    resizing PNGs into page-locked memory, so the network never waits for the CPU (under
+    `accelerate launch`, the machine's cores shared among its processes); on the CPU: batches of 32
+    in the main process (workers would only compete with the network for the same cores). Neither
+    is part of the features' cache key."""
     if torch.device(device).type == "cuda":
-        return 256, min(8, os.cpu_count() or 1)
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))     # set by `accelerate launch`
+        return 256, max(1, min(8, (os.cpu_count() or 1) // processes))
     return 32, 0
 
 
