@@ -132,9 +132,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="--cell: images per sampling batch (default: what `bench run` uses: 250 on toy, else 8)")
     cell.add_argument("--batching", default=None, choices=list(BATCHING_MODES),
                       help="--cell: sampling batching (default: what `bench run` uses: fast on toy, else exact)")
-    cell.add_argument("--networks", default="eager", choices=list(RUN_VARIANTS),
-                      help="--cell: how the networks run, as `bench run --networks` (a variant other than eager "
-                           "samples fast; the U-Net share is then not timed)")
+    cell.add_argument("--networks", default=None, choices=list(RUN_VARIANTS),
+                      help="--cell: how the networks run, as `bench run --networks` (default eager; a variant "
+                           "other than eager samples fast, and the U-Net share is then not timed)")
 
 
 def parse_spec(args: argparse.Namespace) -> ProfileSpec:
@@ -195,7 +195,7 @@ def parse_spec(args: argparse.Namespace) -> ProfileSpec:
                        batch_search=not args.no_batch_search, student=published, student_text=args.student)
 
 
-CELL_ONLY = ("method", "num_images", "batch_size", "batching")
+CELL_ONLY = ("method", "num_images", "batch_size", "batching", "networks")
 NOT_WITH_CELL = ("methods", "student", "merge", "speedup", "speedup_at", "speedup_variants", "dtypes")
 
 
@@ -226,9 +226,10 @@ def parse_cell_spec(args: argparse.Namespace) -> CellSpec:
     # what `bench run` samples the cell's suite with (bench.cli.commands.apply_sampling_defaults):
     # the toy suite's batches; on CUDA fast batching at the batch the free memory holds; else exact, 8
     batching, batch_size = SUITE_SAMPLING_DEFAULTS.get("toy" if teacher == "toy" else "", ("exact", 8))
-    if args.networks != "eager":
+    networks = args.networks or "eager"
+    if networks != "eager":
         batching = "fast"
-    networks = parse_run_variant(args.networks, args.batching or batching)
+    parse_run_variant(networks, args.batching or batching)
     if cuda and teacher != "toy" and args.batching in (None, "fast"):
         free_mib = torch.cuda.mem_get_info(device)[0] / 2**20
         batching, batch_size = "fast", GpuBatchModel().batch_size(free_mib, TEACHER_SPECS[teacher].resolution)

@@ -249,3 +249,5 @@ def test_bad_input_is_one_usage_error(tmp_path, capsys, argv, message):
 def test_cell_flags_without_cell_are_a_usage_error(tmp_path, capsys):
     assert main(["profile", "--methods", "ddim", "--num-images", "10", "--out", str(tmp_path), "--quiet"]) == 2
     assert "--num-images belongs to --cell" in capsys.readouterr().err
+    assert main(["profile", "--methods", "ddim", "--networks", "compile", "--out", str(tmp_path), "--quiet"]) == 2
+    assert "--networks belongs to --cell" in capsys.readouterr().err
