@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from bench.assets.teachers.model import VaeCodec
 from bench.core.errors import BenchError, UsageError
 
 log = logging.getLogger(__name__)
@@ -134,8 +135,6 @@ class SamplingNetworks:
 
     @classmethod
     def build(cls, teacher: Any, denoiser: Any, name: str) -> "SamplingNetworks":
-        from bench.assets.teachers.model import VaeCodec
-
         variant = VARIANTS[name]
         if name == "eager":
             return cls(teacher, denoiser, variant, teacher, checked=True)
