@@ -110,22 +110,32 @@ class GpuBatchModel:
         return max(1, min(self.saturating_batch, fits))
 
 
+def default_sampling(suite_name: str, networks: str, batching: str | None, device: torch.device | None,
+                     resolution: int, model: GpuBatchModel = GpuBatchModel()) -> tuple[str, int]:
+    """The batching and batch size a suite is sampled with when --batching / --batch-size are left
+    unset (``batching``: the one given, or None). The suite's defaults first (toy: fast, 250); a
+    ``--networks`` variant other than eager samples fast (compiled or half-precision networks run
+    whole batches); on a CUDA device, fast batching with the batch that the free memory holds
+    (:class:`GpuBatchModel`) unless ``--batching exact`` was given; else exact, 8."""
+    default_batching, batch_size = SUITE_SAMPLING_DEFAULTS.get(suite_name, ("exact", 8))
+    if networks != "eager":
+        default_batching = "fast"
+    on_gpu = device is not None and device.type == "cuda" and suite_name not in SUITE_SAMPLING_DEFAULTS
+    if on_gpu and batching in (None, "fast"):
+        free_mib = torch.cuda.mem_get_info(device)[0] / 2**20
+        default_batching, batch_size = "fast", model.batch_size(free_mib, resolution)
+        log.info("CUDA: fast batching at batch %d (%.0f MiB free; --batching exact --batch-size B to choose)",
+                 batch_size, free_mib)
+    return default_batching, batch_size
+
+
 def apply_sampling_defaults(args: argparse.Namespace, suite, ctx: SamplingContext | None = None,
                             model: GpuBatchModel = GpuBatchModel()) -> None:
-    """Fill --batching / --batch-size left unset. The suite's defaults first (toy: fast, 250); on a
-    CUDA device, fast batching with the batch that the free memory holds (:class:`GpuBatchModel`);
-    else exact, 8. A ``--networks`` variant other than eager samples fast. ``--batching exact``
+    """Fill --batching / --batch-size left unset with :func:`default_sampling`'s; ``--batching exact``
     keeps the bit-exact path on any device."""
-    batching, batch_size = SUITE_SAMPLING_DEFAULTS.get(suite.name, ("exact", 8))
-    if getattr(args, "networks", "eager") != "eager":
-        batching = "fast"                       # a compiled or half-precision variant samples whole batches
-    on_gpu = ctx is not None and ctx.device.type == "cuda" and suite.name not in SUITE_SAMPLING_DEFAULTS
-    if on_gpu and getattr(args, "batching", None) in (None, "fast"):
-        batching = "fast"
-        free_bytes, _ = torch.cuda.mem_get_info(ctx.device)
-        batch_size = model.batch_size(free_bytes / 2**20, ctx.teacher.resolution)
-        log.info("CUDA: fast batching at batch %d (%.0f MiB free; --batching exact --batch-size B to choose)",
-                 batch_size, free_bytes / 2**20)
+    batching, batch_size = default_sampling(
+        suite.name, getattr(args, "networks", "eager"), getattr(args, "batching", None),
+        ctx.device if ctx is not None else None, ctx.teacher.resolution if ctx is not None else 0, model)
     if getattr(args, "batching", None) is None:
         args.batching = batching
     if getattr(args, "batch_size", None) is None:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from bench.assets.teachers.model import TEACHER_SPECS, teacher_names
-from bench.cli.commands import SUITE_SAMPLING_DEFAULTS, GpuBatchModel
+from bench.cli.commands import default_sampling
 from bench.core.errors import UsageError
 from bench.core.spec import guidance_scale, load_method, parse_int_list, parse_name_list
 from bench.engine.cells import resolve_device
@@ -223,16 +223,11 @@ def parse_cell_spec(args: argparse.Namespace) -> CellSpec:
     if n <= NEAREST_K:
         raise UsageError(f"--num-images must be > {NEAREST_K}: Coverage's k = {NEAREST_K} nearest neighbours need "
                          f"more images (got {n})")
-    # what `bench run` samples the cell's suite with (bench.cli.commands.apply_sampling_defaults):
-    # the toy suite's batches; on CUDA fast batching at the batch the free memory holds; else exact, 8
-    batching, batch_size = SUITE_SAMPLING_DEFAULTS.get("toy" if teacher == "toy" else "", ("exact", 8))
+    # what `bench run` samples the cell's suite with (the toy suite for the toy teacher)
     networks = args.networks or "eager"
-    if networks != "eager":
-        batching = "fast"
+    batching, batch_size = default_sampling("toy" if teacher == "toy" else "", networks, args.batching, device,
+                                            TEACHER_SPECS[teacher].resolution)
     parse_run_variant(networks, args.batching or batching)
-    if cuda and teacher != "toy" and args.batching in (None, "fast"):
-        free_mib = torch.cuda.mem_get_info(device)[0] / 2**20
-        batching, batch_size = "fast", GpuBatchModel().batch_size(free_mib, TEACHER_SPECS[teacher].resolution)
     batch_size = args.batch_size if args.batch_size is not None else batch_size
     if batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1, got {batch_size}")

@@ -7,8 +7,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench.cli import commands
+from bench.cli import build_parser, commands
 from bench.cli.commands import GpuBatchModel, apply_sampling_defaults
+from bench.cli.profile import parse_cell_spec
 
 
 def _args(**given) -> argparse.Namespace:
@@ -52,3 +53,24 @@ def test_cpu_and_toy_keep_their_defaults():
     args = _args()
     apply_sampling_defaults(args, SimpleNamespace(name="toy"), _cuda_ctx(16))
     assert (args.batching, args.batch_size) == commands.SUITE_SAMPLING_DEFAULTS["toy"]
+
+
+@pytest.mark.parametrize("device, networks, batching, expected", [
+    ("cpu", "eager", None, ("exact", 8)),
+    ("cpu", "half-vae", None, ("fast", 8)),             # a variant samples whole batches
+    ("cpu", "compile", "fast", ("fast", 8)),
+    ("cuda:0", "eager", None, ("fast", 7)),             # (12,000 MiB x 0.8 - 2,270) // 1,024
+    ("cuda:0", "eager", "exact", ("exact", 8)),
+    ("cuda:0", "cuda-graphs", None, ("fast", 7)),
+])
+def test_a_profiled_cell_is_batched_as_bench_run_batches_it(monkeypatch, device, networks, batching, expected):
+    """`bench profile --cell` on sd15-arch and `bench run` on a COCO suite take the same defaults."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (12_000 * 2**20, 24_000 * 2**20))
+    given = ["--batching", batching] if batching else []
+    argv = ["profile", "--cell", "--device", device, "--teacher", "sd15-arch", "--networks", networks, *given]
+    spec = parse_cell_spec(build_parser().parse_args([*argv, "--out", "unused"]))
+    args = argparse.Namespace(batching=batching, batch_size=None, networks=networks)
+    ctx = SimpleNamespace(device=torch.device(device), teacher=SimpleNamespace(resolution=512))
+    apply_sampling_defaults(args, SimpleNamespace(name="coco2017-5k"), ctx)
+    assert (spec.batching, spec.batch_size) == (args.batching, args.batch_size) == expected
