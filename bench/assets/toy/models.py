@@ -121,6 +121,14 @@ class ToyFeatureNet(nn.Module):
         return [head(F.silu(feats)) for head in self.heads]
 
     @torch.no_grad()
+    def attribute_frequencies(self, images: Tensor) -> dict[str, Tensor]:
+        """Per attribute, the share of ``images`` (as in forward) classified as each of its values
+        (in the world's order): where a sampler's mode coverage goes wrong, e.g. too many black
+        backgrounds."""
+        return {attribute: torch.bincount(logits.argmax(1), minlength=logits.shape[1]).float() / len(images)
+                for attribute, logits in zip(ATTRIBUTES, self.logits(images))}
+
+    @torch.no_grad()
     def calibrate(self, images: Tensor) -> None:
         """Set the output standardisation from real images (float (N, 3, H, W) in 0..255)."""
         feats = self.features(self.prepare(images))
