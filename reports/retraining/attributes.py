@@ -14,13 +14,13 @@ import torch
 from PIL import Image
 
 from bench.assets.toy.load import load_toy_feature_net, load_toy_world
+from bench.core.errors import UsageError
+from bench.scoring.metrics.features import list_images
 
 
 def folder_images(folder: Path) -> torch.Tensor:
-    files = sorted(folder.glob("*.png"))
-    if not files:
-        raise SystemExit(f"{folder}: no PNG images in it")
-    pixels = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    """A flat image folder as the metrics read it (list_images: sidecars ignored, anything else named)."""
+    pixels = np.stack([np.asarray(Image.open(path).convert("RGB")) for path in list_images(folder)])
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
 
 
@@ -36,4 +36,7 @@ def main(folders: list[Path]) -> None:
 if __name__ == "__main__":
     if len(sys.argv) < 2:
         raise SystemExit(__doc__)
-    main([Path(arg) for arg in sys.argv[1:]])
+    try:
+        main([Path(arg) for arg in sys.argv[1:]])
+    except UsageError as error:
+        raise SystemExit(f"error: {error}") from None
