@@ -1,6 +1,7 @@
 """Print the retraining spread table from the results folders reports/retraining/measure.sh wrote:
 for each method and step count, the released student's toy FID and how far each retrained variant
-lands from it.
+lands from it, one column per variant folder present under OUT (``seed-1-2-threads`` is not written by
+measure.sh: it holds `bench run --experiment M/train-seed-1` run with OMP_NUM_THREADS=2).
 
     python reports/retraining/spread.py [OUT]      # OUT: measure.sh's folder (default runs/retraining)
 """
@@ -16,6 +17,7 @@ VARIANTS = {  # results folder -> column
     "seed-0-1-thread": "float32 original",
     "seed-0-2-threads": "2 threads",
     "seed-1-1-thread": "training seed 1",
+    "seed-1-2-threads": "training seed 1, two threads",  # optional: splam's seed 1 was measured on two threads
 }
 
 
@@ -38,8 +40,8 @@ def released_fids(out: Path) -> dict[tuple[str, int], float]:
 
 def main(out: Path) -> None:
     released = released_fids(out)
-    variants = {label: fid_by_cell(out / name) for name, label in VARIANTS.items()}
-    header = ["method", "steps", "released FID"] + [f"{label} (Δ)" for label in VARIANTS.values()] + ["largest |Δ|"]
+    variants = {label: fid_by_cell(out / name) for name, label in VARIANTS.items() if (out / name).is_dir()}
+    header = ["method", "steps", "released FID"] + [f"{label} (Δ)" for label in variants] + ["largest |Δ|"]
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join([":---"] + ["---:"] * (len(header) - 1)) + "|")
     for (method, steps), base in sorted(released.items()):
