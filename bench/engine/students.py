@@ -54,7 +54,6 @@ import importlib.metadata as md
 import json
 import logging
 import os
-import platform
 import shutil
 import tempfile
 import time
@@ -77,6 +76,7 @@ from bench.assets.train_data import TrainingData, training_data_for, training_sc
 from bench.core.atomic import atomic_write_json
 from bench.core.errors import BenchError, MissingResourceError, UsageError
 from bench.core.fingerprint import fingerprint, library_versions, sha256_file
+from bench.core.machine import machine_record
 from bench.core.paths import cache_dir
 from bench.engine.training import Trainer, TrainSchedule, apply_plumbing_schedule
 from methods.base import Denoiser, Method, Student, TrainingContext, TrainingMethod
@@ -160,13 +160,6 @@ def training_versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             versions[name] = "absent"
     return versions
-
-
-def current_machine() -> dict[str, Any]:
-    """What a training record says about the machine (CPU training is bit-reproducible only on the
-    same kind of machine, library versions and thread count)."""
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version()}
 
 
 def _mixed_precision(teacher: Any) -> str:
@@ -438,7 +431,7 @@ def train_student(method: Method, teacher: Any, data: TrainingData, schedule: Tr
         "device": str(device),
         # not in the fingerprint, but CPU training is bit-reproducible only at one thread count
         "torch_threads": torch.get_num_threads(),
-        "machine": current_machine(),
+        "machine": machine_record(),
         "metadata": student.metadata,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -574,7 +567,7 @@ def release_student(student: LoadedStudent, store: ReleasedStudents) -> Released
         "config": info["config"], "schedule": info["schedule"], "teacher": info["teacher"], "data": info["data"],
         "training": {key: info.get(key) for key in ("trained_steps", "training_seconds", "final_loss", "torch_threads",
                                                     "device", "created", "weights_sha256")},
-        "machine": info.get("machine") or current_machine(),
+        "machine": info.get("machine") or machine_record(),
         "versions": info["versions"],
         **extra,
     }

@@ -288,6 +288,7 @@ def test_trained_checkpoints_load_and_record_their_hashes(tiny_toy_dir):
         assert entry["rebuild"] == f"python -m bench toy train --what {name}"
         assert entry["training"]["steps"] == 2 and entry["training"]["seconds"] >= 0
         assert "torch" in entry["versions"] and "cpu_count" in entry["machine"]
+        assert entry["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
         for file_name in files:
             assert entry["files"][file_name]["sha256"] == sha256_file(tiny_toy_dir / file_name)
     net = load_toy_feature_net(tiny_toy_dir)

@@ -21,6 +21,7 @@ from bench.assets.released import (
 )
 from bench.assets.train_data import training_data_for
 from bench.core.errors import MissingResourceError
+from bench.core.machine import cpu_info
 from bench.engine import students
 from methods.lcm import LCM, LCMConfig, LCMLoRA, LCMLoRAConfig
 
@@ -88,6 +89,9 @@ def test_released_student_is_float16_hash_checked_and_loaded_first(teacher, tmp_
     assert record["sha256"] == hashlib.sha256((tmp_path / "released" / "lcm.safetensors").read_bytes()).hexdigest()
     assert record["training"]["trained_steps"] == 2 and record["training"]["torch_threads"] == 1
     assert record["machine"]["cpu_count"] and record["versions"]["torch"] == torch.__version__.split("+")[0]
+    # the machine type a training hash holds for (see _machine_key), not just "x86_64"
+    assert record["machine"]["cpu_vendor"] == cpu_info("vendor_id")
+    assert record["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     with safe_open(str(tmp_path / "released" / "lcm.safetensors"), framework="pt") as handle:
         assert {handle.get_tensor(k).dtype for k in handle.keys()} == {torch.float16}
 
@@ -223,8 +227,11 @@ def test_the_committed_toy_students_match_the_current_recipes():
 
 
 def _machine_key() -> str:
+    """The machine type a training hash holds for. The CPU vendor is part of it: an Intel Xeon and an
+    AMD EPYC, both AVX512 under the same torch, give different hashes (tests/golden/training_hashes.json)."""
+    vendor = cpu_info("vendor_id") or platform.processor() or "unknown-vendor"
     capability = torch.backends.cpu.get_cpu_capability()
-    return f"{platform.machine()}-torch{torch.__version__}-{capability}-threads{torch.get_num_threads()}"
+    return f"{platform.machine()}-{vendor}-torch{torch.__version__}-{capability}-threads{torch.get_num_threads()}"
 
 
 def _state_sha256(unet) -> str:
@@ -237,7 +244,7 @@ def _state_sha256(unet) -> str:
 
 def test_training_a_toy_student_reproduces_its_recorded_hash():
     """The honest training check: lcm on the toy teacher, 3 steps from seed 0 at one thread, hashed;
-    equal to the hash recorded for this machine type (torch version, CPU capability, threads),
+    equal to the hash recorded for this machine type (CPU vendor, torch version, CPU capability, threads),
     which is how the released students were trained. Another machine type has no recorded hash."""
     from bench.assets.teachers.built import load_toy_teacher
 
@@ -249,7 +256,11 @@ def test_training_a_toy_student_reproduces_its_recorded_hash():
     key = _machine_key()
     if key not in recorded:
         pytest.skip(f"no recorded training hash for {key}; recorded: {', '.join(recorded)}")
-    assert _state_sha256(loaded.denoiser.unet) == recorded[key]
+    cpu = f"{cpu_info('model name')}, family {cpu_info('cpu family')} model {cpu_info('model')}"
+    assert _state_sha256(loaded.denoiser.unet) == recorded[key], (
+        f"lcm's 3 toy training steps no longer hash to the value recorded for {key} ({cpu}): either a change "
+        "moved training, or this CPU model trains differently from the recorded one of the same vendor and "
+        "capability (then add the CPU model to _machine_key and record a hash per model)")
 
 
 def test_run_rows_record_their_student_and_released_only_fails_fast(tmp_path, capsys):

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -44,6 +42,7 @@ from bench.assets.toy.models import (
     toy_clip_tokenizer,
 )
 from bench.assets.toy.world import ATTRIBUTES, ToyWorldConfig, draw_scenes, render_batch
+from bench.core.machine import machine_record
 from methods.diffusion_math import NoiseSchedule, add_noise
 
 logger = logging.getLogger(__name__)
@@ -340,11 +339,6 @@ def train_teacher(config: TeacherTrainConfig, world: ToyWorldConfig, seed: int =
 # ------------------------------------------------------------------------------------------------
 
 
-def _machine() -> dict:
-    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
-
-
 def _versions() -> dict:
     import diffusers
     import open_clip
@@ -365,7 +359,7 @@ def _record(name: str, files: dict[str, str], out: Path, config: dict, train_con
         "world": world.to_dict(),
         "training": {"seed": seed, **train_dict, "seconds": round(seconds, 1), **extra},
         "versions": _versions(),
-        "machine": _machine(),
+        "machine": machine_record(),
         "rebuild": f"python -m bench toy train --what {name}",
     }
     write_model_entry(name, entry, out)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import logging
-import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 
 from bench.core.errors import UsageError
+from bench.core.machine import cpu_name
 
 logger = logging.getLogger(__name__)
 
@@ -175,14 +175,7 @@ def device_name(device: torch.device | str) -> str:
     device = torch.device(device)
     if _is_cuda(device):
         return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown cpu"
+    return cpu_name()
 
 
 def _version(name: str) -> str | None:
