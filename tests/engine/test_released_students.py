@@ -21,7 +21,7 @@ from bench.assets.released import (
 )
 from bench.assets.train_data import training_data_for
 from bench.core.errors import MissingResourceError
-from bench.core.machine import cpu_info
+from bench.core.machine import cpu_info, machine_record
 from bench.engine import students
 from methods.lcm import LCM, LCMConfig, LCMLoRA, LCMLoRAConfig
 
@@ -229,9 +229,10 @@ def test_the_committed_toy_students_match_the_current_recipes():
 def _machine_key() -> str:
     """The machine type a training hash holds for. The CPU vendor is part of it: an Intel Xeon and an
     AMD EPYC, both AVX512 under the same torch, give different hashes (tests/golden/training_hashes.json)."""
-    vendor = cpu_info("vendor_id") or platform.processor() or "unknown-vendor"
-    capability = torch.backends.cpu.get_cpu_capability()
-    return f"{platform.machine()}-{vendor}-torch{torch.__version__}-{capability}-threads{torch.get_num_threads()}"
+    machine = machine_record()        # what the training records say, so that the two name the same type
+    vendor = machine["cpu_vendor"] or platform.processor() or "unknown-vendor"
+    return (f"{platform.machine()}-{vendor}-torch{torch.__version__}-{machine['cpu_capability']}"
+            f"-threads{machine['torch_threads']}")
 
 
 def _state_sha256(unet) -> str:
